@@ -1,0 +1,96 @@
+"""What both Selective-Stereo networks share: input checks, the refinement loop
+and the prediction they return."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .update import SelectiveUpdateBlock
+
+#: Inputs must be multiples of this: IGEV's MobileNetV2 reaches 1/32 and
+#: RAFT's context encoder 1/(4 * 2**n_downsample); the inference API pads to it.
+SIZE_MULTIPLE = 32
+
+
+@dataclass
+class StereoPrediction:
+    """Output of one forward pass, positive disparity in input pixels.
+
+    disparities: B x 1 x H x W full-resolution predictions, one per entry of
+        ``iterations`` (ascending).
+    iterations: the iteration counts those predictions belong to.
+    low_res: B x 1 x H/f x W/f final disparity at the working resolution
+        (in working-resolution pixels), the warm start for a next frame.
+    init_disp: B x 1 x H x W, IGEV's initial disparity from the geometry
+        encoding volume, when it was asked for; else None.
+    """
+
+    disparities: list[torch.Tensor]
+    iterations: list[int]
+    low_res: torch.Tensor
+    init_disp: torch.Tensor | None = None
+
+    @property
+    def final(self) -> torch.Tensor:
+        return self.disparities[-1]
+
+
+def normalize_image(image: torch.Tensor) -> torch.Tensor:
+    """0..255 RGB -> [-1, 1], as the released models expect."""
+    return (2 * (image / 255.0) - 1.0).contiguous()
+
+
+def check_pair(left: torch.Tensor, right: torch.Tensor) -> None:
+    if left.dim() != 4 or left.shape[1] != 3:
+        raise ValueError(f"left image must be B x 3 x H x W, got {tuple(left.shape)}")
+    if left.shape != right.shape:
+        raise ValueError(f"left and right images differ in shape: {tuple(left.shape)} vs {tuple(right.shape)}")
+    h, w = left.shape[-2:]
+    if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
+        raise ValueError(f"image size {h}x{w} is not a multiple of {SIZE_MULTIPLE}; "
+                         "pad it first (sgru_ros.inference does this)")
+
+
+def output_schedule(iters: int, output_iters: Sequence[int] | None) -> list[int]:
+    """The iteration counts to upsample: ``output_iters`` (sorted, unique), or
+    every iteration while training and the last one otherwise (the caller passes None)."""
+    if iters < 1:
+        raise ValueError(f"iters must be at least 1, got {iters}")
+    if output_iters is None:
+        return [iters]
+    wanted = sorted(set(int(k) for k in output_iters))
+    if not wanted or wanted[0] < 1 or wanted[-1] > iters:
+        raise ValueError(f"output iterations must lie in 1..{iters}, got {list(output_iters)}")
+    return wanted
+
+
+class SelectiveStereo(nn.Module):
+    """Base class: the GRU refinement loop shared by Selective-RAFT and -IGEV."""
+
+    update_block: SelectiveUpdateBlock
+
+    def refine(self, state: torch.Tensor, net: list[torch.Tensor], inp: list[torch.Tensor],
+               att: list[torch.Tensor], lookup: Callable[[torch.Tensor], torch.Tensor],
+               upsample: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+               iters: int, outputs: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run ``iters`` updates of ``state`` (B x 1 x h x w, the model's own disparity sign).
+
+        lookup(state) samples the matching volume; upsample(state, features)
+        returns a full-resolution positive disparity. Gradients do not flow
+        from one iteration's state into the next (the state is detached, as
+        released), only through each iteration's own update.
+        Returns (final state, full-resolution predictions at ``outputs``).
+        """
+        predictions = []
+        for itr in range(1, iters + 1):
+            state = state.detach()
+            corr = lookup(state)
+            net, up_features, delta = self.update_block(net, inp, corr, state, att)
+            state = state + delta.float()
+            if itr in outputs:
+                predictions.append(upsample(state, up_features))
+        return state, predictions

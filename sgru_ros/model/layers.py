@@ -1,0 +1,137 @@
+"""Convolution building blocks shared by both networks.
+
+Attribute names follow the released checkpoints (``conv``, ``bn``,
+``norm1``, ``downsample`` ...), so the authors' state dicts load unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Norm = Literal["batch", "instance", "none"]
+
+
+def norm2d(kind: Norm, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels)  # affine=False: no parameters, as released
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}; expected 'batch', 'instance' or 'none'")
+
+
+class ResidualBlock(nn.Module):
+    """RAFT's residual block: two 3x3 convs with norm + ReLU, 1x1 projection when
+    the stride or width changes. B x in x H x W -> B x out x H/stride x W/stride."""
+
+    def __init__(self, in_planes: int, planes: int, norm: Norm, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, padding=1, stride=stride)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.norm1 = norm2d(norm, planes)
+        self.norm2 = norm2d(norm, planes)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_planes != planes:
+            # Registered twice (norm3 and downsample.1), as in the released code,
+            # so checkpoints carry both key names.
+            self.norm3 = norm2d(norm, planes)
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride), self.norm3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.norm1(self.conv1(x)))
+        y = self.relu(self.norm2(self.conv2(y)))
+        if self.downsample is not None:
+            x = self.downsample(x)
+        return self.relu(x + y)
+
+
+class BasicConv(nn.Module):
+    """Conv (2D/3D, optionally transposed, no bias) -> norm -> LeakyReLU(0.01).
+
+    The norm is stored as ``bn`` (batch) or ``IN`` (instance), the released
+    names. ``apply_norm=False`` keeps the norm's parameters but skips it, as
+    the released final 3D deconvolution does (its checkpoints carry them).
+    Remaining keyword arguments go to the convolution (kernel_size, stride, padding).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, norm: Literal["batch", "instance"] = "batch",
+                 apply_norm: bool = True, relu: bool = True, deconv: bool = False, is_3d: bool = False,
+                 **conv_kwargs) -> None:
+        super().__init__()
+        if is_3d:
+            conv_cls = nn.ConvTranspose3d if deconv else nn.Conv3d
+            norm_cls = {"batch": nn.BatchNorm3d, "instance": nn.InstanceNorm3d}[norm]
+        else:
+            conv_cls = nn.ConvTranspose2d if deconv else nn.Conv2d
+            norm_cls = {"batch": nn.BatchNorm2d, "instance": nn.InstanceNorm2d}[norm]
+        self.conv = conv_cls(in_channels, out_channels, bias=False, **conv_kwargs)
+        self._norm_name = "bn" if norm == "batch" else "IN"
+        self.add_module(self._norm_name, norm_cls(out_channels))
+        self.apply_norm = apply_norm
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.apply_norm:
+            x = self.get_submodule(self._norm_name)(x)
+        if self.relu:
+            x = F.leaky_relu(x, 0.01)
+        return x
+
+
+class UpConcat(nn.Module):
+    """2x transposed conv, concatenation with a skip feature, 3x3 conv.
+
+    x: B x in x H x W, skip: B x out x ~2H x ~2W -> B x 2*out x skip's H x W.
+    If the upsampled map does not match the skip's size (inputs not a
+    multiple of 32) it is resized with nearest neighbour, as released.
+    The released class is ``Conv2x``/``Conv2x_IN`` (deconv=True, concat=True).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, norm: Norm) -> None:
+        super().__init__()
+        self.conv1 = BasicConv(in_channels, out_channels, norm=norm, deconv=True,
+                               kernel_size=4, stride=2, padding=1)
+        self.conv2 = BasicConv(out_channels * 2, out_channels * 2, norm=norm,
+                               kernel_size=3, stride=1, padding=1)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        if x.shape[-2:] != skip.shape[-2:]:
+            x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+        return self.conv2(torch.cat((x, skip), dim=1))
+
+
+class FeatureAttention(nn.Module):
+    """Guided cost-volume excitation (IGEV): sigmoid(MLP(feature)) scales every
+    disparity slice. cost: B x C x D x H x W, feature: B x F x H x W."""
+
+    def __init__(self, cost_channels: int, feature_channels: int) -> None:
+        super().__init__()
+        self.feat_att = nn.Sequential(
+            BasicConv(feature_channels, feature_channels // 2, kernel_size=1, stride=1, padding=0),
+            nn.Conv2d(feature_channels // 2, cost_channels, 1))
+
+    def forward(self, cost: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.feat_att(feature).unsqueeze(2)) * cost
+
+
+class DispHead(nn.Module):
+    """Two 3x3 convs from the finest hidden state to the disparity update.
+    B x input_dim x H x W -> B x 1 x H x W."""
+
+    def __init__(self, input_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(input_dim, hidden_dim, 3, padding=1)
+        self.conv2 = nn.Conv2d(hidden_dim, 1, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.relu(self.conv1(x)))
