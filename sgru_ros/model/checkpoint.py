@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Literal
@@ -51,11 +52,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
-            raise CheckpointError(f"{path}: holds Python objects, not only tensors; refusing to unpickle "
-                                  "it (save model.state_dict() instead)") from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({first})") from None
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if found:
+            raise CheckpointError(f"{path}: holds Python objects ({found.group(1)}), not only tensors; refusing "
+                                  "to unpickle it (save model.state_dict() instead)") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, truncated or another format "
+                              "(unpickling failed)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, truncated or another "

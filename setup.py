@@ -1,0 +1,22 @@
+from setuptools import find_packages, setup
+
+package_name = "sgru_ros"
+
+setup(
+    name=package_name,
+    version="0.1.0",
+    packages=find_packages(exclude=["test"]),
+    package_data={package_name: ["weights/*.pth"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
+        ("share/" + package_name, ["package.xml"]),
+    ],
+    install_requires=["numpy", "opencv-python-headless", "torch>=2.1"],
+    extras_require={"test": ["pytest", "scikit-image"]},
+    zip_safe=True,
+    maintainer="sgru_ros developers",
+    maintainer_email="sgru-ros@example.com",
+    description="Selective-Stereo (SelectiveConvGRU) dense stereo depth for ROS 2",
+    license="MIT",
+    entry_points={"console_scripts": ["sgru-stereo = sgru_ros.cli:main"]},
+)

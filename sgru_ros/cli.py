@@ -1,0 +1,118 @@
+"""``sgru-stereo``: the package's command line (infer, eval, train, run, source, demo)."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+import time
+from pathlib import Path
+
+import cv2
+
+from .inference import PRECISIONS, StereoEstimator
+from .io import DISPARITY_FORMATS, read_image, write_disparity
+from .model import CheckpointError
+from .model.checkpoint import VARIANTS
+from .visualize import colorize_disparity
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", help="state dict file (the authors' .pth or this package's); "
+                                             "default: the bundled compact model")
+    parser.add_argument("--variant", choices=VARIANTS, default=None,
+                        help="insist on raft or igev (default: detected from the checkpoint)")
+    parser.add_argument("--max-disp", type=int, default=192,
+                        help="Selective-IGEV cost-volume range in pixels, multiple of 32 (default 192)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="default fp32")
+    parser.add_argument("--max-width", type=int, default=None,
+                        help="downscale wider inputs to this width first (disparity is scaled back)")
+
+
+def estimator_from_args(args: argparse.Namespace) -> StereoEstimator:
+    return StereoEstimator.from_checkpoint(args.checkpoint, variant=args.variant, device=args.device,
+                                           precision=args.precision, max_disp=args.max_disp,
+                                           max_width=args.max_width)
+
+
+def _is_pattern(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
+def _pairs(left: str, right: str) -> list[tuple[Path, Path]]:
+    if _is_pattern(left) != _is_pattern(right):
+        raise CommandError("--left and --right must both be files or both be glob patterns")
+    if not _is_pattern(left):
+        return [(Path(left), Path(right))]
+    lefts, rights = sorted(glob.glob(left)), sorted(glob.glob(right))
+    if not lefts:
+        raise CommandError(f"no files match --left {left!r}")
+    if len(lefts) != len(rights):
+        raise CommandError(f"--left matches {len(lefts)} files but --right matches {len(rights)}")
+    return [(Path(a), Path(b)) for a, b in zip(lefts, rights)]
+
+
+def cmd_infer(args: argparse.Namespace) -> None:
+    pairs = _pairs(args.left, args.right)
+    batch = _is_pattern(args.left)
+    out = Path(args.out)
+    if batch:
+        out.mkdir(parents=True, exist_ok=True)
+        if args.color:
+            Path(args.color).mkdir(parents=True, exist_ok=True)
+    elif out.suffix.lower() not in DISPARITY_FORMATS:
+        raise CommandError(f"--out {out}: use a {', '.join(DISPARITY_FORMATS)} file name")
+    estimator = estimator_from_args(args)
+    print(f"model: {estimator.variant} ({args.checkpoint or 'bundled'}), device {estimator.device}, "
+          f"precision {estimator.precision}, {args.iters} iterations")
+    for left_path, right_path in pairs:
+        left, right = read_image(left_path), read_image(right_path)
+        start = time.perf_counter()
+        result = estimator.estimate(left, right, iters=args.iters)
+        elapsed = time.perf_counter() - start
+        target = out / f"{left_path.stem}.{args.format}" if batch else out
+        write_disparity(target, result.disparity)
+        if args.color:
+            color_path = Path(args.color) / f"{left_path.stem}.png" if batch else Path(args.color)
+            cv2.imwrite(str(color_path), colorize_disparity(result.disparity))
+        print(f"{left_path} -> {target} ({left.shape[1]}x{left.shape[0]}, {elapsed:.2f} s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sgru-stereo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    infer = sub.add_parser("infer", help="disparity for an image pair or a sequence of pairs")
+    add_model_arguments(infer)
+    infer.add_argument("--left", required=True, help="left image, or a glob pattern of left images")
+    infer.add_argument("--right", required=True, help="right image, or a glob pattern (sorted like --left)")
+    infer.add_argument("--out", required=True,
+                       help="output .npy/.pfm/.png (16-bit, disparity x 256); a folder for glob patterns")
+    infer.add_argument("--format", default="png", choices=[f.lstrip(".") for f in DISPARITY_FORMATS],
+                       help="file format inside the --out folder for glob patterns (default png)")
+    infer.add_argument("--iters", type=int, default=32, help="GRU iterations (default 32, as the authors)")
+    infer.add_argument("--color", help="also write a colorized disparity PNG (a folder for glob patterns)")
+    infer.set_defaults(func=cmd_infer)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (CommandError, CheckpointError, ValueError, OSError) as err:
+        print(f"sgru-stereo {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Running a Selective-Stereo network on image pairs: padding, resizing,
+device, precision, iterations and warm start. No ROS here.
+
+    estimator = StereoEstimator.from_checkpoint("sgru_igev_sceneflow.pth", device="auto")
+    result = estimator.estimate(left_rgb, right_rgb, iters=16, output_iters=[4, 8])
+    result.disparity          # H x W float32, input pixels
+    result.intermediate[4]    # the same pass after 4 iterations
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .model import SIZE_MULTIPLE, SelectiveIGEV, load_model
+from .model.base import SelectiveStereo
+from .weights import default_checkpoint
+
+Precision = Literal["fp32", "fp16", "bf16"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "bf16")
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+ImageLike = np.ndarray | torch.Tensor
+
+
+def resolve_device(spec: str) -> torch.device:
+    """'auto' (CUDA if present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {spec!r} asked for, but this PyTorch sees no CUDA GPU")
+        device = torch.device(spec)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s)")
+        return device
+    raise ValueError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N")
+
+
+def check_precision(precision: str, device: torch.device) -> Precision:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 needs a CUDA device; use bf16 on the CPU")
+    return precision  # type: ignore[return-value]
+
+
+def to_image_tensor(image: ImageLike) -> torch.Tensor:
+    """H x W x 3 RGB (or H x W mono) array/tensor, uint8 or float in 0..255 -> 1 x 3 x H x W float32."""
+    tensor = torch.as_tensor(np.ascontiguousarray(image) if isinstance(image, np.ndarray) else image)
+    if tensor.dim() == 2:
+        tensor = tensor.unsqueeze(-1).expand(*tensor.shape, 3)
+    if tensor.dim() != 3 or tensor.shape[-1] != 3:
+        raise ValueError(f"expected an H x W x 3 RGB or H x W mono image, got shape {tuple(tensor.shape)}")
+    if tensor.shape[0] < 1 or tensor.shape[1] < 1:
+        raise ValueError(f"empty image of shape {tuple(tensor.shape)}")
+    return tensor.permute(2, 0, 1).unsqueeze(0).float()
+
+
+@dataclass(frozen=True)
+class Padding:
+    """Replicate padding to a multiple of 32, split evenly on both sides (the
+    authors' ``InputPadder`` in its default mode)."""
+
+    left: int
+    right: int
+    top: int
+    bottom: int
+
+    @classmethod
+    def for_size(cls, height: int, width: int, multiple: int = SIZE_MULTIPLE) -> Padding:
+        pad_h = -height % multiple
+        pad_w = -width % multiple
+        return cls(pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        if not any((self.left, self.right, self.top, self.bottom)):
+            return x
+        return F.pad(x, [self.left, self.right, self.top, self.bottom], mode="replicate")
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        return x[..., self.top:h - self.bottom, self.left:w - self.right]
+
+
+@dataclass
+class StereoResult:
+    """disparity: H x W float32 in input pixels (left image's frame, positive).
+    intermediate: the same pass after fewer iterations, {iterations: H x W}.
+    processed_size: (height, width) the network ran at, before padding."""
+
+    disparity: np.ndarray
+    intermediate: dict[int, np.ndarray] = field(default_factory=dict)
+    processed_size: tuple[int, int] = (0, 0)
+
+
+class StereoEstimator:
+    """A loaded network plus the run-time choices for it.
+
+    Args:
+        model: a SelectiveRAFT/SelectiveIGEV (weights loaded).
+        device: 'auto', 'cpu', 'cuda', 'cuda:N'.
+        precision: 'fp32', 'fp16' (CUDA) or 'bf16' (autocast).
+        max_disp: IGEV's cost-volume range in processed pixels (multiple of 32).
+        max_width: if set, wider inputs are downscaled to this width first and
+            the disparity is scaled back to the input's pixels.
+    """
+
+    def __init__(self, model: SelectiveStereo, device: str = "auto", precision: str = "fp32",
+                 max_disp: int = 192, max_width: int | None = None) -> None:
+        self.device = resolve_device(device)
+        self.precision = check_precision(precision, self.device)
+        if max_width is not None and max_width < SIZE_MULTIPLE:
+            raise ValueError(f"max_width must be at least {SIZE_MULTIPLE}, got {max_width}")
+        if isinstance(model, SelectiveIGEV) and (max_disp < 32 or max_disp % 32):
+            raise ValueError(f"max_disp must be a positive multiple of 32, got {max_disp}")
+        self.model = model.to(self.device).eval()
+        self.max_disp = max_disp
+        self.max_width = max_width
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path | None = None, variant: str | None = None,
+                        **kwargs) -> StereoEstimator:
+        """Load a checkpoint file (None: the weights bundled with the package);
+        variant 'raft'/'igev' insists on one. kwargs go to the constructor."""
+        return cls(load_model(checkpoint or default_checkpoint(), variant=variant), **kwargs)
+
+    @property
+    def variant(self) -> str:
+        return "igev" if isinstance(self.model, SelectiveIGEV) else "raft"
+
+    def processed_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size the network runs at for an input of this size (before padding)."""
+        if self.max_width is None or width <= self.max_width:
+            return height, width
+        scale = self.max_width / width
+        return max(1, round(height * scale)), self.max_width
+
+    def _autocast(self):
+        enabled = self.precision != "fp32"
+        return torch.autocast(self.device.type, dtype=_DTYPES.get(self.precision, torch.bfloat16),
+                              enabled=enabled)
+
+    def estimate(self, left: ImageLike, right: ImageLike, iters: int = 16,
+                 output_iters: Sequence[int] = (), disp_init: ImageLike | None = None) -> StereoResult:
+        """Disparity of the left image.
+
+        left, right: H x W x 3 RGB (or H x W mono), uint8 or float in 0..255.
+        iters: GRU iterations. output_iters: further iteration counts (< iters)
+        whose predictions of the same pass are returned in ``intermediate``.
+        disp_init: H x W disparity in input pixels to start from (e.g. the
+        previous frame's), or None to start from the model's own initial state.
+        """
+        left_t, right_t = to_image_tensor(left), to_image_tensor(right)
+        if left_t.shape != right_t.shape:
+            raise ValueError(f"left and right images differ in size: {tuple(left_t.shape[-2:])} vs "
+                             f"{tuple(right_t.shape[-2:])}")
+        height, width = left_t.shape[-2:]
+        proc_h, proc_w = self.processed_size(height, width)
+        extra = sorted(set(int(k) for k in output_iters))
+        if extra and (extra[0] < 1 or extra[-1] >= iters):
+            raise ValueError(f"intermediate iterations must lie in 1..{iters - 1}, got {list(output_iters)}")
+        padding = Padding.for_size(proc_h, proc_w)
+
+        with torch.inference_mode():
+            pair = torch.cat([left_t, right_t], dim=0).to(self.device)
+            if (proc_h, proc_w) != (height, width):
+                pair = F.interpolate(pair, size=(proc_h, proc_w), mode="bilinear", align_corners=False,
+                                     antialias=True)
+            pair = padding.pad(pair)
+            kwargs = {"max_disp": self.max_disp} if isinstance(self.model, SelectiveIGEV) else {}
+            if disp_init is not None:
+                kwargs["disp_init"] = self._working_resolution(disp_init, (height, width), (proc_h, proc_w),
+                                                               padding)
+            with self._autocast():
+                prediction = self.model(pair[:1], pair[1:], iters=iters, output_iters=extra + [iters], **kwargs)
+            outputs = [self._to_input_pixels(d, padding, (height, width), proc_w)
+                       for d in prediction.disparities]
+        return StereoResult(disparity=outputs[-1], intermediate=dict(zip(extra, outputs[:-1])),
+                            processed_size=(proc_h, proc_w))
+
+    def _to_input_pixels(self, disp: torch.Tensor, padding: Padding, size: tuple[int, int],
+                         proc_w: int) -> np.ndarray:
+        disp = padding.unpad(disp.float())
+        if disp.shape[-2:] != size:
+            disp = F.interpolate(disp, size=size, mode="bilinear", align_corners=False) * (size[1] / proc_w)
+        return disp[0, 0].cpu().numpy().astype(np.float32)
+
+    def _working_resolution(self, disp_init: ImageLike, size: tuple[int, int], proc: tuple[int, int],
+                            padding: Padding) -> torch.Tensor:
+        """H x W disparity in input pixels -> 1 x 1 x h x w at the model's working resolution."""
+        disp = torch.as_tensor(np.asarray(disp_init, dtype=np.float32) if isinstance(disp_init, np.ndarray)
+                               else disp_init).float().to(self.device)
+        if tuple(disp.shape) != size:
+            raise ValueError(f"disp_init must be {size[0]}x{size[1]} like the images, got {tuple(disp.shape)}")
+        disp = torch.nan_to_num(disp, nan=0.0, posinf=0.0, neginf=0.0)[None, None]
+        if proc != size:
+            disp = F.interpolate(disp, size=proc, mode="bilinear", align_corners=False) * (proc[1] / size[1])
+        disp = padding.pad(disp)
+        factor = self.model.downsample_factor
+        working = (disp.shape[-2] // factor, disp.shape[-1] // factor)
+        return F.interpolate(disp, size=working, mode="area") / factor
+

@@ -1,0 +1,58 @@
+"""Shared test helpers: the parity fixtures, a small random network, the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+PARITY_DIR = REPO.parent / "shared" / "fixtures" / "parity"
+FIXTURE_NAMES = ("raft", "igev")
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def parity_fixture(name: str) -> dict:
+    path = PARITY_DIR / f"{name}_motorcycle.pt"
+    if not path.is_file():
+        pytest.skip(f"parity fixture {path} not present (../shared is only beside the project's own checkout)")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``sgru-stereo`` as a user would (a separate process)."""
+    return subprocess.run([sys.executable, "-m", "sgru_ros.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+SMALL_RAFT = dict(hidden_dim=32, encoder_dims=(16, 24, 32), feature_dim=32, n_gru_layers=2)
+
+
+@pytest.fixture
+def small_raft_checkpoint(tmp_path) -> Path:
+    """A randomly initialised compact Selective-RAFT saved as a state dict."""
+    from sgru_ros.model import RaftConfig, SelectiveRAFT, save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path / "small_raft.pth"
+    save_checkpoint(SelectiveRAFT(RaftConfig(**SMALL_RAFT)), path)
+    return path
+
+
+@pytest.fixture
+def stereo_pair_files(tmp_path) -> tuple[Path, Path]:
+    """A 100 x 150 textured pair with a 6-pixel shift, written as PNG."""
+    from sgru_ros.io import write_image_rgb
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 255, size=(100, 160, 3), dtype=np.uint8)
+    left, right = texture[:, 6:156], texture[:, 0:150]
+    write_image_rgb(tmp_path / "left.png", left)
+    write_image_rgb(tmp_path / "right.png", right)
+    return tmp_path / "left.png", tmp_path / "right.png"

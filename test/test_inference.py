@@ -1,0 +1,116 @@
+"""The inference API: any size, resizing, precision, intermediate iterations, warm start; the infer CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sgru_ros.inference import Padding, StereoEstimator
+from sgru_ros.io import read_disparity, read_image, read_pfm, write_disparity, write_pfm
+
+from conftest import run_cli
+
+
+@pytest.fixture
+def estimator(small_raft_checkpoint):
+    return StereoEstimator.from_checkpoint(small_raft_checkpoint, device="cpu")
+
+
+def test_padding_roundtrip():
+    pad = Padding.for_size(100, 150)
+    assert (pad.top + pad.bottom, pad.left + pad.right) == (28, 10)
+    assert (pad.left, pad.right) == (5, 5) and (pad.top, pad.bottom) == (14, 14)
+    assert Padding.for_size(64, 96) == Padding(0, 0, 0, 0)
+
+
+def test_any_size_in_input_size_out(estimator, stereo_pair_files):
+    left, right = (read_image(p) for p in stereo_pair_files)
+    result = estimator.estimate(left, right, iters=3, output_iters=[1, 2])
+    assert result.disparity.shape == (100, 150) and result.disparity.dtype == np.float32
+    assert sorted(result.intermediate) == [1, 2]
+    assert all(d.shape == (100, 150) for d in result.intermediate.values())
+    assert not np.allclose(result.intermediate[1], result.disparity)
+    mono = estimator.estimate(left[..., 0], right[..., 0], iters=1)
+    assert mono.disparity.shape == (100, 150)
+
+
+def test_max_width_rescales_disparity(small_raft_checkpoint, stereo_pair_files):
+    left, right = (read_image(p) for p in stereo_pair_files)
+    small = StereoEstimator.from_checkpoint(small_raft_checkpoint, device="cpu", max_width=75)
+    assert small.processed_size(100, 150) == (50, 75)
+    result = small.estimate(left, right, iters=2)
+    assert result.disparity.shape == (100, 150) and result.processed_size == (50, 75)
+    # The same pass on the half-size images, upsampled and doubled, is what the estimator returns.
+    import cv2
+    full = StereoEstimator.from_checkpoint(small_raft_checkpoint, device="cpu")
+    half = full.estimate(cv2.resize(left, (75, 50), interpolation=cv2.INTER_AREA),
+                         cv2.resize(right, (75, 50), interpolation=cv2.INTER_AREA), iters=2).disparity
+    assert np.abs(np.median(result.disparity) - 2 * np.median(half)) < 0.5 * abs(np.median(result.disparity)) + 0.5
+
+
+def test_warm_start_changes_the_result(estimator, stereo_pair_files):
+    left, right = (read_image(p) for p in stereo_pair_files)
+    cold = estimator.estimate(left, right, iters=1).disparity
+    warm = estimator.estimate(left, right, iters=1, disp_init=np.full((100, 150), 20.0, np.float32)).disparity
+    assert np.abs(warm - cold).mean() > 5.0
+    with pytest.raises(ValueError, match="disp_init must be 100x150"):
+        estimator.estimate(left, right, iters=1, disp_init=np.zeros((10, 10), np.float32))
+
+
+def test_bf16_runs_on_cpu_and_fp16_is_refused(small_raft_checkpoint, stereo_pair_files):
+    left, right = (read_image(p) for p in stereo_pair_files)
+    fp32 = StereoEstimator.from_checkpoint(small_raft_checkpoint, device="cpu").estimate(left, right, iters=2)
+    bf16 = StereoEstimator.from_checkpoint(small_raft_checkpoint, device="cpu", precision="bf16")
+    out = bf16.estimate(left, right, iters=2).disparity
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    assert np.abs(out - fp32.disparity).mean() < 0.1 * np.abs(fp32.disparity).mean() + 0.5
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        StereoEstimator.from_checkpoint(small_raft_checkpoint, device="cpu", precision="fp16")
+
+
+def test_bad_arguments(estimator, stereo_pair_files):
+    left, right = (read_image(p) for p in stereo_pair_files)
+    with pytest.raises(ValueError, match="differ in size"):
+        estimator.estimate(left, right[:50], iters=1)
+    with pytest.raises(ValueError, match="intermediate iterations"):
+        estimator.estimate(left, right, iters=2, output_iters=[2])
+    with pytest.raises(ValueError, match="unknown device"):
+        StereoEstimator(estimator.model, device="tpu")
+
+
+def test_disparity_file_formats(tmp_path):
+    disp = np.linspace(0, 100, 12, dtype=np.float32).reshape(3, 4)
+    for ext in ("npy", "pfm"):
+        write_disparity(tmp_path / f"d.{ext}", disp)
+        assert np.array_equal(read_disparity(tmp_path / f"d.{ext}"), disp)
+    write_disparity(tmp_path / "d.png", disp)
+    back = read_disparity(tmp_path / "d.png")
+    assert np.isnan(back[0, 0])  # 0 means "no value" in KITTI PNGs
+    assert np.allclose(back.ravel()[1:], disp.ravel()[1:], atol=1 / 256)
+    write_pfm(tmp_path / "inf.pfm", np.array([[1.0, np.inf]], np.float32))
+    assert np.isinf(read_pfm(tmp_path / "inf.pfm")[0, 1])
+    assert np.isnan(read_disparity(tmp_path / "inf.pfm")[0, 1])
+    with pytest.raises(ValueError, match="unknown disparity format"):
+        write_disparity(tmp_path / "d.jpg", disp)
+
+
+def test_cli_glob_patterns_write_a_folder(tmp_path, small_raft_checkpoint, stereo_pair_files):
+    left, right = stereo_pair_files
+    seq = tmp_path / "seq"
+    seq.mkdir()
+    for i in range(3):
+        (seq / f"{i:03d}_L.png").write_bytes(left.read_bytes())
+        (seq / f"{i:03d}_R.png").write_bytes(right.read_bytes())
+    proc = run_cli("infer", "--checkpoint", str(small_raft_checkpoint), "--left", str(seq / "*_L.png"),
+                   "--right", str(seq / "*_R.png"), "--out", str(tmp_path / "out"), "--format", "pfm",
+                   "--iters", "2", "--device", "cpu", "--color", str(tmp_path / "color"))
+    assert proc.returncode == 0, proc.stderr
+    outputs = sorted((tmp_path / "out").glob("*.pfm"))
+    assert [p.name for p in outputs] == ["000_L.pfm", "001_L.pfm", "002_L.pfm"]
+    first = read_pfm(outputs[0])
+    assert first.shape == (100, 150)
+    assert all(np.array_equal(read_pfm(p), first) for p in outputs[1:])
+    assert len(list((tmp_path / "color").glob("*.png"))) == 3
+    proc = run_cli("infer", "--checkpoint", str(small_raft_checkpoint), "--left", str(seq / "*_L.png"),
+                   "--right", str(seq / "00[01]_R.png"), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 1 and "matches 3 files but --right matches 2" in proc.stderr
