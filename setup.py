@@ -12,7 +12,12 @@ setup(
         ("share/" + package_name, ["package.xml"]),
     ],
     install_requires=["numpy", "opencv-python-headless", "torch>=2.1"],
-    extras_require={"test": ["pytest", "scikit-image"]},
+    extras_require={
+        # ROS 2 (kilted) client library and messages as PyPI wheels, for use without a ROS install.
+        "ros": ["ros-rclpy", "ros-sensor-msgs", "ros-stereo-msgs", "ros-std-msgs", "ros-diagnostic-msgs",
+                "ros-rmw-fastrtps-cpp"],
+        "test": ["pytest", "scikit-image", "pyyaml"],
+    },
     zip_safe=True,
     maintainer="sgru_ros developers",
     maintainer_email="sgru-ros@example.com",
