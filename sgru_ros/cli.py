@@ -83,6 +83,25 @@ def cmd_infer(args: argparse.Namespace) -> None:
         print(f"{left_path} -> {target} ({left.shape[1]}x{left.shape[0]}, {elapsed:.2f} s)")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from dataclasses import fields
+
+    from .training.train import TrainConfig, Trainer
+
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    if "crop" in values:
+        values["crop"] = tuple(values["crop"])
+    trainer = Trainer(TrainConfig(**values), Path(args.out))
+    if args.resume and trainer.resume():
+        print(f"resumed {args.out} at step {trainer.step}")
+    elif (Path(args.out) / "train_state.pt").exists() and not args.resume:
+        raise CommandError(f"{args.out} already holds a run; pass --resume or choose another --out")
+    print(f"training {trainer.config.preset} on {trainer.device} for {trainer.config.steps} steps -> {args.out}")
+    metrics = trainer.run(progress=not args.no_progress)
+    print(f"done: step {trainer.step}, {trainer.elapsed / 60:.1f} min, " +
+          ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()) + f"; weights: {Path(args.out) / 'model.pth'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sgru-stereo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +117,25 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--iters", type=int, default=32, help="GRU iterations (default 32, as the authors)")
     infer.add_argument("--color", help="also write a colorized disparity PNG (a folder for glob patterns)")
     infer.set_defaults(func=cmd_infer)
+
+    from .training.train import PRESETS
+    train = sub.add_parser("train", help="train a network on procedural stereo scenes (CPU or GPU)")
+    train.add_argument("--out", required=True, help="run folder: logs, train_state.pt, model.pth")
+    train.add_argument("--preset", choices=list(PRESETS), help="architecture (default raft-compact)")
+    train.add_argument("--steps", type=int, help="optimisation steps (default 2000)")
+    train.add_argument("--batch-size", dest="batch_size", type=int, help="default 4")
+    train.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="scene size, multiples of 32")
+    train.add_argument("--lr", type=float, help="peak learning rate (default 4e-4)")
+    train.add_argument("--train-iters", dest="train_iters", type=int, help="GRU iterations per step (default 8)")
+    train.add_argument("--data-max-disparity", dest="data_max_disparity", type=float,
+                       help="largest disparity in the scenes (default 96)")
+    train.add_argument("--seed", type=int, help="data and initialisation seed (default 1234)")
+    train.add_argument("--val-every", dest="val_every", type=int, help="validate and save every N steps")
+    train.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    train.add_argument("--workers", type=int, help="data-generation processes (default 1)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
     return parser
 
 
