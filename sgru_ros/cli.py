@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from .inference import PRECISIONS, StereoEstimator
 from .io import DISPARITY_FORMATS, read_image, write_disparity
@@ -83,6 +84,54 @@ def cmd_infer(args: argparse.Namespace) -> None:
         print(f"{left_path} -> {target} ({left.shape[1]}x{left.shape[0]}, {elapsed:.2f} s)")
 
 
+def _eval_pair(args: argparse.Namespace):
+    from .io import read_disparity
+
+    if args.motorcycle:
+        import skimage.data
+
+        left, right, gt = skimage.data.stereo_motorcycle()
+        return "Middlebury 2014 Motorcycle (scikit-image, quarter size)", left, right, np.where(
+            np.isfinite(gt), gt, np.nan).astype(np.float32)
+    if not (args.left and args.right and args.gt):
+        raise CommandError("give --left, --right and --gt, or --motorcycle")
+    return Path(args.left).name, read_image(args.left), read_image(args.right), read_disparity(args.gt)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .evaluation import SGBMConfig, disparity_metrics, fill_from_left, sgbm_disparity
+
+    name, left, right, gt = _eval_pair(args)
+    if gt.shape != left.shape[:2]:
+        raise CommandError(f"ground truth is {gt.shape[1]}x{gt.shape[0]} but the images are "
+                           f"{left.shape[1]}x{left.shape[0]}")
+    iters = sorted(set(args.iters))
+    estimator = estimator_from_args(args)
+    start = time.perf_counter()
+    result = estimator.estimate(left, right, iters=iters[-1], output_iters=iters[:-1])
+    net_time = time.perf_counter() - start
+    start = time.perf_counter()
+    sgbm = sgbm_disparity(left, right, SGBMConfig(num_disparities=args.sgbm_num_disparities))
+    sgbm_time = time.perf_counter() - start
+    rows = [(f"sgru {estimator.variant} ({args.checkpoint or 'bundled'})", k,
+             disparity_metrics(result.intermediate.get(k, result.disparity), gt)) for k in iters]
+    rows.append(("OpenCV SGBM, holes filled", None, disparity_metrics(fill_from_left(sgbm), gt)))
+    rows.append(("OpenCV SGBM, own pixels only", None, disparity_metrics(sgbm, gt)))
+    print(f"pair: {name}, {left.shape[1]}x{left.shape[0]}, {int(np.isfinite(gt).sum())} ground-truth pixels, "
+          f"disparity {np.nanmin(gt):.1f}..{np.nanmax(gt):.1f}")
+    print(f"network: {estimator.device}, {estimator.precision}, one pass of {iters[-1]} iterations in "
+          f"{net_time:.2f} s; SGBM (num_disparities {args.sgbm_num_disparities}, block 3) in {sgbm_time:.2f} s")
+    print(f"{'method':44s} {'iters':>5s} {'density%':>8s} {'EPE':>7s} {'bad-1%':>7s} {'bad-2%':>7s} "
+          f"{'bad-3%':>7s} {'D1%':>7s}")
+    for label, k, m in rows:
+        print(f"{label[:44]:44s} {k if k else '-':>5} {m.density:8.1f} {m.epe:7.3f} {m.bad1:7.2f} {m.bad2:7.2f} "
+              f"{m.bad3:7.2f} {m.d1:7.2f}")
+    best = rows[len(iters) - 1][2]
+    filled, own = rows[-2][2], rows[-1][2]
+    print(f"bad-2 ratio at {iters[-1]} iterations: {best.bad2 / filled.bad2:.2f}x SGBM filled (dense), "
+          f"{best.bad2 / own.bad2:.2f}x SGBM on its own {own.density:.0f}% of pixels")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from dataclasses import fields
 
@@ -117,6 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--iters", type=int, default=32, help="GRU iterations (default 32, as the authors)")
     infer.add_argument("--color", help="also write a colorized disparity PNG (a folder for glob patterns)")
     infer.set_defaults(func=cmd_infer)
+
+    evaluate = sub.add_parser("eval", help="errors against ground truth, side by side with OpenCV SGBM")
+    add_model_arguments(evaluate)
+    evaluate.add_argument("--motorcycle", action="store_true",
+                          help="use scikit-image's Middlebury 2014 Motorcycle pair (741x500) and its ground truth")
+    evaluate.add_argument("--left", help="left image")
+    evaluate.add_argument("--right", help="right image")
+    evaluate.add_argument("--gt", help="ground truth: Middlebury .pfm, KITTI 16-bit .png, .npy or .npz")
+    evaluate.add_argument("--iters", type=int, nargs="+", default=[8, 16, 32],
+                          help="iteration counts, all from one pass (default 8 16 32)")
+    evaluate.add_argument("--sgbm-num-disparities", type=int, default=64,
+                          help="SGBM search range, multiple of 16 (default 64)")
+    evaluate.set_defaults(func=cmd_eval)
 
     from .training.train import PRESETS
     train = sub.add_parser("train", help="train a network on procedural stereo scenes (CPU or GPU)")

@@ -1,0 +1,86 @@
+"""Disparity error metrics and the classical baseline (OpenCV SGBM) they are compared with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Errors over ground-truth-valid pixels where the method gave a value.
+
+    epe: mean absolute error (px). bad1/bad2/bad3: % of pixels off by more
+    than 1/2/3 px. d1: KITTI's D1, % off by more than 3 px and 5 % of the
+    true value. density: % of ground-truth pixels the method gave a value for.
+    """
+
+    epe: float
+    bad1: float
+    bad2: float
+    bad3: float
+    d1: float
+    density: float
+    pixels: int
+
+
+def disparity_metrics(prediction: np.ndarray, ground_truth: np.ndarray) -> Metrics:
+    """prediction, ground_truth: H x W; non-finite values are "no value"."""
+    if prediction.shape != ground_truth.shape:
+        raise ValueError(f"prediction {prediction.shape} and ground truth {ground_truth.shape} differ in size")
+    known = np.isfinite(ground_truth)
+    if not known.any():
+        raise ValueError("ground truth has no valid pixel")
+    scored = known & np.isfinite(prediction)
+    err = np.abs(prediction[scored] - ground_truth[scored])
+    gt = ground_truth[scored]
+    pct = lambda mask: float(100.0 * mask.mean()) if mask.size else float("nan")  # noqa: E731
+    return Metrics(epe=float(err.mean()) if err.size else float("nan"), bad1=pct(err > 1), bad2=pct(err > 2),
+                   bad3=pct(err > 3), d1=pct((err > 3) & (err > 0.05 * gt)),
+                   density=float(100.0 * scored.sum() / known.sum()), pixels=int(scored.sum()))
+
+
+@dataclass(frozen=True)
+class SGBMConfig:
+    """OpenCV semi-global block matching as commonly configured (OpenCV's
+    stereo_match sample): P1 = 8*3*b^2, P2 = 32*3*b^2 smoothness penalties,
+    3-way dynamic programming, uniqueness 10 %, speckle filter 100 px / 2 px,
+    left-right check 1 px. num_disparities must cover the scene's range."""
+
+    num_disparities: int = 64
+    block_size: int = 3
+
+    def matcher(self) -> cv2.StereoSGBM:
+        if self.num_disparities <= 0 or self.num_disparities % 16:
+            raise ValueError(f"SGBM num_disparities must be a positive multiple of 16, got {self.num_disparities}")
+        b = self.block_size
+        return cv2.StereoSGBM_create(minDisparity=0, numDisparities=self.num_disparities, blockSize=b,
+                                     P1=8 * 3 * b * b, P2=32 * 3 * b * b, disp12MaxDiff=1, uniquenessRatio=10,
+                                     speckleWindowSize=100, speckleRange=2, mode=cv2.STEREO_SGBM_MODE_SGBM_3WAY)
+
+
+def sgbm_disparity(left: np.ndarray, right: np.ndarray, config: SGBMConfig = SGBMConfig()) -> np.ndarray:
+    """H x W x 3 RGB uint8 pair -> H x W float32 disparity, NaN where SGBM gives none."""
+    raw = config.matcher().compute(left, right).astype(np.float32) / 16.0  # fixed point, 4 fractional bits
+    raw[raw < 0] = np.nan
+    return raw
+
+
+def fill_from_left(disparity: np.ndarray) -> np.ndarray:
+    """Fill holes with the nearest valid value to their left on the same row
+    (the background side for a left-view map, as the Middlebury SDK fills);
+    holes at a row's start take the first valid value to their right."""
+    filled = disparity.copy()
+    h, w = filled.shape
+    valid = np.isfinite(filled)
+    idx = np.where(valid, np.arange(w)[None, :], 0)
+    np.maximum.accumulate(idx, axis=1, out=idx)
+    filled = filled[np.arange(h)[:, None], idx]
+    # Leading holes: take the first valid value of the row.
+    first = np.argmax(valid, axis=1)
+    lead = ~np.isfinite(filled)
+    rows = np.nonzero(lead)[0]
+    filled[lead] = disparity[rows, first[rows]]
+    return filled
