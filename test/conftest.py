@@ -52,7 +52,7 @@ def stereo_pair_files(tmp_path) -> tuple[Path, Path]:
 
     rng = np.random.default_rng(0)
     texture = rng.integers(0, 255, size=(100, 160, 3), dtype=np.uint8)
-    left, right = texture[:, 6:156], texture[:, 0:150]
+    left, right = texture[:, 0:150], texture[:, 6:156]  # right(x - 6) == left(x)
     write_image_rgb(tmp_path / "left.png", left)
     write_image_rgb(tmp_path / "right.png", right)
     return tmp_path / "left.png", tmp_path / "right.png"
