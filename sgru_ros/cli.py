@@ -128,8 +128,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
               f"{m.bad3:7.2f} {m.d1:7.2f}")
     best = rows[len(iters) - 1][2]
     filled, own = rows[-2][2], rows[-1][2]
-    print(f"bad-2 ratio at {iters[-1]} iterations: {best.bad2 / filled.bad2:.2f}x SGBM filled (dense), "
-          f"{best.bad2 / own.bad2:.2f}x SGBM on its own {own.density:.0f}% of pixels")
+    ratio = lambda a, b: f"{a / b:.2f}x" if b > 0 else "n/a (SGBM has none)"  # noqa: E731
+    print(f"bad-2 ratio at {iters[-1]} iterations: {ratio(best.bad2, filled.bad2)} SGBM filled (dense), "
+          f"{ratio(best.bad2, own.bad2)} SGBM on its own {own.density:.0f}% of pixels")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
