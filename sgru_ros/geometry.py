@@ -1,0 +1,215 @@
+"""Disparity -> depth -> 3D points, and the PointCloud2 byte layout. Plain numpy, no ROS.
+
+Conventions are stereo_image_proc's (image_geometry's StereoCameraModel):
+for a rectified pair with projection matrices P_l, P_r,
+
+    f  = P_r[0, 0]                      focal length (px)
+    t  = -P_r[0, 3] / P_r[0, 0]         baseline (m)
+    d' = d - (cx_l - cx_r)              published disparity (px)
+    Z  = f * t / d'                     depth (m)
+    X  = (u - cx_l) * Z / fx,  Y = (v - cy) * Z / fy
+
+The principal-point offset matters on rigs whose rectified principal points
+differ (Middlebury's ``doffs``: cx_r - cx_l).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class StereoGeometry:
+    """The numbers of a rectified stereo pair that depth needs.
+
+    fx, fy, cx, cy: left rectified intrinsics (P_l). cx_right: right principal
+    point x (P_r[0, 2]). focal: P_r[0, 0]. baseline: -P_r[0, 3] / P_r[0, 0] (m).
+    """
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    cx_right: float
+    focal: float
+    baseline: float
+
+    @classmethod
+    def from_projections(cls, p_left: np.ndarray, p_right: np.ndarray) -> StereoGeometry:
+        """p_left, p_right: 3 x 4 (or 12 values, row-major) rectified projection matrices."""
+        pl = np.asarray(p_left, dtype=np.float64).reshape(3, 4)
+        pr = np.asarray(p_right, dtype=np.float64).reshape(3, 4)
+        if pl[0, 0] <= 0 or pl[1, 1] <= 0 or pr[0, 0] <= 0:
+            raise ValueError("camera_info P has no positive focal length: is the camera calibrated?")
+        baseline = -pr[0, 3] / pr[0, 0]
+        if baseline <= 0:
+            raise ValueError(f"right camera_info P[0,3] = {pr[0, 3]:g} gives baseline {baseline:g} m; "
+                             "expected -fx * baseline < 0 (is left/right swapped?)")
+        return cls(fx=pl[0, 0], fy=pl[1, 1], cx=pl[0, 2], cy=pl[1, 2], cx_right=pr[0, 2], focal=pr[0, 0],
+                   baseline=baseline)
+
+    @property
+    def principal_offset(self) -> float:
+        """cx_l - cx_r, subtracted from the matched disparity."""
+        return self.cx - self.cx_right
+
+    def published_disparity(self, disparity: np.ndarray) -> np.ndarray:
+        """Matched disparity d (px, left image) -> d' = d - (cx_l - cx_r)."""
+        return (disparity - self.principal_offset).astype(np.float32)
+
+    def depth(self, published: np.ndarray) -> np.ndarray:
+        """d' -> Z = f t / d' in metres; NaN where d' <= 0 or not finite."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = (self.focal * self.baseline) / published
+        return np.where(np.isfinite(published) & (published > 0), z, np.nan).astype(np.float32)
+
+    def points(self, depth: np.ndarray) -> np.ndarray:
+        """H x W depth (NaN = invalid) -> H x W x 3 float32 points (x right, y down, z forward)."""
+        h, w = depth.shape
+        u = np.arange(w, dtype=np.float32)[None, :]
+        v = np.arange(h, dtype=np.float32)[:, None]
+        x = (u - self.cx) * depth / self.fx
+        y = (v - self.cy) * depth / self.fy
+        return np.stack([x, y, depth], axis=-1).astype(np.float32)
+
+
+def flying_pixels(disparity: np.ndarray, threshold: float) -> np.ndarray:
+    """Mask of pixels at disparity discontinuities.
+
+    Learned stereo interpolates across depth edges, so pixels on an edge get
+    a disparity between foreground and background and float in mid-air in a
+    point cloud. A pixel is flagged when the disparity range (max - min) of
+    its 3 x 3 neighbourhood exceeds ``threshold`` px; smooth slanted surfaces
+    (a road, a wall) vary far less than that between neighbours.
+    """
+    padded = np.pad(np.nan_to_num(disparity, nan=0.0), 1, mode="edge")
+    h, w = disparity.shape
+    windows = [padded[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
+    return (np.max(windows, axis=0) - np.min(windows, axis=0)) > threshold
+
+
+def valid_window(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Bounding box (x_offset, y_offset, width, height) of the True pixels; zeros if none."""
+    rows, cols = np.any(mask, axis=1), np.any(mask, axis=0)
+    if not rows.any():
+        return 0, 0, 0, 0
+    y0, y1 = np.argmax(rows), len(rows) - np.argmax(rows[::-1])
+    x0, x1 = np.argmax(cols), len(cols) - np.argmax(cols[::-1])
+    return int(x0), int(y0), int(x1 - x0), int(y1 - y0)
+
+
+@dataclass(frozen=True)
+class CloudLayout:
+    """PointCloud2 field layout as stereo_image_proc writes it.
+
+    With colour: x, y, z then rgb packed in a float32 (PCL's 0x00RRGGBB).
+    Default (``avoid_padding=False``): xyz padded to 16 bytes, rgb at 16,
+    32-byte points (``setPointCloud2FieldsByString(2, "xyz", "rgb")``);
+    ``avoid_padding=True``: rgb at 12, 16-byte points. Without colour: x, y, z
+    in 16 (padded) or 12 bytes.
+    """
+
+    color: bool
+    avoid_padding: bool
+
+    @property
+    def fields(self) -> list[tuple[str, int]]:
+        """(name, byte offset) pairs; every field is one FLOAT32."""
+        xyz = [("x", 0), ("y", 4), ("z", 8)]
+        if not self.color:
+            return xyz
+        return xyz + [("rgb", 12 if self.avoid_padding else 16)]
+
+    @property
+    def point_step(self) -> int:
+        if self.color:
+            return 16 if self.avoid_padding else 32
+        return 12 if self.avoid_padding else 16
+
+
+def pack_cloud(points: np.ndarray, rgb: np.ndarray | None, layout: CloudLayout) -> bytes:
+    """H x W x 3 float32 points (NaN = invalid) and H x W x 3 uint8 RGB -> row-major point bytes."""
+    h, w, _ = points.shape
+    step = layout.point_step
+    buffer = np.zeros((h, w, step), dtype=np.uint8)
+    buffer[..., 0:12] = points.astype("<f4").view(np.uint8).reshape(h, w, 12)
+    if layout.color:
+        if rgb is None or rgb.shape[:2] != (h, w):
+            raise ValueError("a coloured cloud needs an H x W x 3 RGB image of the same size")
+        offset = dict(layout.fields)["rgb"]
+        # Little-endian 0x00RRGGBB: bytes B, G, R, 0.
+        buffer[..., offset:offset + 3] = rgb[..., ::-1]
+    return buffer.tobytes()
+
+
+def write_ply(path: str, points: np.ndarray, rgb: np.ndarray | None = None) -> int:
+    """Write the finite points of an H x W x 3 cloud as binary little-endian PLY; returns the count."""
+    valid = np.isfinite(points).all(axis=-1)
+    xyz = points[valid].astype("<f4")
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
+    if rgb is not None:
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    data = np.empty(len(xyz), dtype=fields)
+    data["x"], data["y"], data["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+    if rgb is not None:
+        colors = rgb[valid]
+        data["red"], data["green"], data["blue"] = colors[:, 0], colors[:, 1], colors[:, 2]
+    header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(xyz)}",
+              "property float x", "property float y", "property float z"]
+    if rgb is not None:
+        header += ["property uchar red", "property uchar green", "property uchar blue"]
+    with open(path, "wb") as f:
+        f.write(("\n".join(header + ["end_header"]) + "\n").encode())
+        f.write(data.tobytes())
+    return len(xyz)
+
+
+@dataclass
+class DepthProducts:
+    """Everything the node publishes for one frame, H x W each.
+
+    disparity: published disparity d' (float32), invalid pixels set to
+        ``min_disparity - 1`` as stereo_image_proc marks them.
+    disparity_valid: pixels with a real match (inside the right image, d' > 0).
+    depth: metres, NaN where not a point of the cloud.
+    points: H x W x 3, NaN where invalid.
+    window: (x, y, width, height) bounding the valid disparities.
+    min_disparity, max_disparity: the range d' can take.
+    """
+
+    disparity: np.ndarray
+    disparity_valid: np.ndarray
+    depth: np.ndarray
+    points: np.ndarray
+    window: tuple[int, int, int, int]
+    min_disparity: float
+    max_disparity: float
+
+
+def depth_products(disparity: np.ndarray, geometry: StereoGeometry, max_disparity: float,
+                   min_depth: float = 0.0, max_depth: float = float("inf"),
+                   flying_threshold: float | None = 1.0) -> DepthProducts:
+    """From the network's disparity d (H x W, left image pixels) to every published product.
+
+    A disparity is valid when its match x - d lies inside the right image and
+    d' > 0. A point (and depth) is valid when its disparity is, its depth is
+    within [min_depth, max_depth], and it is not a flying pixel (when
+    ``flying_threshold`` is not None).
+    """
+    h, w = disparity.shape
+    columns = np.arange(w, dtype=np.float32)[None, :]
+    published = geometry.published_disparity(disparity)
+    valid = np.isfinite(disparity) & (columns - disparity >= 0) & (published > 0)
+    min_d = -geometry.principal_offset
+    max_d = max_disparity - geometry.principal_offset
+    depth = geometry.depth(np.where(valid, published, np.nan))
+    with np.errstate(invalid="ignore"):
+        point_ok = valid & (depth >= min_depth) & (depth <= max_depth)
+    if flying_threshold is not None:
+        point_ok &= ~flying_pixels(np.where(valid, disparity, np.nan), flying_threshold)
+    depth = np.where(point_ok, depth, np.nan).astype(np.float32)
+    return DepthProducts(disparity=np.where(valid, published, min_d - 1.0).astype(np.float32),
+                         disparity_valid=valid, depth=depth, points=geometry.points(depth),
+                         window=valid_window(valid), min_disparity=float(min_d), max_disparity=float(max_d))

@@ -1,0 +1,68 @@
+"""Time synchronisation of the four stereo inputs, with message_filters' semantics.
+
+ROS 2's message_filters is not installable everywhere this package runs, so
+the policies are written here (no ROS import): ``exact`` matches identical
+stamps (TimeSynchronizer), ``approximate`` matches stamps within a tolerance
+(ApproximateTimeSynchronizer with ``slop``). Each input keeps at most
+``queue_size`` messages; once a set is emitted, everything at or before its
+stamps is dropped, so sets come out in time order and never twice.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class SyncStats:
+    emitted: int = 0
+    last_stamps: list[int | None] | None = None  # newest stamp seen per input (ns)
+
+
+class StereoSynchronizer:
+    """Feed messages with ``add``; it returns a complete set (a list ordered
+    like the inputs) when one forms, else None."""
+
+    def __init__(self, inputs: int, queue_size: int, tolerance_ns: int | None = None) -> None:
+        if inputs < 1 or queue_size < 1:
+            raise ValueError("need at least one input and a queue of at least 1")
+        if tolerance_ns is not None and tolerance_ns < 0:
+            raise ValueError("tolerance must be >= 0")
+        self.tolerance_ns = tolerance_ns
+        self.queues: list[deque[tuple[int, Any]]] = [deque(maxlen=queue_size) for _ in range(inputs)]
+        self.stats = SyncStats(last_stamps=[None] * inputs)
+
+    def add(self, index: int, stamp_ns: int, message: Any) -> list[Any] | None:
+        self.stats.last_stamps[index] = stamp_ns
+        self.queues[index].append((stamp_ns, message))
+        chosen = self._exact(stamp_ns) if self.tolerance_ns is None else self._approximate(index, stamp_ns)
+        if chosen is None:
+            return None
+        for queue, (stamp, _) in zip(self.queues, chosen):
+            while queue and queue[0][0] <= stamp:
+                queue.popleft()
+        self.stats.emitted += 1
+        return [message for _, message in chosen]
+
+    def _exact(self, stamp_ns: int) -> list[tuple[int, Any]] | None:
+        chosen = []
+        for queue in self.queues:
+            match = next((item for item in reversed(queue) if item[0] == stamp_ns), None)
+            if match is None:
+                return None
+            chosen.append(match)
+        return chosen
+
+    def _approximate(self, index: int, stamp_ns: int) -> list[tuple[int, Any]] | None:
+        chosen = []
+        for i, queue in enumerate(self.queues):
+            if i == index:
+                chosen.append(queue[-1])
+                continue
+            if not queue:
+                return None
+            chosen.append(min(queue, key=lambda item: abs(item[0] - stamp_ns)))
+        stamps = [stamp for stamp, _ in chosen]
+        return chosen if max(stamps) - min(stamps) <= self.tolerance_ns else None

@@ -1,0 +1,105 @@
+"""Disparity -> depth -> points and the PointCloud2 layout, against hand-computed values."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from sgru_ros.geometry import (CloudLayout, StereoGeometry, depth_products, flying_pixels, pack_cloud,
+                               valid_window, write_ply)
+
+# Middlebury 2014 Motorcycle at quarter size: f = 3979.911/4, cx = 1244.772/4, cy = 1019.507/4,
+# doffs = 124.343/4 (cx_r - cx_l), baseline 193.001 mm.
+F, CX, CY, DOFFS, B = 994.97775, 311.193, 254.87675, 31.08575, 0.193001
+
+
+def motorcycle_geometry() -> StereoGeometry:
+    p_left = [F, 0, CX, 0, 0, F, CY, 0, 0, 0, 1, 0]
+    p_right = [F, 0, CX + DOFFS, -F * B, 0, F, CY, 0, 0, 0, 1, 0]
+    return StereoGeometry.from_projections(p_left, p_right)
+
+
+def test_projection_parsing():
+    g = motorcycle_geometry()
+    assert g.focal == F and g.baseline == pytest.approx(B)
+    assert g.principal_offset == pytest.approx(-DOFFS)
+    with pytest.raises(ValueError, match="baseline"):
+        StereoGeometry.from_projections([F, 0, CX, 0, 0, F, CY, 0, 0, 0, 1, 0], [F, 0, CX, F * B, 0, F, CY, 0, 0, 0, 1, 0])
+    with pytest.raises(ValueError, match="focal"):
+        StereoGeometry.from_projections(np.zeros(12), np.zeros(12))
+
+
+def test_depth_and_point_by_hand():
+    g = motorcycle_geometry()
+    d = 50.0
+    published = g.published_disparity(np.array([[d]], np.float32))[0, 0]
+    assert published == pytest.approx(d + DOFFS)  # d' = d - (cx_l - cx_r)
+    z = g.depth(np.array([[published]]))[0, 0]
+    assert z == pytest.approx(F * B / (d + DOFFS), rel=1e-6)  # Middlebury: Z = f B / (d + doffs)
+    assert z == pytest.approx(2.36828, rel=1e-4)
+    depth = np.full((301, 401), np.nan, np.float32)
+    depth[300, 400] = z
+    x, y, zz = g.points(depth)[300, 400]
+    assert x == pytest.approx((400 - CX) * z / F, rel=1e-6)
+    assert y == pytest.approx((300 - CY) * z / F, rel=1e-6)
+    assert zz == pytest.approx(z)
+    assert np.isnan(g.depth(np.array([[0.0, -1.0, np.nan]]))).all()
+
+
+def test_products_validity_rules():
+    g = motorcycle_geometry()
+    disparity = np.full((6, 40), 10.0, np.float32)
+    disparity[:, 20:] = 5.0  # a step edge: flying pixels on both sides
+    products = depth_products(disparity, g, max_disparity=192, flying_threshold=1.0)
+    # Columns x < d have no match in the right image: invalid, marked below min_disparity.
+    assert not products.disparity_valid[:, :10].any() and products.disparity_valid[:, 10:].all()
+    assert (products.disparity[:, :10] == products.min_disparity - 1).all()
+    assert products.min_disparity == pytest.approx(DOFFS)
+    assert products.max_disparity == pytest.approx(192 + DOFFS)
+    assert products.window == (10, 0, 30, 6)
+    # Flying pixels next to the edge have no depth, the rest do.
+    assert np.isnan(products.depth[:, 19:21]).all() and np.isfinite(products.depth[:, 22:]).all()
+    unfiltered = depth_products(disparity, g, max_disparity=192, flying_threshold=None)
+    assert np.isfinite(unfiltered.depth[:, 19:21]).all()
+    z10, z5 = F * B / (10 + DOFFS), F * B / (5 + DOFFS)
+    assert z10 < 5.0 < z5
+    near = depth_products(disparity, g, max_disparity=192, min_depth=0.0, max_depth=5.0, flying_threshold=None)
+    assert np.isfinite(near.depth[:, 10:20]).all() and np.isnan(near.depth[:, 20:]).all()
+
+
+def test_flying_pixels_spare_slanted_surfaces():
+    ramp = np.tile(np.arange(50, dtype=np.float32) * 0.3, (10, 1))  # 0.3 px per column
+    assert not flying_pixels(ramp, 1.0).any()
+
+
+def test_valid_window():
+    mask = np.zeros((5, 8), bool)
+    mask[1:4, 2:7] = True
+    assert valid_window(mask) == (2, 1, 5, 3)
+    assert valid_window(np.zeros((3, 3), bool)) == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("avoid_padding,step,rgb_offset", [(False, 32, 16), (True, 16, 12)])
+def test_cloud_packing(avoid_padding, step, rgb_offset):
+    layout = CloudLayout(color=True, avoid_padding=avoid_padding)
+    assert layout.point_step == step and dict(layout.fields)["rgb"] == rgb_offset
+    points = np.array([[[1.0, 2.0, 3.0], [np.nan, np.nan, np.nan]]], np.float32)
+    rgb = np.array([[[10, 20, 30], [40, 50, 60]]], np.uint8)
+    data = pack_cloud(points, rgb, layout)
+    assert len(data) == 2 * step
+    assert struct.unpack_from("<3f", data, 0) == (1.0, 2.0, 3.0)
+    assert struct.unpack_from("<I", data, rgb_offset)[0] == (10 << 16) | (20 << 8) | 30  # 0x00RRGGBB
+    assert all(np.isnan(struct.unpack_from("<3f", data, step)))
+    assert CloudLayout(color=False, avoid_padding=True).point_step == 12
+
+
+def test_write_ply(tmp_path):
+    points = np.array([[[1.0, 2.0, 3.0], [np.nan, 0, 0]]], np.float32)
+    rgb = np.array([[[1, 2, 3], [4, 5, 6]]], np.uint8)
+    assert write_ply(str(tmp_path / "c.ply"), points, rgb) == 1
+    raw = (tmp_path / "c.ply").read_bytes()
+    header, body = raw.split(b"end_header\n")
+    assert b"element vertex 1" in header
+    assert struct.unpack("<3f3B", body) == (1.0, 2.0, 3.0, 1, 2, 3)

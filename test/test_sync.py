@@ -1,0 +1,51 @@
+"""The synchroniser's exact and approximate policies."""
+
+from __future__ import annotations
+
+import pytest
+
+from sgru_ros.sync import StereoSynchronizer
+
+MS = 1_000_000
+
+
+def test_exact_needs_identical_stamps():
+    sync = StereoSynchronizer(inputs=3, queue_size=5)
+    assert sync.add(0, 100, "a0") is None
+    assert sync.add(1, 100, "b0") is None
+    assert sync.add(2, 101, "c-off") is None  # 1 ns apart: no exact match
+    assert sync.add(2, 100, "c0") == ["a0", "b0", "c0"]
+    # Emitted stamps and older ones are gone: a late duplicate does not re-emit.
+    assert sync.add(0, 100, "a0-again") is None
+    assert sync.stats.emitted == 1
+
+
+def test_exact_out_of_order_arrivals():
+    sync = StereoSynchronizer(inputs=2, queue_size=5)
+    sync.add(0, 200, "a200")
+    sync.add(0, 300, "a300")
+    assert sync.add(1, 300, "b300") == ["a300", "b300"]
+    assert sync.add(1, 200, "b200") is None  # older than the last set: dropped, never emitted
+
+
+def test_approximate_within_tolerance():
+    sync = StereoSynchronizer(inputs=2, queue_size=5, tolerance_ns=10 * MS)
+    sync.add(0, 1000 * MS, "l")
+    assert sync.add(1, 1030 * MS, "r-late") is None  # 30 ms apart
+    assert sync.add(0, 1032 * MS, "l2") == ["l2", "r-late"]
+
+
+def test_queue_size_bounds_memory():
+    sync = StereoSynchronizer(inputs=2, queue_size=2)
+    for t in range(10):
+        sync.add(0, t, f"a{t}")
+    assert len(sync.queues[0]) == 2
+    assert sync.add(1, 3, "b3") is None  # a3 fell out of the queue
+    assert sync.add(1, 9, "b9") == ["a9", "b9"]
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        StereoSynchronizer(inputs=2, queue_size=0)
+    with pytest.raises(ValueError):
+        StereoSynchronizer(inputs=2, queue_size=1, tolerance_ns=-1)
