@@ -23,5 +23,9 @@ setup(
     maintainer_email="sgru-ros@example.com",
     description="Selective-Stereo (SelectiveConvGRU) dense stereo depth for ROS 2",
     license="MIT",
-    entry_points={"console_scripts": ["sgru-stereo = sgru_ros.cli:main"]},
+    entry_points={"console_scripts": [
+        "sgru-stereo = sgru_ros.cli:main",
+        "stereo_node = sgru_ros.node:main",
+        "sample_source = sgru_ros.sample_source:main",
+    ]},
 )

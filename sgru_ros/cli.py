@@ -88,11 +88,9 @@ def _eval_pair(args: argparse.Namespace):
     from .io import read_disparity
 
     if args.motorcycle:
-        import skimage.data
+        from .calibration import motorcycle_pair
 
-        left, right, gt = skimage.data.stereo_motorcycle()
-        return "Middlebury 2014 Motorcycle (scikit-image, quarter size)", left, right, np.where(
-            np.isfinite(gt), gt, np.nan).astype(np.float32)
+        return ("Middlebury 2014 Motorcycle (scikit-image, quarter size)", *motorcycle_pair())
     if not (args.left and args.right and args.gt):
         raise CommandError("give --left, --right and --gt, or --motorcycle")
     return Path(args.left).name, read_image(args.left), read_image(args.right), read_disparity(args.gt)
@@ -152,6 +150,15 @@ def cmd_train(args: argparse.Namespace) -> None:
           ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()) + f"; weights: {Path(args.out) / 'model.pth'}")
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    status = run_demo(Path(args.out), frames=args.frames, iterations=args.iters, checkpoint=args.checkpoint,
+                      device=args.device, rate=args.rate, timeout_s=args.timeout)
+    if status:
+        raise CommandError("the demo did not complete")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sgru-stereo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,6 +188,18 @@ def build_parser() -> argparse.ArgumentParser:
                           help="SGBM search range, multiple of 16 (default 64)")
     evaluate.set_defaults(func=cmd_eval)
 
+    demo = sub.add_parser("demo", help="sample source + stereo node over real rclpy; writes PNG, PFM and PLY")
+    demo.add_argument("--out", default="sgru_demo", help="output folder (default sgru_demo)")
+    demo.add_argument("--frames", type=int, default=3, help="frames to wait for (default 3)")
+    demo.add_argument("--iters", type=int, default=12, help="GRU iterations (default 12)")
+    demo.add_argument("--checkpoint", help="checkpoint file (default: bundled weights)")
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    demo.add_argument("--rate", type=float, default=1.0, help="sample source frame rate (default 1 Hz)")
+    demo.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
+    demo.set_defaults(func=cmd_demo)
+    sub.add_parser("run", help="the stereo node (ROS arguments follow: sgru-stereo run --ros-args -p iterations:=8)")
+    sub.add_parser("source", help="the sample stereo source node (sgru-stereo source --ros-args -p source:=folder ...)")
+
     from .training.train import PRESETS
     train = sub.add_parser("train", help="train a network on procedural stereo scenes (CPU or GPU)")
     train.add_argument("--out", required=True, help="run folder: logs, train_state.pt, model.pth")
@@ -203,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("run", "source"):  # ROS nodes: the rest is for rclpy (--ros-args ...)
+        if argv[0] == "run":
+            from .node import main as node_main
+            return node_main(["sgru-stereo", *argv[1:]])
+        from .sample_source import main as source_main
+        return source_main(["sgru-stereo", *argv[1:]])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

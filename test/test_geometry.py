@@ -7,11 +7,12 @@ import struct
 import numpy as np
 import pytest
 
+from sgru_ros.calibration import MOTORCYCLE
 from sgru_ros.geometry import (CloudLayout, StereoGeometry, depth_products, flying_pixels, pack_cloud,
                                valid_window, write_ply)
 
-# Middlebury 2014 Motorcycle at quarter size: f = 3979.911/4, cx = 1244.772/4, cy = 1019.507/4,
-# doffs = 124.343/4 (cx_r - cx_l), baseline 193.001 mm.
+# Middlebury 2014 Motorcycle at quarter size, by hand: f = 3979.911/4, cx = 1244.772/4,
+# cy = 1019.507/4, doffs = 124.343/4 (cx_r - cx_l), baseline 193.001 mm.
 F, CX, CY, DOFFS, B = 994.97775, 311.193, 254.87675, 31.08575, 0.193001
 
 
@@ -19,6 +20,12 @@ def motorcycle_geometry() -> StereoGeometry:
     p_left = [F, 0, CX, 0, 0, F, CY, 0, 0, 0, 1, 0]
     p_right = [F, 0, CX + DOFFS, -F * B, 0, F, CY, 0, 0, 0, 1, 0]
     return StereoGeometry.from_projections(p_left, p_right)
+
+
+def test_bundled_motorcycle_calibration_matches_hand_values():
+    g = StereoGeometry.from_projections(MOTORCYCLE.projection(), MOTORCYCLE.projection(right=True))
+    assert (g.focal, g.cx, g.cy, g.cx_right) == pytest.approx((F, CX, CY, CX + DOFFS))
+    assert g.baseline == pytest.approx(B)
 
 
 def test_projection_parsing():

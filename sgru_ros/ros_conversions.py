@@ -1,0 +1,72 @@
+"""sensor_msgs/stereo_msgs <-> numpy, without cv_bridge (not installable everywhere)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from std_msgs.msg import Header
+
+from .geometry import CloudLayout, pack_cloud
+
+#: encoding -> (channels, dtype, channel order to get RGB)
+_ENCODINGS = {
+    "rgb8": (3, np.uint8, [0, 1, 2]),
+    "bgr8": (3, np.uint8, [2, 1, 0]),
+    "rgba8": (4, np.uint8, [0, 1, 2]),
+    "bgra8": (4, np.uint8, [2, 1, 0]),
+    "mono8": (1, np.uint8, [0, 0, 0]),
+    "mono16": (1, np.uint16, [0, 0, 0]),
+}
+SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
+
+
+def image_to_rgb(msg: Image) -> np.ndarray:
+    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8, mono16) -> H x W x 3 RGB uint8."""
+    if msg.encoding not in _ENCODINGS:
+        raise ValueError(f"unsupported image encoding {msg.encoding!r}; use one of {', '.join(_ENCODINGS)}")
+    channels, dtype, order = _ENCODINGS[msg.encoding]
+    itemsize = np.dtype(dtype).itemsize
+    row_bytes = msg.width * channels * itemsize
+    if msg.height == 0 or msg.width == 0:
+        raise ValueError("empty image (0 width or height)")
+    if msg.step < row_bytes or len(msg.data) < msg.step * msg.height:
+        raise ValueError(f"image data too short: {len(msg.data)} bytes for {msg.width}x{msg.height} "
+                         f"{msg.encoding} with step {msg.step}")
+    raw = np.frombuffer(msg.data, dtype=np.uint8, count=msg.step * msg.height).reshape(msg.height, msg.step)
+    pixels = raw[:, :row_bytes].copy().view(np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<"))
+    pixels = pixels.reshape(msg.height, msg.width, channels)
+    if dtype == np.uint16:
+        pixels = (pixels >> 8).astype(np.uint8)
+    return np.ascontiguousarray(pixels[..., order])
+
+
+def array_to_image(array: np.ndarray, encoding: str, header: Header) -> Image:
+    """H x W float32 ('32FC1') or H x W x 3 uint8 ('bgr8'/'rgb8') -> sensor_msgs/Image."""
+    expected = {"32FC1": (np.float32, 2), "bgr8": (np.uint8, 3), "rgb8": (np.uint8, 3)}
+    dtype, ndim = expected[encoding]
+    array = np.ascontiguousarray(array, dtype=dtype)
+    if array.ndim != ndim:
+        raise ValueError(f"{encoding} needs a {ndim}-D array, got shape {array.shape}")
+    msg = Image(header=header, height=array.shape[0], width=array.shape[1], encoding=encoding,
+                is_bigendian=0, step=array.strides[0])
+    msg.data = array.tobytes()
+    return msg
+
+
+def cloud_message(points: np.ndarray, rgb: np.ndarray | None, layout: CloudLayout, header: Header) -> PointCloud2:
+    """Organized H x W cloud (NaN = invalid) in stereo_image_proc's layout."""
+    h, w, _ = points.shape
+    msg = PointCloud2(header=header, height=h, width=w, is_bigendian=False, is_dense=False,
+                      point_step=layout.point_step, row_step=layout.point_step * w)
+    msg.fields = [PointField(name=name, offset=offset, datatype=PointField.FLOAT32, count=1)
+                  for name, offset in layout.fields]
+    msg.data = pack_cloud(points, rgb, layout)
+    return msg
+
+
+def projection(info: CameraInfo) -> np.ndarray:
+    return np.asarray(info.p, dtype=np.float64).reshape(3, 4)
+
+
+def stamp_ns(header: Header) -> int:
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
