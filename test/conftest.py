@@ -16,6 +16,10 @@ FIXTURE_NAMES = ("raft", "igev")
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+# DDS traffic of the tests stays on this machine, in a domain of their own.
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("ROS_DOMAIN_ID", "73")
+
 
 def parity_fixture(name: str) -> dict:
     path = PARITY_DIR / f"{name}_motorcycle.pt"

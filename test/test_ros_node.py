@@ -1,0 +1,230 @@
+"""stereo_node over real rclpy and Fast DDS: the node runs in its own process, the test publishes
+a calibrated pair and reads the outputs, calls the parameter services, and checks the geometry."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+rclpy = pytest.importorskip("rclpy")
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
+from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.qos import QoSProfile  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+from stereo_msgs.msg import DisparityImage  # noqa: E402
+
+from sgru_ros.calibration import StereoCalibration  # noqa: E402
+from sgru_ros.model import RaftConfig, SelectiveRAFT, save_checkpoint  # noqa: E402
+from sgru_ros.ros_conversions import array_to_image, stamp_ns  # noqa: E402
+from sgru_ros.sample_source import camera_info  # noqa: E402
+
+from conftest import REPO, SMALL_RAFT  # noqa: E402
+
+NAMESPACE = "/rig"
+CAMERA = "/cam"  # the node's inputs are remapped here
+STEP_PX = 2.0
+CALIBRATION = StereoCalibration(focal_length=200.0, cx=80.0, cy=60.0, cx_right=86.0, baseline=0.12)
+
+
+@pytest.fixture(scope="module")
+def node_process(tmp_path_factory):
+    # A network with a known answer: the disparity head always outputs the same update, so
+    # after k iterations the disparity is k * STEP_PX everywhere (random weights elsewhere).
+    # The node's plumbing and geometry are what is under test here, not the network.
+    torch.manual_seed(0)
+    model = SelectiveRAFT(RaftConfig(**SMALL_RAFT))
+    with torch.no_grad():
+        model.update_block.disp_head.conv2.weight.zero_()
+        model.update_block.disp_head.conv2.bias.fill_(-STEP_PX / model.downsample_factor)  # x-flow = -disparity
+    checkpoint = tmp_path_factory.mktemp("model") / "known_answer.pth"
+    save_checkpoint(model, checkpoint)
+    remaps = [arg for topic in ("left/image_rect", "right/image_rect", "left/camera_info", "right/camera_info")
+              for arg in ("-r", f"{topic}:={CAMERA}/{topic}")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sgru_ros.cli", "run", "--ros-args", "-r", f"__ns:={NAMESPACE}",
+         "-p", f"model:={checkpoint}", "-p", "device:=cpu", "-p", "iterations:=3", *remaps],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+class Rig(Node):
+    """Publishes calibrated pairs like a camera driver and records what the node publishes."""
+
+    def __init__(self) -> None:
+        super().__init__("test_rig")
+        qos = QoSProfile(depth=5)
+        self.pubs = {t: self.create_publisher(m, f"{CAMERA}/{t}", qos) for t, m in (
+            ("left/image_rect", Image), ("right/image_rect", Image),
+            ("left/camera_info", CameraInfo), ("right/camera_info", CameraInfo))}
+        self.outputs: dict[str, dict[int, object]] = {"disparity": {}, "points2": {}, "depth": {}}
+        for name, msg_type in (("disparity", DisparityImage), ("points2", PointCloud2), ("depth", Image)):
+            self.create_subscription(msg_type, f"{NAMESPACE}/{name}",
+                                     lambda msg, n=name: self.outputs[n].__setitem__(stamp_ns(msg.header), msg), qos)
+        self.diagnostics: list[DiagnosticArray] = []
+        self.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
+        self.param_client = self.create_client(SetParameters, f"{NAMESPACE}/sgru_stereo/set_parameters")
+
+    def publish_pair(self, left: np.ndarray, right: np.ndarray, sec: int, right_info_width: int | None = None) -> int:
+        header = Header(frame_id="rig_left_optical")
+        header.stamp.sec = sec
+        right_header = Header(frame_id="rig_right_optical", stamp=header.stamp)
+        h, w = left.shape[:2]
+        self.pubs["left/camera_info"].publish(camera_info(CALIBRATION, False, w, h, header))
+        self.pubs["right/camera_info"].publish(
+            camera_info(CALIBRATION, True, right_info_width or w, h, right_header))
+        self.pubs["left/image_rect"].publish(array_to_image(left, "rgb8", header))
+        self.pubs["right/image_rect"].publish(array_to_image(right, "rgb8", right_header))
+        return stamp_ns(header)
+
+    def spin_until(self, condition, timeout: float, message: str):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rclpy.spin_once(self, timeout_sec=0.1)
+            if condition():
+                return
+        raise AssertionError(f"timed out: {message}")
+
+    def frame(self, left, right, sec: int, timeout: float = 60.0, **kwargs):
+        """Publish a pair (re-sending until the node answers) and return its outputs."""
+        stamp = None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            stamp = self.publish_pair(left, right, sec, **kwargs)
+            try:
+                self.spin_until(lambda: all(stamp in o for o in self.outputs.values()), 2.0, "")
+                return {name: outputs[stamp] for name, outputs in self.outputs.items()}
+            except AssertionError:
+                continue
+        raise AssertionError(f"no output for stamp {sec}")
+
+    def set_parameter(self, name: str, value) -> tuple[bool, str]:
+        assert self.param_client.wait_for_service(timeout_sec=30.0), "parameter service not found"
+        if isinstance(value, list):
+            pv = ParameterValue(type=ParameterType.PARAMETER_INTEGER_ARRAY, integer_array_value=value)
+        else:
+            pv = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
+        future = self.param_client.call_async(SetParameters.Request(parameters=[ParameterMsg(name=name, value=pv)]))
+        self.spin_until(future.done, 10.0, f"set {name}")
+        result = future.result().results[0]
+        return result.successful, result.reason
+
+    def last_diagnostics(self) -> dict[str, str]:
+        statuses = [s for array in self.diagnostics for s in array.status if s.name.startswith("sgru_stereo")]
+        return {kv.key: kv.value for kv in statuses[-1].values} if statuses else {}
+
+
+@pytest.fixture(scope="module")
+def rig(node_process):
+    rclpy.init()
+    node = Rig()
+    yield node
+    node.destroy_node()
+    rclpy.shutdown()
+
+
+def textured_pair(shift: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    texture = rng.integers(0, 255, size=(120, 160 + shift, 3), dtype=np.uint8)
+    return np.ascontiguousarray(texture[:, :160]), np.ascontiguousarray(texture[:, shift:])
+
+
+def as_array(image: Image) -> np.ndarray:
+    assert image.encoding == "32FC1"
+    return np.frombuffer(image.data, np.float32).reshape(image.height, image.width)
+
+
+def test_pair_in_disparity_and_cloud_out_with_consistent_geometry(rig):
+    left, right = textured_pair()
+    out = rig.frame(left, right, sec=100)
+    disparity_msg, cloud = out["disparity"], out["points2"]
+    for msg in (disparity_msg, cloud, out["depth"]):
+        assert msg.header.frame_id == "rig_left_optical" and msg.header.stamp.sec == 100
+    assert disparity_msg.f == pytest.approx(CALIBRATION.focal_length)
+    assert disparity_msg.t == pytest.approx(CALIBRATION.baseline)
+    assert disparity_msg.image.width == 160 and disparity_msg.image.height == 120
+    assert disparity_msg.min_disparity == pytest.approx(6.0)  # -(cx_l - cx_r)
+    published = as_array(disparity_msg.image)
+    valid = published >= disparity_msg.min_disparity
+    # 3 iterations of the known-answer network: d = 6 px, d' = d - (cx_l - cx_r) = 12 px, except in
+    # the outer 4-px frame where convex upsampling mixes in its zero padding; columns x < d have no
+    # match in the right image.
+    np.testing.assert_allclose(published[4:-4, 8:-4], 12.0, atol=1e-3)
+    assert not valid[:, :6].any() and valid[4:-4, 8:].all()
+    win = disparity_msg.valid_window
+    assert valid.any() and valid[win.y_offset:win.y_offset + win.height, win.x_offset:win.x_offset + win.width].sum() == valid.sum()
+
+    assert cloud.height == 120 and cloud.width == 160 and not cloud.is_dense and cloud.point_step == 32
+    raw = np.frombuffer(cloud.data, np.uint8).reshape(120, 160, 32)
+    xyz = np.stack([raw[..., o:o + 4].copy().view("<f4")[..., 0] for o in (0, 4, 8)], axis=-1)
+    finite = np.isfinite(xyz[..., 2])
+    assert finite.any() and not (finite & ~valid).any()  # every point has a valid disparity
+    expected_z = disparity_msg.f * disparity_msg.t / published[finite]
+    np.testing.assert_allclose(xyz[..., 2][finite], expected_z, rtol=1e-3)
+    v, u = np.nonzero(finite)
+    np.testing.assert_allclose(xyz[..., 0][finite], (u - CALIBRATION.cx) * expected_z / CALIBRATION.focal_length,
+                               rtol=1e-3, atol=1e-6)
+    depth = as_array(out["depth"])
+    np.testing.assert_allclose(depth[finite], expected_z, rtol=1e-3)
+    rgb = raw[..., 16:19][..., ::-1]
+    assert np.array_equal(rgb[finite], left[finite])
+
+
+def test_iterations_change_at_run_time(rig):
+    left, right = textured_pair()
+    assert rig.set_parameter("iterations", 1) == (True, "")
+    one = as_array(rig.frame(left, right, sec=200)["disparity"].image).copy()
+    rig.spin_until(lambda: rig.last_diagnostics().get("last_frame_iterations") == "1", 10.0, "diagnostics")
+    assert rig.set_parameter("iterations", 6) == (True, "")
+    six = as_array(rig.frame(left, right, sec=201)["disparity"].image).copy()
+    rig.spin_until(lambda: rig.last_diagnostics().get("last_frame_iterations") == "6", 10.0, "diagnostics")
+    assert one[60, 80] == pytest.approx(1 * STEP_PX + 6.0) and six[60, 80] == pytest.approx(6 * STEP_PX + 6.0)
+    assert rig.set_parameter("publish_iterations", [2, 4]) == (True, "")
+    intermediate = {}
+    rig.create_subscription(DisparityImage, f"{NAMESPACE}/disparity/iter_2",
+                            lambda msg: intermediate.__setitem__(msg.header.stamp.sec, msg), QoSProfile(depth=5))
+    for sec in range(202, 212):  # the lazily created iter_2 publisher may need a frame or two to be matched
+        final = as_array(rig.frame(left, right, sec=sec)["disparity"].image)
+        try:
+            rig.spin_until(lambda: sec in intermediate, 2.0, "disparity/iter_2")
+            break
+        except AssertionError:
+            continue
+    assert as_array(intermediate[sec].image)[60, 80] == pytest.approx(2 * STEP_PX + 6.0)  # same pass, 2 of 6
+    assert final[60, 80] == pytest.approx(6 * STEP_PX + 6.0)
+
+
+def test_bad_parameter_values_are_rejected_with_a_reason(rig):
+    ok, reason = rig.set_parameter("iterations", 0)
+    assert not ok and reason
+    ok, reason = rig.set_parameter("iterations", 500)
+    assert not ok and reason
+    # publish_iterations is [2, 4] (previous test): iterations must stay above 4.
+    ok, reason = rig.set_parameter("iterations", 4)
+    assert not ok and "publish_iterations [4] must lie in 1..3" in reason
+    assert rig.set_parameter("iterations", 5) == (True, "")
+    ok, reason = rig.set_parameter("publish_iterations", [9])
+    assert not ok and "must lie in 1..4" in reason
+
+
+def test_bad_input_is_reported_and_the_node_keeps_running(rig, node_process):
+    left, right = textured_pair()
+    rig.publish_pair(left, right[:, :100], sec=300)  # right image narrower than left
+    rig.spin_until(lambda: int(rig.last_diagnostics().get("frames_rejected", "0")) >= 1, 15.0, "rejection")
+    assert node_process.poll() is None
+    out = rig.frame(left, right, sec=301)
+    assert out["disparity"].header.stamp.sec == 301
