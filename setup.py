@@ -1,3 +1,5 @@
+from glob import glob
+
 from setuptools import find_packages, setup
 
 package_name = "sgru_ros"
@@ -10,6 +12,11 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
+        ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
+        ("share/" + package_name + "/config", glob("config/*")),
+        # `ros2 run` and launch_ros look for executables only in lib/<package>; a plain pip install puts
+        # console scripts in bin/, so these wrappers (their run bit is kept) go to lib/sgru_ros too.
+        ("lib/" + package_name, ["bin/stereo_node", "bin/sample_source"]),
     ],
     install_requires=["numpy", "opencv-python-headless", "torch>=2.1"],
     extras_require={

@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
-# Create .venv with the CPU build of PyTorch, the package, the ROS 2 wheels and
-# the test tools. Idempotent: a second run only checks.
+# Create .venv with the CPU build of PyTorch, the package (with its ROS 2 wheels and test tools).
+# Idempotent: when everything is there it only checks. With --refresh it reinstalls the package
+# itself (no dependencies) so the installed copy matches this checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import torch, rclpy, sgru_ros, pytest" >/dev/null 2>&1; then
+installed() {
+  .venv/bin/python - <<'PY' >/dev/null 2>&1
+import importlib.metadata as m
+for dist in ("sgru_ros", "torch", "rclpy", "pytest", "scikit-image"):
+    m.version(dist)
+PY
+}
+if ! installed; then
   .venv/bin/python -m pip install -q --upgrade pip
   # Pinned: on this project's machines torch==2.13.0 is a CPU build already on disk.
   .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q -e ".[ros,test]"
+  .venv/bin/python -m pip install -q ".[ros,test]"
+elif [ "${1:-}" = "--refresh" ]; then
+  .venv/bin/python -m pip install -q --no-deps --force-reinstall .
 fi

@@ -52,6 +52,7 @@ def node_process(tmp_path_factory):
               for arg in ("-r", f"{topic}:={CAMERA}/{topic}")]
     proc = subprocess.Popen(
         [sys.executable, "-m", "sgru_ros.cli", "run", "--ros-args", "-r", f"__ns:={NAMESPACE}",
+         "--params-file", str(REPO / "config/stereo.yaml"),
          "-p", f"model:={checkpoint}", "-p", "device:=cpu", "-p", "iterations:=3", *remaps],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     yield proc
@@ -182,6 +183,21 @@ def test_pair_in_disparity_and_cloud_out_with_consistent_geometry(rig):
     np.testing.assert_allclose(depth[finite], expected_z, rtol=1e-3)
     rgb = raw[..., 16:19][..., ::-1]
     assert np.array_equal(rgb[finite], left[finite])
+
+
+def test_every_parameter_of_the_config_file_is_declared(rig):
+    import yaml
+    from rcl_interfaces.srv import ListParameters
+
+    config = yaml.safe_load((REPO / "config/stereo.yaml").read_text())
+    keys = set(next(iter(config.values()))["ros__parameters"])
+    client = rig.create_client(ListParameters, f"{NAMESPACE}/sgru_stereo/list_parameters")
+    assert client.wait_for_service(timeout_sec=30.0)
+    future = client.call_async(ListParameters.Request())
+    rig.spin_until(future.done, 10.0, "list_parameters")
+    declared = set(future.result().result.names)
+    assert keys <= declared, keys - declared
+    assert {"model", "publish_iterations"} <= declared
 
 
 def test_iterations_change_at_run_time(rig):
