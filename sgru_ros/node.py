@@ -55,6 +55,11 @@ class FrameStats:
 class StereoNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("sgru_stereo", **kwargs)
+        # Worker state first: destroy_node() must work even if the rest of __init__ fails.
+        self._lock = threading.Condition()
+        self._pending: list | None = None
+        self._running = True
+        self._worker: threading.Thread | None = None
         self._declare_parameters()
         self.add_on_set_parameters_callback(self._validate_parameters)
         p = self._param
@@ -78,9 +83,6 @@ class StereoNode(Node):
         tolerance = p("approximate_sync_tolerance_seconds")
         self.sync = StereoSynchronizer(len(INPUTS), p("queue_size"),
                                        int(tolerance * 1e9) if p("approximate_sync") else None)
-        self._lock = threading.Condition()
-        self._pending: list | None = None
-        self._running = True
         self.stats = FrameStats()
         self._last_input_time = 0.0
         self._last_set_time = time.monotonic()
@@ -294,7 +296,8 @@ class StereoNode(Node):
         with self._lock:
             self._running = False
             self._lock.notify()
-        self._worker.join(timeout=5.0)
+        if self._worker is not None:
+            self._worker.join(timeout=5.0)
         super().destroy_node()
 
 
