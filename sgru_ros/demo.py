@@ -15,16 +15,31 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 
-def run_demo(out_dir: Path, frames: int, iterations: int, checkpoint: str | None, device: str,
-             rate: float, timeout_s: float) -> int:
+@dataclass
+class PipelineRun:
+    """What the collector saw: per frame the latency (source stamp to cloud received, ms) and the
+    node's stage times (ms); the last frame's messages; stale sets the node dropped; wall time
+    from the first cloud to the last."""
+
+    latencies_ms: list[float] = field(default_factory=list)
+    stages_ms: list[dict[str, float]] = field(default_factory=list)
+    last: dict[str, object] = field(default_factory=dict)
+    dropped: int = 0
+    first_to_last_s: float = 0.0
+
+
+def run_pipeline(frames: int, iterations: int, checkpoint: str | None, device: str,
+                 source_parameters: dict, timeout_s: float, verbose: bool = True) -> PipelineRun | None:
+    """Sample source -> stereo node -> collector in one process (one rclpy context, DDS on
+    localhost, domain SGRU_DEMO_DOMAIN_ID or 42) until ``frames`` clouds arrived; None on time-out."""
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     os.environ["ROS_DOMAIN_ID"] = os.environ.get("SGRU_DEMO_DOMAIN_ID", "42")
-    import cv2
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
@@ -33,19 +48,17 @@ def run_demo(out_dir: Path, frames: int, iterations: int, checkpoint: str | None
     from sensor_msgs.msg import Image, PointCloud2
     from stereo_msgs.msg import DisparityImage
 
-    from .geometry import write_ply
-    from .io import write_disparity
     from .node import StereoNode
     from .ros_conversions import stamp_ns
     from .sample_source import SampleSource
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     rclpy.init(args=[])
+    run = PipelineRun()
     received: dict[str, dict[int, object]] = {"disparity": {}, "color": {}, "points2": {}}
-    latencies: list[tuple[int, float]] = []
     done = threading.Event()
+    arrivals: list[float] = []
     try:
-        source = SampleSource(parameter_overrides=[Parameter("rate", value=rate)])
+        source = SampleSource(parameter_overrides=[Parameter(k, value=v) for k, v in source_parameters.items()])
         overrides = [Parameter("iterations", value=iterations), Parameter("device", value=device)]
         if checkpoint:
             overrides.append(Parameter("model", value=checkpoint))
@@ -57,15 +70,19 @@ def run_demo(out_dir: Path, frames: int, iterations: int, checkpoint: str | None
             def callback(msg) -> None:
                 stamp = stamp_ns(msg.header)
                 received[kind][stamp] = msg
-                if kind == "points2":
-                    latency = (collector.get_clock().now().nanoseconds - stamp) / 1e6
-                    latencies.append((stamp, latency))
-                    stages = ", ".join(f"{k} {v:.0f} ms" for k, v in stereo.stats.stages_ms.items()
+                if kind != "points2" or done.is_set():
+                    return
+                arrivals.append(time.monotonic())
+                run.latencies_ms.append((collector.get_clock().now().nanoseconds - stamp) / 1e6)
+                run.stages_ms.append(dict(stereo.stats.stages_ms))
+                run.last = {"stamp": stamp}
+                if verbose:
+                    stages = ", ".join(f"{k} {v:.0f} ms" for k, v in run.stages_ms[-1].items()
                                        if k not in ("iterations", "total"))
-                    print(f"frame {len(latencies)}: latency {latency:.0f} ms (stamp to cloud received; {stages})",
-                          flush=True)
-                    if len(latencies) >= frames:
-                        done.set()
+                    print(f"frame {len(run.latencies_ms)}: latency {run.latencies_ms[-1]:.0f} ms "
+                          f"(stamp to cloud received; {stages})", flush=True)
+                if len(run.latencies_ms) >= frames:
+                    done.set()
             return callback
 
         collector.create_subscription(DisparityImage, "disparity", keep("disparity"), qos)
@@ -77,31 +94,47 @@ def run_demo(out_dir: Path, frames: int, iterations: int, checkpoint: str | None
         spinner = threading.Thread(target=executor.spin, daemon=True)
         spinner.start()
         finished = done.wait(timeout=timeout_s)
-        time.sleep(0.2)  # let the other outputs of the last frame arrive
+        time.sleep(0.3)  # let the other outputs of the last frame arrive
         executor.shutdown(timeout_sec=2.0)
-        if not finished:
-            print(f"timed out after {timeout_s:.0f} s with {len(latencies)} of {frames} frames")
-            return 1
-        stamp = latencies[-1][0]
-        color_msg, disparity_msg, cloud_msg = (received[k].get(stamp) for k in ("color", "disparity", "points2"))
-        color = np.frombuffer(color_msg.data, np.uint8).reshape(color_msg.height, color_msg.width, 3)
-        cv2.imwrite(str(out_dir / "disparity_color.png"), color)
-        image = disparity_msg.image
-        disparity = np.frombuffer(image.data, np.float32).reshape(image.height, image.width).copy()
-        disparity[disparity < disparity_msg.min_disparity] = np.nan
-        write_disparity(out_dir / "disparity.pfm", disparity)
-        points, rgb = _cloud_arrays(cloud_msg)
-        count = write_ply(str(out_dir / "cloud.ply"), points, rgb)
-        values = [lat for _, lat in latencies]
-        print(f"{len(values)} frames, latency median {np.median(values):.0f} ms, min {min(values):.0f} ms; "
-              f"dropped stale sets {stereo.stats.dropped}; wrote {out_dir / 'disparity_color.png'}, "
-              f"{out_dir / 'disparity.pfm'}, {out_dir / 'cloud.ply'} ({count} points, "
-              f"f {disparity_msg.f:.3f} px, baseline {disparity_msg.t:.6f} m)")
+        run.dropped = stereo.stats.dropped
         for node in (source, stereo, collector):
             node.destroy_node()
-        return 0
+        if not finished:
+            print(f"timed out after {timeout_s:.0f} s with {len(run.latencies_ms)} of {frames} frames")
+            return None
+        stamp = run.last["stamp"]
+        run.last = {kind: received[kind].get(stamp) for kind in received}
+        run.first_to_last_s = arrivals[-1] - arrivals[0]
+        return run
     finally:
         rclpy.try_shutdown()
+
+
+def run_demo(out_dir: Path, frames: int, iterations: int, checkpoint: str | None, device: str,
+             rate: float, timeout_s: float) -> int:
+    import cv2
+
+    from .geometry import write_ply
+    from .io import write_disparity
+
+    run = run_pipeline(frames, iterations, checkpoint, device, {"rate": rate}, timeout_s)
+    if run is None:
+        return 1
+    out_dir.mkdir(parents=True, exist_ok=True)
+    color_msg, disparity_msg, cloud_msg = (run.last[k] for k in ("color", "disparity", "points2"))
+    color = np.frombuffer(color_msg.data, np.uint8).reshape(color_msg.height, color_msg.width, 3)
+    cv2.imwrite(str(out_dir / "disparity_color.png"), color)
+    image = disparity_msg.image
+    disparity = np.frombuffer(image.data, np.float32).reshape(image.height, image.width).copy()
+    disparity[disparity < disparity_msg.min_disparity] = np.nan
+    write_disparity(out_dir / "disparity.pfm", disparity)
+    points, rgb = _cloud_arrays(cloud_msg)
+    count = write_ply(str(out_dir / "cloud.ply"), points, rgb)
+    print(f"{len(run.latencies_ms)} frames, latency median {np.median(run.latencies_ms):.0f} ms, "
+          f"min {min(run.latencies_ms):.0f} ms; dropped stale sets {run.dropped}; wrote "
+          f"{out_dir / 'disparity_color.png'}, {out_dir / 'disparity.pfm'}, {out_dir / 'cloud.ply'} "
+          f"({count} points, f {disparity_msg.f:.3f} px, baseline {disparity_msg.t:.6f} m)")
+    return 0
 
 
 def _cloud_arrays(msg) -> tuple[np.ndarray, np.ndarray | None]:
