@@ -215,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-every", dest="val_every", type=int, help="validate and save every N steps")
     train.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     train.add_argument("--workers", type=int, help="data-generation processes (default 1)")
+    train.add_argument("--init", help="start from these weights (same architecture as --preset), e.g. to fine-tune")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..model import IGEVConfig, RaftConfig, SelectiveIGEV, build_model, save_checkpoint
 from ..model.base import SelectiveStereo
+from ..model.checkpoint import CheckpointError, load_state, read_state_dict
 from .synthetic import SceneConfig, SyntheticStereo
 
 #: Compact configurations for CPU training and inference. Same modules as the
@@ -54,6 +55,7 @@ class TrainConfig:
     val_samples: int = 16
     device: str = "auto"
     workers: int = 1
+    init: str = ""  # start from these weights (a state dict of the preset's architecture), e.g. to fine-tune
 
     def scene(self) -> SceneConfig:
         return SceneConfig(height=self.crop[0], width=self.crop[1], max_disparity=self.data_max_disparity)
@@ -161,7 +163,13 @@ class Trainer:
             raise ValueError(f"crop {cfg.crop} must be multiples of 32")
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
-        self.model = build_model(PRESETS[cfg.preset]).to(self.device)
+        self.model = build_model(PRESETS[cfg.preset])
+        if cfg.init:
+            try:
+                load_state(self.model, read_state_dict(cfg.init))
+            except CheckpointError as err:
+                raise CheckpointError(f"--init {cfg.init} does not match preset {cfg.preset}: {err}") from None
+        self.model.to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                            eps=1e-8)
         # One-cycle as released: 1% warm-up, linear decay, 100 steps of slack.
