@@ -102,8 +102,8 @@ class SyntheticStereo:
     def __getitem__(self, index: int) -> StereoSample:
         rng = np.random.default_rng([self.seed, int(index)])
         layers = self._scene(rng)
-        left, disp_left = self._render_left(layers)
-        right, disp_right = self._render_right(layers)
+        left, disp_left = self._render(layers, right=False)
+        right, disp_right = self._render(layers, right=True)
         if self.config.photometric:
             left, right = self._photometric(left, rng), self._photometric(right, rng)
         to_u8 = lambda im: np.clip(np.round(im), 0, 255).astype(np.uint8)  # noqa: E731
@@ -205,27 +205,18 @@ class SyntheticStereo:
         return texture + rng.uniform(60, 190, 3).astype(np.float32)
 
     # -- rendering ------------------------------------------------------------------------------
-    def _render_left(self, layers: list[_Layer]) -> tuple[np.ndarray, np.ndarray]:
+    def _render(self, layers: list[_Layer], right: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Z-buffered view: each pixel shows the layer point with the largest disparity that
+        projects there. Returns (H x W x 3 float image, H x W disparity of what is shown)."""
         h, w = self.config.height, self.config.width
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         image = np.zeros((h, w, 3), np.float32)
         zbuf = np.full((h, w), -np.inf, np.float32)
         for layer in layers:
             a, b, c = layer.plane
-            disp = a * xx + b * yy + c
-            win = (layer.mask[:, :w] > 0.5) & (disp > zbuf)
-            image[win] = layer.texture[:, :w][win]
-            zbuf[win] = disp[win]
-        return image, zbuf
-
-    def _render_right(self, layers: list[_Layer]) -> tuple[np.ndarray, np.ndarray]:
-        h, w = self.config.height, self.config.width
-        yy, xr = np.mgrid[0:h, 0:w].astype(np.float32)
-        image = np.zeros((h, w, 3), np.float32)
-        zbuf = np.full((h, w), -np.inf, np.float32)
-        for layer in layers:
-            a, b, c = layer.plane
-            x_left = ((xr + b * yy + c) / (1.0 - a)).astype(np.float32)  # solves x - d(x, y) = x_r
+            # Left-view x of the layer point seen at this pixel: itself in the left view; in the
+            # right view the solution of x - d(x, y) = x_r.
+            x_left = ((xx + b * yy + c) / (1.0 - a)).astype(np.float32) if right else xx
             disp = a * x_left + b * yy + c
             covered = cv2.remap(layer.mask, x_left, yy, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
                                 borderValue=0)
