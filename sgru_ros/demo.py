@@ -78,7 +78,7 @@ def run_pipeline(frames: int, iterations: int, checkpoint: str | None, device: s
                 run.last = {"stamp": stamp}
                 if verbose:
                     stages = ", ".join(f"{k} {v:.0f} ms" for k, v in run.stages_ms[-1].items()
-                                       if k not in ("iterations", "total"))
+                                       if k != "total")
                     print(f"frame {len(run.latencies_ms)}: latency {run.latencies_ms[-1]:.0f} ms "
                           f"(stamp to cloud received; {stages})", flush=True)
                 if len(run.latencies_ms) >= frames:

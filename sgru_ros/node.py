@@ -49,6 +49,7 @@ class FrameStats:
     last_error: str = ""
     last_error_time: float = 0.0
     stages_ms: dict[str, float] = field(default_factory=dict)
+    last_iterations: int = 0
     resolution: tuple[int, int] | None = None
 
 
@@ -239,8 +240,8 @@ class StereoNode(Node):
             self.stats.resolution = left.shape[:2]
         self.stats.processed += 1
         self.stats.stages_ms = {"convert_in": 1e3 * (t1 - t0), "inference": 1e3 * (t2 - t1),
-                                "cloud": 1e3 * (t3 - t2), "publish": 1e3 * (t4 - t3), "total": 1e3 * (t4 - t0),
-                                "iterations": float(iterations)}
+                                "cloud": 1e3 * (t3 - t2), "publish": 1e3 * (t4 - t3), "total": 1e3 * (t4 - t0)}
+        self.stats.last_iterations = iterations
 
     def _disparity_message(self, products, geometry: StereoGeometry, header) -> DisparityImage:
         x, y, w, h = products.window
@@ -284,9 +285,8 @@ class StereoNode(Node):
         values = {"frames_processed": s.processed, "frames_dropped_stale": s.dropped,
                   "frames_rejected": s.rejected, "iterations": self._param("iterations"),
                   "model": self.estimator.variant, "device": str(self.estimator.device),
-                  **{f"{k}_ms": round(v, 1) for k, v in s.stages_ms.items() if k != "iterations"}}
-        if "iterations" in s.stages_ms:
-            values["last_frame_iterations"] = int(s.stages_ms["iterations"])
+                  "last_frame_iterations": s.last_iterations,
+                  **{f"{k}_ms": round(v, 1) for k, v in s.stages_ms.items()}}
         status = DiagnosticStatus(level=level, name=f"{self.get_name()}: stereo", message=message,
                                   hardware_id=str(self.estimator.device),
                                   values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
