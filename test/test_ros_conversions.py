@@ -1,0 +1,58 @@
+"""Image message conversions (no cv_bridge) and the cloud message layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sensor_msgs")
+
+from sensor_msgs.msg import Image, PointField  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+
+from sgru_ros.geometry import CloudLayout  # noqa: E402
+from sgru_ros.ros_conversions import array_to_image, cloud_message, image_to_rgb  # noqa: E402
+
+RGB = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+
+
+def _msg(data: bytes, encoding: str, step: int, width: int = 3, height: int = 2, bigendian: int = 0) -> Image:
+    msg = Image(height=height, width=width, encoding=encoding, step=step, is_bigendian=bigendian)
+    msg.data = data
+    return msg
+
+
+def test_color_encodings_with_row_padding():
+    padded = lambda a: b"".join(row.tobytes() + b"\0\0" for row in a)  # noqa: E731
+    assert np.array_equal(image_to_rgb(_msg(padded(RGB), "rgb8", 11)), RGB)
+    assert np.array_equal(image_to_rgb(_msg(padded(RGB[..., ::-1]), "bgr8", 11)), RGB)
+    bgra = np.concatenate([RGB[..., ::-1], np.full((2, 3, 1), 255, np.uint8)], axis=2)
+    assert np.array_equal(image_to_rgb(_msg(bgra.tobytes(), "bgra8", 12)), RGB)
+
+
+def test_mono_encodings():
+    mono = RGB[..., 0]
+    assert np.array_equal(image_to_rgb(_msg(mono.tobytes(), "mono8", 3)), np.repeat(mono[..., None], 3, 2))
+    wide = (mono.astype(np.uint16) << 8) | 0x7F
+    out = image_to_rgb(_msg(wide.astype(">u2").tobytes(), "mono16", 6, bigendian=1))
+    assert np.array_equal(out[..., 1], mono)
+
+
+def test_bad_images_are_refused_with_a_reason():
+    with pytest.raises(ValueError, match="unsupported image encoding 'yuv422'"):
+        image_to_rgb(_msg(b"\0" * 12, "yuv422", 6))
+    with pytest.raises(ValueError, match="image data too short"):
+        image_to_rgb(_msg(b"\0" * 10, "rgb8", 9))
+
+
+def test_float_image_and_cloud_messages():
+    header = Header(frame_id="cam")
+    depth = np.array([[1.5, np.nan]], np.float32)
+    msg = array_to_image(depth, "32FC1", header)
+    assert (msg.encoding, msg.width, msg.height, msg.step) == ("32FC1", 2, 1, 8)
+    assert np.array_equal(np.frombuffer(msg.data, np.float32), depth.ravel(), equal_nan=True)
+    cloud = cloud_message(np.zeros((1, 2, 3), np.float32), RGB[:1, :2], CloudLayout(True, False), header)
+    assert (cloud.point_step, cloud.row_step, len(cloud.data)) == (32, 64, 64)
+    assert [(f.name, f.offset, f.datatype) for f in cloud.fields] == [
+        ("x", 0, PointField.FLOAT32), ("y", 4, PointField.FLOAT32), ("z", 8, PointField.FLOAT32),
+        ("rgb", 16, PointField.FLOAT32)]
