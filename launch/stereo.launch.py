@@ -39,7 +39,7 @@ def generate_launch_description():
                               description='Namespace of the right camera, relative to namespace'),
         DeclareLaunchArgument('model', default_value='',
                               description='Checkpoint file (authors\' .pth or this package\'s); empty: bundled'),
-        DeclareLaunchArgument('iterations', default_value='12', description='GRU iterations per frame'),
+        DeclareLaunchArgument('iterations', default_value='8', description='GRU iterations per frame'),
         DeclareLaunchArgument('device', default_value='auto', description='auto, cpu, cuda or cuda:N'),
         DeclareLaunchArgument('precision', default_value='fp32', description='fp32, fp16 (CUDA) or bf16'),
         DeclareLaunchArgument('params_file', default_value=os.path.join(share, 'config', 'stereo.yaml'),

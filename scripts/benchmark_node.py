@@ -26,7 +26,7 @@ from sgru_ros.io import write_image_rgb
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=10)
-    parser.add_argument("--iters", type=int, default=12)
+    parser.add_argument("--iters", type=int, default=8)
     parser.add_argument("--rate", type=float, default=10.0, help="source frame rate (Hz)")
     parser.add_argument("--checkpoint", default=None, help="default: the bundled weights")
     parser.add_argument("--device", default="cpu")

@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="sample source + stereo node over real rclpy; writes PNG, PFM and PLY")
     demo.add_argument("--out", default="sgru_demo", help="output folder (default sgru_demo)")
     demo.add_argument("--frames", type=int, default=3, help="frames to wait for (default 3)")
-    demo.add_argument("--iters", type=int, default=12, help="GRU iterations (default 12)")
+    demo.add_argument("--iters", type=int, default=8, help="GRU iterations (default 8)")
     demo.add_argument("--checkpoint", help="checkpoint file (default: bundled weights)")
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     demo.add_argument("--rate", type=float, default=1.0, help="sample source frame rate (default 1 Hz)")

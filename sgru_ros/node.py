@@ -128,7 +128,7 @@ class StereoNode(Node):
                 read_only=True)
         declare("max_disp", 192, "Selective-IGEV cost-volume range in processed pixels (multiple of 32)",
                 read_only=True, integer_range=(32, 1024, 32))
-        declare("iterations", 12, "GRU refinement iterations per frame (more: finer, slower)",
+        declare("iterations", 8, "GRU refinement iterations per frame (more: finer, slower)",
                 integer_range=(1, MAX_ITERATIONS))
         self.declare_parameter("publish_iterations", Parameter.Type.INTEGER_ARRAY, ParameterDescriptor(
             description="Also publish disparity/iter_K for these K < iterations (same pass)",
