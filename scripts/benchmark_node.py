@@ -52,7 +52,7 @@ def main() -> None:
                             "rate": args.rate}, timeout_s=900, verbose=False)
     if run is None:
         raise SystemExit("benchmark timed out")
-    stages = run.stages_ms[1:]  # the first frame includes one-off warm-up
+    stages = [s for s in run.stages_ms[1:] if "total" in s]  # skip the warm-up frame and any read mid-publish
     print(f"640x480, {args.iters} iterations, device {args.device}, {args.threads} threads, "
           f"checkpoint {args.checkpoint or 'bundled'}; {len(stages)} frames after 1 warm-up")
     for key in ("convert_in", "inference", "cloud", "publish", "total"):

@@ -223,10 +223,13 @@ class StereoNode(Node):
         header = left_info.header
         cloud = cloud_message(products.points, left, layout, header)
         t3 = time.perf_counter()
+        # Stage times before publishing, so a subscriber that reads them on arrival sees this frame's.
+        self.stats.stages_ms = {"convert_in": 1e3 * (t1 - t0), "inference": 1e3 * (t2 - t1), "cloud": 1e3 * (t3 - t2)}
+        self.stats.last_iterations = iterations
         self.pub_disparity.publish(self._disparity_message(products, geometry, header))
         self.pub_depth.publish(array_to_image(products.depth, "32FC1", header))
-        color = colorize_disparity(np.where(products.disparity_valid, products.disparity, np.nan),
-                                   products.min_disparity, products.max_disparity)
+        # Colour range from this frame's own values (1st..99th percentile): the search range is far wider.
+        color = colorize_disparity(np.where(products.disparity_valid, products.disparity, np.nan))
         self.pub_color.publish(array_to_image(color, "bgr8", header))
         self.pub_points.publish(cloud)
         for k, disparity in result.intermediate.items():
@@ -239,9 +242,7 @@ class StereoNode(Node):
             self.get_logger().info(f"resolution {left.shape[1]}x{left.shape[0]}, network at {w}x{h}")
             self.stats.resolution = left.shape[:2]
         self.stats.processed += 1
-        self.stats.stages_ms = {"convert_in": 1e3 * (t1 - t0), "inference": 1e3 * (t2 - t1),
-                                "cloud": 1e3 * (t3 - t2), "publish": 1e3 * (t4 - t3), "total": 1e3 * (t4 - t0)}
-        self.stats.last_iterations = iterations
+        self.stats.stages_ms.update(publish=1e3 * (t4 - t3), total=1e3 * (t4 - t0))
 
     def _disparity_message(self, products, geometry: StereoGeometry, header) -> DisparityImage:
         x, y, w, h = products.window
