@@ -167,49 +167,56 @@ def write_ply(path: str, points: np.ndarray, rgb: np.ndarray | None = None) -> i
 
 
 @dataclass
-class DepthProducts:
-    """Everything the node publishes for one frame, H x W each.
+class DisparityProducts:
+    """What a DisparityImage carries, H x W each.
 
     disparity: published disparity d' (float32), invalid pixels set to
         ``min_disparity - 1`` as stereo_image_proc marks them.
-    disparity_valid: pixels with a real match (inside the right image, d' > 0).
-    depth: metres, NaN where not a point of the cloud.
-    points: H x W x 3, NaN where invalid.
+    valid: pixels with a real match (inside the right image, d' > 0).
     window: (x, y, width, height) bounding the valid disparities.
     min_disparity, max_disparity: the range d' can take.
     """
 
     disparity: np.ndarray
-    disparity_valid: np.ndarray
-    depth: np.ndarray
-    points: np.ndarray
+    valid: np.ndarray
     window: tuple[int, int, int, int]
     min_disparity: float
     max_disparity: float
 
 
-def depth_products(disparity: np.ndarray, geometry: StereoGeometry, max_disparity: float,
-                   min_depth: float = 0.0, max_depth: float = float("inf"),
-                   flying_threshold: float | None = 1.0) -> DepthProducts:
-    """From the network's disparity d (H x W, left image pixels) to every published product.
-
-    A disparity is valid when its match x - d lies inside the right image and
-    d' > 0. A point (and depth) is valid when its disparity is, its depth is
-    within [min_depth, max_depth], and it is not a flying pixel (when
-    ``flying_threshold`` is not None).
-    """
-    h, w = disparity.shape
-    columns = np.arange(w, dtype=np.float32)[None, :]
+def disparity_products(disparity: np.ndarray, geometry: StereoGeometry, max_disparity: float) -> DisparityProducts:
+    """The network's disparity d (H x W, left image pixels) as published. A disparity is valid
+    when its match x - d lies inside the right image and d' > 0."""
+    columns = np.arange(disparity.shape[1], dtype=np.float32)[None, :]
     published = geometry.published_disparity(disparity)
     valid = np.isfinite(disparity) & (columns - disparity >= 0) & (published > 0)
     min_d = -geometry.principal_offset
-    max_d = max_disparity - geometry.principal_offset
-    depth = geometry.depth(np.where(valid, published, np.nan))
+    return DisparityProducts(disparity=np.where(valid, published, min_d - 1.0).astype(np.float32), valid=valid,
+                             window=valid_window(valid), min_disparity=float(min_d),
+                             max_disparity=float(max_disparity - geometry.principal_offset))
+
+
+@dataclass
+class DepthProducts:
+    """Everything the node publishes for one frame: the disparity, depth in metres (NaN where
+    not a point of the cloud) and H x W x 3 points (NaN where invalid)."""
+
+    disparity: DisparityProducts
+    depth: np.ndarray
+    points: np.ndarray
+
+
+def depth_products(disparity: np.ndarray, geometry: StereoGeometry, max_disparity: float,
+                   min_depth: float = 0.0, max_depth: float = float("inf"),
+                   flying_threshold: float | None = 1.0) -> DepthProducts:
+    """From the network's disparity to every published product. A point (and depth) is valid
+    when its disparity is, its depth is within [min_depth, max_depth], and it is not a flying
+    pixel (when ``flying_threshold`` is not None)."""
+    disp = disparity_products(disparity, geometry, max_disparity)
+    depth = geometry.depth(np.where(disp.valid, disp.disparity, np.nan))
     with np.errstate(invalid="ignore"):
-        point_ok = valid & (depth >= min_depth) & (depth <= max_depth)
+        point_ok = disp.valid & (depth >= min_depth) & (depth <= max_depth)
     if flying_threshold is not None:
-        point_ok &= ~flying_pixels(np.where(valid, disparity, np.nan), flying_threshold)
+        point_ok &= ~flying_pixels(np.where(disp.valid, disparity, np.nan), flying_threshold)
     depth = np.where(point_ok, depth, np.nan).astype(np.float32)
-    return DepthProducts(disparity=np.where(valid, published, min_d - 1.0).astype(np.float32),
-                         disparity_valid=valid, depth=depth, points=geometry.points(depth),
-                         window=valid_window(valid), min_disparity=float(min_d), max_disparity=float(max_d))
+    return DepthProducts(disparity=disp, depth=depth, points=geometry.points(depth))

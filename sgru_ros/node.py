@@ -26,7 +26,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, RegionOfInterest
 from std_msgs.msg import Header
 from stereo_msgs.msg import DisparityImage
 
-from .geometry import CloudLayout, StereoGeometry, depth_products
+from .geometry import CloudLayout, DisparityProducts, StereoGeometry, depth_products, disparity_products
 from .inference import PRECISIONS, StereoEstimator
 from .ros_conversions import array_to_image, cloud_message, image_to_rgb, projection, stamp_ns
 from .sync import StereoSynchronizer
@@ -226,14 +226,14 @@ class StereoNode(Node):
         # Stage times before publishing, so a subscriber that reads them on arrival sees this frame's.
         self.stats.stages_ms = {"convert_in": 1e3 * (t1 - t0), "inference": 1e3 * (t2 - t1), "cloud": 1e3 * (t3 - t2)}
         self.stats.last_iterations = iterations
-        self.pub_disparity.publish(self._disparity_message(products, geometry, header))
+        self.pub_disparity.publish(self._disparity_message(products.disparity, geometry, header))
         self.pub_depth.publish(array_to_image(products.depth, "32FC1", header))
         # Colour range from this frame's own values (1st..99th percentile): the search range is far wider.
-        color = colorize_disparity(np.where(products.disparity_valid, products.disparity, np.nan))
+        color = colorize_disparity(np.where(products.disparity.valid, products.disparity.disparity, np.nan))
         self.pub_color.publish(array_to_image(color, "bgr8", header))
         self.pub_points.publish(cloud)
         for k, disparity in result.intermediate.items():
-            iter_products = depth_products(disparity, geometry, max_disparity=max_disp, flying_threshold=None)
+            iter_products = disparity_products(disparity, geometry, max_disparity=max_disp)
             self._iteration_publisher(k).publish(self._disparity_message(iter_products, geometry, header))
         t4 = time.perf_counter()
 
@@ -244,7 +244,7 @@ class StereoNode(Node):
         self.stats.processed += 1
         self.stats.stages_ms.update(publish=1e3 * (t4 - t3), total=1e3 * (t4 - t0))
 
-    def _disparity_message(self, products, geometry: StereoGeometry, header) -> DisparityImage:
+    def _disparity_message(self, products: DisparityProducts, geometry: StereoGeometry, header) -> DisparityImage:
         x, y, w, h = products.window
         return DisparityImage(header=header, image=array_to_image(products.disparity, "32FC1", header),
                               f=float(geometry.focal), t=float(geometry.baseline),

@@ -61,11 +61,12 @@ def test_products_validity_rules():
     disparity[:, 20:] = 5.0  # a step edge: flying pixels on both sides
     products = depth_products(disparity, g, max_disparity=192, flying_threshold=1.0)
     # Columns x < d have no match in the right image: invalid, marked below min_disparity.
-    assert not products.disparity_valid[:, :10].any() and products.disparity_valid[:, 10:].all()
-    assert (products.disparity[:, :10] == products.min_disparity - 1).all()
-    assert products.min_disparity == pytest.approx(DOFFS)
-    assert products.max_disparity == pytest.approx(192 + DOFFS)
-    assert products.window == (10, 0, 30, 6)
+    disp = products.disparity
+    assert not disp.valid[:, :10].any() and disp.valid[:, 10:].all()
+    assert (disp.disparity[:, :10] == disp.min_disparity - 1).all()
+    assert disp.min_disparity == pytest.approx(DOFFS)
+    assert disp.max_disparity == pytest.approx(192 + DOFFS)
+    assert disp.window == (10, 0, 30, 6)
     # Flying pixels next to the edge have no depth, the rest do.
     assert np.isnan(products.depth[:, 19:21]).all() and np.isfinite(products.depth[:, 22:]).all()
     unfiltered = depth_products(disparity, g, max_disparity=192, flying_threshold=None)
