@@ -5,10 +5,20 @@ device, precision, iterations and warm start. No ROS here.
     result = estimator.estimate(left_rgb, right_rgb, iters=16, output_iters=[4, 8])
     result.disparity          # H x W float32, input pixels
     result.intermediate[4]    # the same pass after 4 iterations
+
+Images smaller than the network's minimum (``model.min_input_size``, e.g.
+128 px wide for the bundled model) are padded up to it by edge replication
+and cropped back; larger ones above ``max_pixels``/``max_width`` are
+downscaled first and the disparity scaled back. ``estimate(..., cancel=event)``
+stops between network stages and GRU iterations once the event is set
+(raising ``InferenceCancelled``), so a shutdown never waits for a whole frame.
 """
 
 from __future__ import annotations
 
+import gc
+import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +34,29 @@ from .weights import default_checkpoint
 
 Precision = Literal["fp32", "fp16", "bf16"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "bf16")
+#: The largest GRU iteration count the node, the CLI and the API accept.
+MAX_ITERATIONS = 64
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 ImageLike = np.ndarray | torch.Tensor
+
+
+class InferenceCancelled(Exception):
+    """``estimate`` was abandoned because its ``cancel`` event was set."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True for the allocation failures of a frame that is too large (CPU or CUDA)."""
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def release_memory(device: torch.device) -> None:
+    """Give back what a failed frame left: Python garbage and, on CUDA, the allocator's cache."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -75,9 +106,11 @@ class Padding:
     bottom: int
 
     @classmethod
-    def for_size(cls, height: int, width: int, multiple: int = SIZE_MULTIPLE) -> Padding:
-        pad_h = -height % multiple
-        pad_w = -width % multiple
+    def for_size(cls, height: int, width: int, multiple: int = SIZE_MULTIPLE,
+                 minimum: tuple[int, int] = (0, 0)) -> Padding:
+        """Pad to a multiple of ``multiple`` and to at least ``minimum`` (height, width)."""
+        pad_h = max(-height % multiple, minimum[0] - height)
+        pad_w = max(-width % multiple, minimum[1] - width)
         return cls(pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,19 +144,33 @@ class StereoEstimator:
         max_disp: IGEV's cost-volume range in processed pixels (multiple of 32).
         max_width: if set, wider inputs are downscaled to this width first and
             the disparity is scaled back to the input's pixels.
+        max_pixels: if set, inputs with more pixels are downscaled (aspect kept)
+            to at most this many first: the network's memory grows with the
+            pixel count (a 4000 x 3000 frame needs about 6 GB at full size).
     """
 
     def __init__(self, model: SelectiveStereo, device: str = "auto", precision: str = "fp32",
-                 max_disp: int = 192, max_width: int | None = None) -> None:
+                 max_disp: int = 192, max_width: int | None = None, max_pixels: int | None = None) -> None:
         self.device = resolve_device(device)
         self.precision = check_precision(precision, self.device)
         if max_width is not None and max_width < SIZE_MULTIPLE:
             raise ValueError(f"max_width must be at least {SIZE_MULTIPLE}, got {max_width}")
+        if max_pixels is not None and max_pixels < SIZE_MULTIPLE**2:
+            raise ValueError(f"max_pixels must be at least {SIZE_MULTIPLE**2}, got {max_pixels}")
         if isinstance(model, SelectiveIGEV) and (max_disp < 32 or max_disp % 32):
             raise ValueError(f"max_disp must be a positive multiple of 32, got {max_disp}")
         self.model = model.to(self.device).eval()
         self.max_disp = max_disp
         self.max_width = max_width
+        self.max_pixels = max_pixels
+        self._cancel: threading.Event | None = None
+        # Checked before each top-level stage (encoders, cost volume) and each GRU iteration.
+        for stage in self.model.children():
+            stage.register_forward_pre_hook(self._check_cancel)
+
+    def _check_cancel(self, *_) -> None:
+        if self._cancel is not None and self._cancel.is_set():
+            raise InferenceCancelled("inference cancelled")
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path | None = None, variant: str | None = None,
@@ -137,11 +184,17 @@ class StereoEstimator:
         return "igev" if isinstance(self.model, SelectiveIGEV) else "raft"
 
     def processed_size(self, height: int, width: int) -> tuple[int, int]:
-        """The size the network runs at for an input of this size (before padding)."""
-        if self.max_width is None or width <= self.max_width:
+        """The size the network runs at for an input of this size (before padding):
+        scaled down (aspect kept) to fit ``max_width`` and ``max_pixels``."""
+        scale = 1.0
+        if self.max_width is not None:
+            scale = min(scale, self.max_width / width)
+        if self.max_pixels is not None:
+            scale = min(scale, math.sqrt(self.max_pixels / (height * width)))
+        if scale >= 1.0:
             return height, width
-        scale = self.max_width / width
-        return max(1, round(height * scale)), self.max_width
+        # The width is exact when max_width binds; the height follows the aspect ratio.
+        return max(1, round(height * scale)), max(1, math.floor(width * scale + 1e-6))
 
     def _autocast(self):
         enabled = self.precision != "fp32"
@@ -149,7 +202,8 @@ class StereoEstimator:
                               enabled=enabled)
 
     def estimate(self, left: ImageLike, right: ImageLike, iters: int = 16,
-                 output_iters: Sequence[int] = (), disp_init: ImageLike | None = None) -> StereoResult:
+                 output_iters: Sequence[int] = (), disp_init: ImageLike | None = None,
+                 cancel: threading.Event | None = None) -> StereoResult:
         """Disparity of the left image.
 
         left, right: H x W x 3 RGB (or H x W mono), uint8 or float in 0..255.
@@ -157,6 +211,8 @@ class StereoEstimator:
         whose predictions of the same pass are returned in ``intermediate``.
         disp_init: H x W disparity in input pixels to start from (e.g. the
         previous frame's), or None to start from the model's own initial state.
+        cancel: when this event is set, the pass stops at the next stage or GRU
+        iteration with ``InferenceCancelled``.
         """
         left_t, right_t = to_image_tensor(left), to_image_tensor(right)
         if left_t.shape != right_t.shape:
@@ -167,8 +223,9 @@ class StereoEstimator:
         extra = sorted(set(int(k) for k in output_iters))
         if extra and (extra[0] < 1 or extra[-1] >= iters):
             raise ValueError(f"intermediate iterations must lie in 1..{iters - 1}, got {list(output_iters)}")
-        padding = Padding.for_size(proc_h, proc_w)
+        padding = Padding.for_size(proc_h, proc_w, minimum=self.model.min_input_size(self.max_disp))
 
+        self._cancel = cancel
         with torch.inference_mode():
             pair = torch.cat([left_t, right_t], dim=0).to(self.device)
             if (proc_h, proc_w) != (height, width):
@@ -179,8 +236,11 @@ class StereoEstimator:
             if disp_init is not None:
                 kwargs["disp_init"] = self._working_resolution(disp_init, (height, width), (proc_h, proc_w),
                                                                padding)
-            with self._autocast():
-                prediction = self.model(pair[:1], pair[1:], iters=iters, output_iters=extra + [iters], **kwargs)
+            try:
+                with self._autocast():
+                    prediction = self.model(pair[:1], pair[1:], iters=iters, output_iters=extra + [iters], **kwargs)
+            finally:
+                self._cancel = None
             outputs = [self._to_input_pixels(d, padding, (height, width), proc_w)
                        for d in prediction.disparities]
         return StereoResult(disparity=outputs[-1], intermediate=dict(zip(extra, outputs[:-1])),

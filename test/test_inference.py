@@ -114,3 +114,85 @@ def test_cli_glob_patterns_write_a_folder(tmp_path, small_raft_checkpoint, stere
     proc = run_cli("infer", "--checkpoint", str(small_raft_checkpoint), "--left", str(seq / "*_L.png"),
                    "--right", str(seq / "00[01]_R.png"), "--out", str(tmp_path / "out"))
     assert proc.returncode == 1 and "matches 3 files but --right matches 2" in proc.stderr
+
+
+@pytest.mark.parametrize("variant", ["raft", "igev"])
+@pytest.mark.parametrize("size", [(1, 1), (1, 200), (200, 1), (640, 1), (32, 32), (33, 33), (3, 2)])
+def test_images_below_the_network_minimum_are_padded_up_to_it(variant, size):
+    """The coarsest correlation level (and IGEV's volume) needs a minimum width: tiny images
+    are padded up to it by edge replication and the disparity is cropped back."""
+    import torch
+
+    from sgru_ros.model import IGEVConfig, RaftConfig, SelectiveIGEV, SelectiveRAFT
+
+    from conftest import SMALL_RAFT
+
+    torch.manual_seed(0)
+    model = SelectiveRAFT(RaftConfig(**SMALL_RAFT)) if variant == "raft" else \
+        SelectiveIGEV(IGEVConfig(hidden_dim=32, n_gru_layers=2))
+    estimator = StereoEstimator(model, device="cpu", max_disp=64)
+    h, w = size
+    rng = np.random.default_rng(0)
+    left, right = (rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(2))
+    result = estimator.estimate(left, right, iters=2)
+    assert result.disparity.shape == (h, w) and np.isfinite(result.disparity).all()
+    min_h, min_w = model.min_input_size(64)
+    pad = Padding.for_size(h, w, minimum=(min_h, min_w))
+    assert h + pad.top + pad.bottom >= min_h and w + pad.left + pad.right >= min_w
+
+
+def test_minimum_size_follows_the_architecture():
+    from sgru_ros.model import IGEVConfig, RaftConfig, SelectiveIGEV, SelectiveRAFT
+
+    # 1/8 resolution, 4 levels: 8 * 2**3 * 2 = 128 px; 1/4 with 2 levels: 4 * 2 * 2 = 16 -> 32.
+    assert SelectiveRAFT(RaftConfig(n_downsample=3, n_gru_layers=2)).min_input_size() == (32, 128)
+    assert SelectiveRAFT(RaftConfig(corr_levels=2)).min_input_size() == (32, 32)
+    assert SelectiveIGEV(IGEVConfig(hidden_dim=32)).min_input_size(192) == (32, 192)
+
+
+def test_max_pixels_downscales_large_frames(small_raft_checkpoint):
+    capped = StereoEstimator.from_checkpoint(small_raft_checkpoint, device="cpu", max_pixels=2_000_000)
+    h, w = capped.processed_size(3000, 4000)
+    assert h * w <= 2_000_000 * 1.001 and abs(w / h - 4 / 3) < 0.01
+    assert capped.processed_size(480, 640) == (480, 640)
+    with pytest.raises(ValueError, match="max_pixels"):
+        StereoEstimator.from_checkpoint(small_raft_checkpoint, device="cpu", max_pixels=10)
+
+
+def test_a_set_cancel_event_stops_the_pass(estimator, stereo_pair_files):
+    import threading
+
+    from sgru_ros.inference import InferenceCancelled
+
+    left, right = (read_image(p) for p in stereo_pair_files)
+    cancel = threading.Event()
+    calls = []
+
+    def cancel_after_two_iterations(*_):
+        calls.append(1)
+        if len(calls) == 2:
+            cancel.set()
+
+    hook = estimator.model.update_block.register_forward_hook(cancel_after_two_iterations)
+    try:
+        with pytest.raises(InferenceCancelled):
+            estimator.estimate(left, right, iters=50, cancel=cancel)
+    finally:
+        hook.remove()
+    assert len(calls) == 2  # the third iteration never ran
+    assert estimator.estimate(left, right, iters=2).disparity.shape == (100, 150)  # usable afterwards
+
+
+def test_out_of_memory_errors_are_recognised():
+    import torch
+
+    from sgru_ros.inference import is_out_of_memory
+
+    assert is_out_of_memory(MemoryError())
+    assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:116] DefaultCPUAllocator: can't allocate "
+                                         "memory: you tried to allocate 96000000000 bytes."))
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory."))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+    with pytest.raises(RuntimeError) as err:  # a real allocation failure of this machine's allocator
+        torch.empty(1 << 50, dtype=torch.uint8)
+    assert is_out_of_memory(err.value)

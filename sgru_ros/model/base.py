@@ -73,6 +73,19 @@ class SelectiveStereo(nn.Module):
 
     update_block: SelectiveUpdateBlock
 
+    def min_input_size(self, max_disp: int = 0) -> tuple[int, int]:
+        """Smallest (height, width) the network runs at, a multiple of SIZE_MULTIPLE.
+        ``max_disp`` is Selective-IGEV's run-time cost-volume range (see its override).
+
+        The correlation pyramid halves the working-resolution width
+        (1/``downsample_factor``) ``corr_levels - 1`` times, and its lookup
+        interpolates between two neighbours, so the coarsest level must stay
+        at least 2 px wide. Smaller inputs are padded up to this size by the
+        inference API.
+        """
+        width = self.downsample_factor * 2 ** (self.config.corr_levels - 1) * 2
+        return SIZE_MULTIPLE, -(-width // SIZE_MULTIPLE) * SIZE_MULTIPLE
+
     def refine(self, state: torch.Tensor, net: list[torch.Tensor], inp: list[torch.Tensor],
                att: list[torch.Tensor], lookup: Callable[[torch.Tensor], torch.Tensor],
                upsample: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],

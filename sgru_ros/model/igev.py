@@ -122,6 +122,12 @@ class SelectiveIGEV(SelectiveStereo):
     def downsample_factor(self) -> int:
         return 4
 
+    def min_input_size(self, max_disp: int = 192) -> tuple[int, int]:
+        """The group-wise volume compares each 1/4-resolution pixel with max_disp/4
+        right-image columns, so the (padded) width must reach ``max_disp``."""
+        height, width = super().min_input_size()
+        return height, max(width, max_disp)
+
     def _upsample(self, disp: torch.Tensor, features: torch.Tensor, stem_2x: torch.Tensor) -> torch.Tensor:
         weights = F.softmax(self.spx_gru(self.spx_2_gru(features, stem_2x)), dim=1)
         return context_upsample(disp * 4.0, weights.float())
