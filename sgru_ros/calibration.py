@@ -11,6 +11,7 @@ A calibration YAML holds five numbers of the rectified pair::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,10 @@ class StereoCalibration:
     baseline: float
 
     def __post_init__(self) -> None:
-        if self.focal_length <= 0 or self.baseline <= 0:
+        for name in ("focal_length", "cx", "cy", "cx_right", "baseline"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} is {getattr(self, name)}: calibration values must be finite")
+        if not (self.focal_length > 0 and self.baseline > 0):
             raise ValueError(f"focal_length and baseline must be positive, got {self.focal_length}, {self.baseline}")
 
     @classmethod

@@ -41,10 +41,16 @@ class StereoGeometry:
         """p_left, p_right: 3 x 4 (or 12 values, row-major) rectified projection matrices."""
         pl = np.asarray(p_left, dtype=np.float64).reshape(3, 4)
         pr = np.asarray(p_right, dtype=np.float64).reshape(3, 4)
-        if pl[0, 0] <= 0 or pl[1, 1] <= 0 or pr[0, 0] <= 0:
+        for side, p in (("left", pl), ("right", pr)):
+            bad = np.argwhere(~np.isfinite(p))
+            if len(bad):
+                row, col = bad[0]
+                raise ValueError(f"{side} camera_info P[{row},{col}] is {p[row, col]}: the projection matrix must "
+                                 "be finite")
+        if not (pl[0, 0] > 0 and pl[1, 1] > 0 and pr[0, 0] > 0):
             raise ValueError("camera_info P has no positive focal length: is the camera calibrated?")
         baseline = -pr[0, 3] / pr[0, 0]
-        if baseline <= 0:
+        if not baseline > 0:
             raise ValueError(f"right camera_info P[0,3] = {pr[0, 3]:g} gives baseline {baseline:g} m; "
                              "expected -fx * baseline < 0 (is left/right swapped?)")
         return cls(fx=pl[0, 0], fy=pl[1, 1], cx=pl[0, 2], cy=pl[1, 2], cx_right=pr[0, 2], focal=pr[0, 0],

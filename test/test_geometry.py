@@ -111,3 +111,27 @@ def test_write_ply(tmp_path):
     header, body = raw.split(b"end_header\n")
     assert b"element vertex 1" in header
     assert struct.unpack("<3f3B", body) == (1.0, 2.0, 3.0, 1, 2, 3)
+
+
+@pytest.mark.parametrize("index", range(12))
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_non_finite_projection_values_are_refused_naming_the_field(side, value, index):
+    p_left = [F, 0, CX, 0, 0, F, CY, 0, 0, 0, 1, 0]
+    p_right = [F, 0, CX + DOFFS, -F * B, 0, F, CY, 0, 0, 0, 1, 0]
+    (p_left if side == "left" else p_right)[index] = value
+    with pytest.raises(ValueError, match=rf"{side} camera_info P\[{index // 4},{index % 4}\] is -?(nan|inf)"):
+        StereoGeometry.from_projections(p_left, p_right)
+
+
+@pytest.mark.parametrize("field", ["focal_length", "cx", "cy", "cx_right", "baseline"])
+@pytest.mark.parametrize("text", [".nan", ".inf", "-.inf", "nan"])
+def test_non_finite_calibration_file_values_are_refused_naming_the_field(tmp_path, field, text):
+    from sgru_ros.calibration import StereoCalibration
+
+    values = {"focal_length": "500.0", "cx": "320.0", "cy": "240.0", "cx_right": "320.0", "baseline": "0.1"}
+    values[field] = text
+    path = tmp_path / "calibration.yaml"
+    path.write_text("".join(f"{k}: {v}\n" for k, v in values.items()))
+    with pytest.raises(ValueError, match=rf"{path}: {field} is -?(nan|inf)"):
+        StereoCalibration.from_yaml(path)
