@@ -1,19 +1,30 @@
-"""``sgru-stereo``: the package's command line (infer, eval, train, run, source, demo)."""
+"""``sgru-stereo``: the package's command line (infer, eval, train, run, source, demo).
+
+Exit status 0 on success, 130 on Ctrl-C and 1 on any error, bad option values
+included (not argparse's 2): the error is one line on stderr,
+``sgru-stereo CMD: error: ...``, naming the option or file it concerns.
+``infer`` checks its outputs (extension, folder, not an input, no file written
+twice) before the model loads; every file is written whole or not at all.
+"""
 
 from __future__ import annotations
 
 import argparse
 import glob
+import math
+import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import cv2
 import numpy as np
 
-from .inference import PRECISIONS, StereoEstimator
-from .io import DISPARITY_FORMATS, read_image, write_disparity
-from .model import CheckpointError
+from .inference import MAX_ITERATIONS, PRECISIONS, StereoEstimator, StereoResult, is_out_of_memory
+from .io import DISPARITY_FORMATS, IMAGE_FORMATS, read_image, write_disparity, write_image
+from .model import SIZE_MULTIPLE, CheckpointError
 from .model.checkpoint import VARIANTS
 from .visualize import colorize_disparity
 
@@ -22,23 +33,75 @@ class CommandError(Exception):
     """A user-facing failure: printed as one line, exit status 1."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line with exit status 1, like every other failure."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
+def _int_type(low: int, high: int | None = None, multiple: int = 1) -> Callable[[str], int]:
+    """An argparse type: an integer in low..high; with ``multiple``, a positive multiple of it."""
+    if multiple > 1:
+        allowed = f"a positive multiple of {multiple}"
+    else:
+        allowed = f"an integer >= {low}" if high is None else f"an integer in {low}..{high}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {allowed}") from None
+        if value < low or (high is not None and value > high) or value % multiple:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {allowed}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number > 0")
+    return value
+
+
+_iterations = _int_type(1, MAX_ITERATIONS)
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="state dict file (the authors' .pth or this package's); "
                                              "default: the bundled compact model")
     parser.add_argument("--variant", choices=VARIANTS, default=None,
                         help="insist on raft or igev (default: detected from the checkpoint)")
-    parser.add_argument("--max-disp", type=int, default=192,
+    parser.add_argument("--max-disp", type=_int_type(32, multiple=32), default=192,
                         help="Selective-IGEV cost-volume range in pixels, multiple of 32 (default 192)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="default fp32")
-    parser.add_argument("--max-width", type=int, default=None,
-                        help="downscale wider inputs to this width first (disparity is scaled back)")
+    parser.add_argument("--max-width", type=_int_type(SIZE_MULTIPLE), default=None,
+                        help=f"downscale wider inputs to this width first, >= {SIZE_MULTIPLE} "
+                             "(disparity is scaled back)")
 
 
 def estimator_from_args(args: argparse.Namespace) -> StereoEstimator:
     return StereoEstimator.from_checkpoint(args.checkpoint, variant=args.variant, device=args.device,
                                            precision=args.precision, max_disp=args.max_disp,
                                            max_width=args.max_width)
+
+
+def _estimate(estimator: StereoEstimator, source: str | Path, left: np.ndarray, right: np.ndarray,
+              **kwargs) -> StereoResult:
+    """``estimator.estimate``, with running out of memory (CPU or CUDA) as one line naming the pair."""
+    try:
+        return estimator.estimate(left, right, **kwargs)
+    except Exception as err:
+        if not is_out_of_memory(err):
+            raise
+        raise CommandError(f"{source}: out of memory at {left.shape[1]}x{left.shape[0]} pixels; "
+                           "try a smaller --max-width") from None
 
 
 def _is_pattern(text: str) -> bool:
@@ -49,6 +112,9 @@ def _pairs(left: str, right: str) -> list[tuple[Path, Path]]:
     if _is_pattern(left) != _is_pattern(right):
         raise CommandError("--left and --right must both be files or both be glob patterns")
     if not _is_pattern(left):
+        for option, path in (("--left", left), ("--right", right)):
+            if not Path(path).is_file():
+                raise CommandError(f"{option} {path}: no such file")
         return [(Path(left), Path(right))]
     lefts, rights = sorted(glob.glob(left)), sorted(glob.glob(right))
     if not lefts:
@@ -58,29 +124,81 @@ def _pairs(left: str, right: str) -> list[tuple[Path, Path]]:
     return [(Path(a), Path(b)) for a, b in zip(lefts, rights)]
 
 
-def cmd_infer(args: argparse.Namespace) -> None:
+def _check_folder(option: str, path: Path, folder: Path, create: bool = False) -> None:
+    """``folder`` (with ``create``: its nearest existing ancestor) must be a writable folder."""
+    existing = folder
+    while create and not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        problem = f"{existing} is not a folder" if existing.exists() else f"folder {existing} does not exist"
+        raise CommandError(f"{option} {path}: {problem}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CommandError(f"{option} {path}: folder {existing} is not writable")
+
+
+def _check_output_file(option: str, path: Path, formats: tuple[str, ...], kind: str) -> None:
+    if path.is_dir():
+        raise CommandError(f"{option} {path}: is a folder; give a {', '.join(formats)} file name")
+    if path.suffix.lower() not in formats:
+        raise CommandError(f"{option} {path}: unknown {kind} extension {path.suffix!r}; "
+                           f"use {', '.join(formats)}")
+    _check_folder(option, path, path.parent)
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino
+
+
+def _check_distinct(outputs: list[tuple[str, Path]], inputs: list[Path]) -> None:
+    """No output may replace an input (same path, or a link to it) or another output of the run."""
+    input_ids = {_file_id(path): path for path in inputs}
+    written: dict[Path, str] = {}
+    for option, path in outputs:
+        resolved = path.resolve()
+        if resolved in written:
+            raise CommandError(f"{option} {path}: written twice in this run (also as {written[resolved]})")
+        written[resolved] = option
+        source = input_ids.get(_file_id(path)) if path.exists() else None
+        if source is not None:
+            raise CommandError(f"{option} {path}: is the input image {source}; choose another name")
+
+
+def _infer_jobs(args: argparse.Namespace) -> list[tuple[Path, Path, Path, Path | None]]:
+    """(left, right, disparity file, colour file or None) per pair, every output checked."""
     pairs = _pairs(args.left, args.right)
-    batch = _is_pattern(args.left)
-    out = Path(args.out)
-    if batch:
-        out.mkdir(parents=True, exist_ok=True)
-        if args.color:
-            Path(args.color).mkdir(parents=True, exist_ok=True)
-    elif out.suffix.lower() not in DISPARITY_FORMATS:
-        raise CommandError(f"--out {out}: use a {', '.join(DISPARITY_FORMATS)} file name")
+    out, color = Path(args.out), Path(args.color) if args.color else None
+    if _is_pattern(args.left):
+        for option, folder in (("--out", out), ("--color", color)):
+            if folder:
+                _check_folder(option, folder, folder, create=True)
+        jobs = [(left, right, out / f"{left.stem}.{args.format}", color / f"{left.stem}.png" if color else None)
+                for left, right in pairs]
+    else:
+        _check_output_file("--out", out, DISPARITY_FORMATS, "disparity")
+        if color:
+            _check_output_file("--color", color, IMAGE_FORMATS, "image")
+        jobs = [(*pairs[0], out, color)]
+    outputs = [("--out", job[2]) for job in jobs] + [("--color", job[3]) for job in jobs if job[3]]
+    _check_distinct(outputs, [path for job in jobs for path in job[:2]])
+    return jobs
+
+
+def cmd_infer(args: argparse.Namespace) -> None:
+    jobs = _infer_jobs(args)
     estimator = estimator_from_args(args)
     print(f"model: {estimator.variant} ({args.checkpoint or 'bundled'}), device {estimator.device}, "
           f"precision {estimator.precision}, {args.iters} iterations")
-    for left_path, right_path in pairs:
+    for folder in {path.parent for job in jobs for path in job[2:] if path}:
+        folder.mkdir(parents=True, exist_ok=True)
+    for left_path, right_path, target, color_path in jobs:
         left, right = read_image(left_path), read_image(right_path)
         start = time.perf_counter()
-        result = estimator.estimate(left, right, iters=args.iters)
+        result = _estimate(estimator, left_path, left, right, iters=args.iters)
         elapsed = time.perf_counter() - start
-        target = out / f"{left_path.stem}.{args.format}" if batch else out
         write_disparity(target, result.disparity)
-        if args.color:
-            color_path = Path(args.color) / f"{left_path.stem}.png" if batch else Path(args.color)
-            cv2.imwrite(str(color_path), colorize_disparity(result.disparity))
+        if color_path:
+            write_image(color_path, colorize_disparity(result.disparity))
         print(f"{left_path} -> {target} ({left.shape[1]}x{left.shape[0]}, {elapsed:.2f} s)")
 
 
@@ -106,7 +224,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     iters = sorted(set(args.iters))
     estimator = estimator_from_args(args)
     start = time.perf_counter()
-    result = estimator.estimate(left, right, iters=iters[-1], output_iters=iters[:-1])
+    result = _estimate(estimator, name, left, right, iters=iters[-1], output_iters=iters[:-1])
     net_time = time.perf_counter() - start
     start = time.perf_counter()
     sgbm = sgbm_disparity(left, right, SGBMConfig(num_disparities=args.sgbm_num_disparities))
@@ -153,6 +271,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
+    _check_folder("--out", Path(args.out), Path(args.out), create=True)
     status = run_demo(Path(args.out), frames=args.frames, iterations=args.iters, checkpoint=args.checkpoint,
                       device=args.device, rate=args.rate, timeout_s=args.timeout)
     if status:
@@ -160,7 +279,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sgru-stereo", description=__doc__)
+    parser = _Parser(prog="sgru-stereo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     infer = sub.add_parser("infer", help="disparity for an image pair or a sequence of pairs")
@@ -171,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="output .npy/.pfm/.png (16-bit, disparity x 256); a folder for glob patterns")
     infer.add_argument("--format", default="png", choices=[f.lstrip(".") for f in DISPARITY_FORMATS],
                        help="file format inside the --out folder for glob patterns (default png)")
-    infer.add_argument("--iters", type=int, default=32, help="GRU iterations (default 32, as the authors)")
+    infer.add_argument("--iters", type=_iterations, default=32,
+                       help=f"GRU iterations, 1..{MAX_ITERATIONS} (default 32, as the authors)")
     infer.add_argument("--color", help="also write a colorized disparity PNG (a folder for glob patterns)")
     infer.set_defaults(func=cmd_infer)
 
@@ -182,20 +302,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--left", help="left image")
     evaluate.add_argument("--right", help="right image")
     evaluate.add_argument("--gt", help="ground truth: Middlebury .pfm, KITTI 16-bit .png, .npy or .npz")
-    evaluate.add_argument("--iters", type=int, nargs="+", default=[8, 16, 32],
-                          help="iteration counts, all from one pass (default 8 16 32)")
-    evaluate.add_argument("--sgbm-num-disparities", type=int, default=64,
+    evaluate.add_argument("--iters", type=_iterations, nargs="+", default=[8, 16, 32],
+                          help=f"iteration counts in 1..{MAX_ITERATIONS}, all from one pass (default 8 16 32)")
+    evaluate.add_argument("--sgbm-num-disparities", type=_int_type(16, multiple=16), default=64,
                           help="SGBM search range, multiple of 16 (default 64)")
     evaluate.set_defaults(func=cmd_eval)
 
     demo = sub.add_parser("demo", help="sample source + stereo node over real rclpy; writes PNG, PFM and PLY")
     demo.add_argument("--out", default="sgru_demo", help="output folder (default sgru_demo)")
-    demo.add_argument("--frames", type=int, default=3, help="frames to wait for (default 3)")
-    demo.add_argument("--iters", type=int, default=8, help="GRU iterations (default 8)")
+    demo.add_argument("--frames", type=_int_type(1), default=3, help="frames to wait for (default 3)")
+    demo.add_argument("--iters", type=_iterations, default=8, help=f"GRU iterations, 1..{MAX_ITERATIONS} (default 8)")
     demo.add_argument("--checkpoint", help="checkpoint file (default: bundled weights)")
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    demo.add_argument("--rate", type=float, default=1.0, help="sample source frame rate (default 1 Hz)")
-    demo.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
+    demo.add_argument("--rate", type=_positive_float, default=1.0, help="sample source frame rate (default 1 Hz)")
+    demo.add_argument("--timeout", type=_positive_float, default=300.0, help="give up after this many seconds")
     demo.set_defaults(func=cmd_demo)
     sub.add_parser("run", help="the stereo node (ROS arguments follow: sgru-stereo run --ros-args -p iterations:=8)")
     sub.add_parser("source", help="the sample stereo source node (sgru-stereo source --ros-args -p source:=folder ...)")
@@ -222,6 +342,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: Exception) -> str:
+    """The error as one line, starting with the file it concerns where it names one."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    text = " ".join(str(err).split())  # cv2.error and some NumPy errors span lines
+    if isinstance(err, MemoryError):
+        return f"out of memory ({text})" if text else "out of memory"
+    return text or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("run", "source"):  # ROS nodes: the rest is for rclpy (--ros-args ...)
@@ -234,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (CommandError, CheckpointError, ValueError, OSError) as err:
-        print(f"sgru-stereo {args.command}: error: {err}", file=sys.stderr)
+    except (CommandError, CheckpointError, ValueError, OSError, MemoryError, cv2.error) as err:
+        print(f"sgru-stereo {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
