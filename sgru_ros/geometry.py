@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 
@@ -74,11 +75,13 @@ class StereoGeometry:
     def points(self, depth: np.ndarray) -> np.ndarray:
         """H x W depth (NaN = invalid) -> H x W x 3 float32 points (x right, y down, z forward)."""
         h, w = depth.shape
-        u = np.arange(w, dtype=np.float32)[None, :]
-        v = np.arange(h, dtype=np.float32)[:, None]
-        x = (u - self.cx) * depth / self.fx
-        y = (v - self.cy) * depth / self.fy
-        return np.stack([x, y, depth], axis=-1).astype(np.float32)
+        points = np.empty((h, w, 3), dtype=np.float32)
+        u = (np.arange(w, dtype=np.float32) - np.float32(self.cx)) / np.float32(self.fx)
+        v = (np.arange(h, dtype=np.float32) - np.float32(self.cy)) / np.float32(self.fy)
+        np.multiply(depth, u[None, :], out=points[..., 0])
+        np.multiply(depth, v[:, None], out=points[..., 1])
+        points[..., 2] = depth
+        return points
 
 
 def flying_pixels(disparity: np.ndarray, threshold: float) -> np.ndarray:
@@ -90,10 +93,11 @@ def flying_pixels(disparity: np.ndarray, threshold: float) -> np.ndarray:
     its 3 x 3 neighbourhood exceeds ``threshold`` px; smooth slanted surfaces
     (a road, a wall) vary far less than that between neighbours.
     """
-    padded = np.pad(np.nan_to_num(disparity, nan=0.0), 1, mode="edge")
-    h, w = disparity.shape
-    windows = [padded[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
-    return (np.max(windows, axis=0) - np.min(windows, axis=0)) > threshold
+    values = np.nan_to_num(disparity, nan=0.0).astype(np.float32, copy=False)
+    kernel = np.ones((3, 3), np.uint8)  # 3 x 3 max and min filters, edges replicated
+    high = cv2.dilate(values, kernel, borderType=cv2.BORDER_REPLICATE)
+    low = cv2.erode(values, kernel, borderType=cv2.BORDER_REPLICATE)
+    return (high - low) > threshold
 
 
 def valid_window(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -135,19 +139,19 @@ class CloudLayout:
         return 12 if self.avoid_padding else 16
 
 
-def pack_cloud(points: np.ndarray, rgb: np.ndarray | None, layout: CloudLayout) -> bytes:
-    """H x W x 3 float32 points (NaN = invalid) and H x W x 3 uint8 RGB -> row-major point bytes."""
+def pack_cloud(points: np.ndarray, rgb: np.ndarray | None, layout: CloudLayout) -> np.ndarray:
+    """H x W x 3 float32 points (NaN = invalid) and H x W x 3 uint8 RGB -> row-major point bytes
+    (a flat uint8 array of H * W * point_step)."""
     h, w, _ = points.shape
-    step = layout.point_step
-    buffer = np.zeros((h, w, step), dtype=np.uint8)
-    buffer[..., 0:12] = points.astype("<f4").view(np.uint8).reshape(h, w, 12)
+    if layout.color and (rgb is None or rgb.shape[:2] != (h, w)):
+        raise ValueError("a coloured cloud needs an H x W x 3 RGB image of the same size")
+    # Every field is 4 bytes at a multiple of 4: fill the points as rows of float32 words.
+    words = np.zeros((h, w, layout.point_step // 4), dtype="<f4")
+    words[..., :3] = points
     if layout.color:
-        if rgb is None or rgb.shape[:2] != (h, w):
-            raise ValueError("a coloured cloud needs an H x W x 3 RGB image of the same size")
-        offset = dict(layout.fields)["rgb"]
-        # Little-endian 0x00RRGGBB: bytes B, G, R, 0.
-        buffer[..., offset:offset + 3] = rgb[..., ::-1]
-    return buffer.tobytes()
+        r, g, b = (rgb[..., c].astype(np.uint32) for c in range(3))
+        words[..., dict(layout.fields)["rgb"] // 4] = ((r << 16) | (g << 8) | b).view("<f4")  # 0x00RRGGBB
+    return words.view(np.uint8).reshape(-1)
 
 
 def write_ply(path: str, points: np.ndarray, rgb: np.ndarray | None = None) -> int:

@@ -3,54 +3,91 @@
 Topics and parameters follow stereo_image_proc where they mean the same
 (see README). The node is wiring: synchronisation (``sync``), inference
 (``inference``) and geometry (``geometry``) do the work.
+
+What keeps it answering on a robot nobody watches:
+- each input's reliability follows its publishers (``input_reliability``),
+  so large images from a reliable camera are not lost in DDS fragments;
+- a failed frame (bad input, out of memory, anything) is counted by kind,
+  logged (throttled) and shown in /diagnostics; the next frame goes on;
+- SIGINT/SIGTERM cancel the frame in progress between network stages, and
+  nothing is published once shutdown has begun.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import numpy as np
 import rclpy
+import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
                                 SetParametersResult)
-from rclpy.exceptions import ParameterUninitializedException
+from rclpy.exceptions import ParameterException, ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import QoSPolicyKind, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, RegionOfInterest
 from std_msgs.msg import Header
 from stereo_msgs.msg import DisparityImage
 
 from .geometry import CloudLayout, DisparityProducts, StereoGeometry, depth_products, disparity_products
-from .inference import PRECISIONS, StereoEstimator
+from .inference import (MAX_ITERATIONS, PRECISIONS, InferenceCancelled, StereoEstimator, is_out_of_memory,
+                        release_memory)
 from .ros_conversions import array_to_image, cloud_message, image_to_rgb, projection, stamp_ns
 from .sync import StereoSynchronizer
 from .visualize import colorize_disparity
 
-MAX_ITERATIONS = 64
 #: Warn when images arrive but no synchronised set has formed for this long.
 SYNC_WARN_AFTER_S = 3.0
+#: A frame error keeps /diagnostics at ERROR (and its kind is logged at most once) for this long.
+ERROR_HOLD_S = 10.0
+#: How long shutdown waits for the frame in progress (it is cancelled at its next stage or iteration).
+SHUTDOWN_WAIT_S = 1.5
+#: How often the inputs' publishers are looked up (their reliability decides the subscriptions').
+INPUT_QOS_CHECK_S = 0.25
 #: DisparityImage.delta_d as stereo_image_proc sets it (its matcher's 1/16 px).
 DELTA_D = 1.0 / 16.0
+#: Pixels above which frames are downscaled before the network: a 4000 x 3000 frame at full size
+#: peaks near 6 GB; 1920 x 1080 (2.07 MP) still runs at full size.
+DEFAULT_MAX_PIXELS = 2_500_000
+
+#: Outputs: reliable, a history of 3 so that frames published in a burst survive a subscriber that
+#: acknowledges late (a reliable writer overwrites unacknowledged samples once its history is full).
+OUTPUT_QOS = QoSProfile(depth=3, reliability=ReliabilityPolicy.RELIABLE)
 
 INPUTS = ("left/image_rect", "right/image_rect", "left/camera_info", "right/camera_info")
+INPUT_TYPES = (Image, Image, CameraInfo, CameraInfo)
+RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
+INPUT_RELIABILITY = ("auto", *RELIABILITY)
 
 
 @dataclass
 class FrameStats:
+    received: list[int] = field(default_factory=lambda: [0] * len(INPUTS))  # messages per input
+    sets: int = 0  # synchronised sets formed
     processed: int = 0
-    dropped: int = 0  # complete sets replaced by a newer one before inference could take them
-    rejected: int = 0  # sets refused for bad input
+    dropped: int = 0  # complete sets dropped as stale before inference could take them
+    errors: Counter = field(default_factory=Counter)  # failed frames by kind (bad_input, out_of_memory, ...)
     last_error: str = ""
-    last_error_time: float = 0.0
+    last_error_time: float = -float("inf")
+    worker_error: str = ""  # why the inference thread stopped, if it did
     stages_ms: dict[str, float] = field(default_factory=dict)
     last_iterations: int = 0
     resolution: tuple[int, int] | None = None
+
+
+def failure_kind(err: BaseException) -> str:
+    """The diagnostics key of a failed frame: bad_input, out_of_memory or the exception's class."""
+    if is_out_of_memory(err):
+        return "out_of_memory"
+    return "bad_input" if isinstance(err, ValueError) else type(err).__name__
 
 
 class StereoNode(Node):
@@ -58,18 +95,25 @@ class StereoNode(Node):
         super().__init__("sgru_stereo", **kwargs)
         # Worker state first: destroy_node() must work even if the rest of __init__ fails.
         self._lock = threading.Condition()
-        self._pending: list | None = None
+        self._pending: deque[list] = deque()  # synchronised sets waiting for the worker, oldest first
+        self._frame_seconds = 0.0  # recent time per frame (moving average), for the backlog
         self._running = True
+        self._cancel = threading.Event()  # set at shutdown: the frame in progress stops at its next stage
         self._worker: threading.Thread | None = None
         self._declare_parameters()
+        reason = self._invalid_combination({})
+        if reason:
+            raise ValueError(reason)
         self.add_on_set_parameters_callback(self._validate_parameters)
         p = self._param
-        max_width = p("max_width")
+        max_width, max_pixels = p("max_width"), p("max_pixels")
+        if p("threads"):
+            torch.set_num_threads(p("threads"))
         self.estimator = StereoEstimator.from_checkpoint(
             p("model") or None, device=p("device"), precision=p("precision"), max_disp=p("max_disp"),
-            max_width=max_width if max_width > 0 else None)
+            max_width=max_width or None, max_pixels=max_pixels or None)
 
-        publisher_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        publisher_qos = OUTPUT_QOS
         overrides = QoSOverridingOptions.with_default_policies()
         self.pub_disparity = self.create_publisher(DisparityImage, "disparity", publisher_qos,
                                                    qos_overriding_options=overrides)
@@ -85,11 +129,15 @@ class StereoNode(Node):
         self.sync = StereoSynchronizer(len(INPUTS), p("queue_size"),
                                        int(tolerance * 1e9) if p("approximate_sync") else None)
         self.stats = FrameStats()
-        self._last_input_time = 0.0
+        self._last_input_time = [-float("inf")] * len(INPUTS)
         self._last_set_time = time.monotonic()
-        for index, (topic, msg_type) in enumerate(zip(INPUTS, (Image, Image, CameraInfo, CameraInfo))):
-            self.create_subscription(msg_type, topic, lambda msg, i=index: self._on_input(i, msg),
-                                     qos_profile_sensor_data, qos_overriding_options=overrides)
+        self._received_at_last_set = [0] * len(INPUTS)
+        self._error_logged: dict[str, float] = {}
+        self._inputs = [self._input_reliability_choice(topic) for topic in INPUTS]
+        self._subscriptions_by_input: list = [None] * len(INPUTS)
+        self._input_reliability: list[ReliabilityPolicy | None] = [None] * len(INPUTS)
+        self._adapt_input_qos()
+        self.create_timer(INPUT_QOS_CHECK_S, self._adapt_input_qos)
         self.create_timer(1.0, self._on_timer)
         self._worker = threading.Thread(target=self._work, name="sgru_inference", daemon=True)
         self._worker.start()
@@ -99,45 +147,48 @@ class StereoNode(Node):
         self.get_logger().info(
             f"model {self.estimator.variant} ({model}, {params:.1f} M parameters), device {self.estimator.device}, "
             f"precision {self.estimator.precision}, iterations {p('iterations')}, max_width "
-            f"{max_width or 'none'}, {'approximate' if p('approximate_sync') else 'exact'} sync; "
+            f"{max_width or 'none'}, max_pixels {max_pixels or 'none'}, "
+            f"{'approximate' if p('approximate_sync') else 'exact'} sync, input reliability "
+            f"{p('input_reliability')}; "
             f"resolution: from the first frame on {self.resolve_topic_name(INPUTS[0])}")
 
     # -- parameters ---------------------------------------------------------------------------
     def _declare_parameters(self) -> None:
-        def declare(name, default, description, *, read_only=False, integer_range=None, float_range=None,
-                    constraints=""):
-            descriptor = ParameterDescriptor(description=description, read_only=read_only,
-                                             additional_constraints=constraints)
-            if integer_range:
-                descriptor.integer_range = [IntegerRange(from_value=integer_range[0], to_value=integer_range[1],
-                                                         step=integer_range[2] if len(integer_range) > 2 else 1)]
-            if float_range:
-                descriptor.floating_point_range = [FloatingPointRange(from_value=float_range[0],
-                                                                      to_value=float_range[1], step=0.0)]
-            self.declare_parameter(name, default, descriptor)
+        def declare(name, default, description, **limits):
+            declare_checked(self, name, default, description, **limits)
 
-        declare("queue_size", 5, "Messages kept per input for synchronisation", read_only=True,
+        declare("queue_size", 10, "Messages kept per input, by the subscription and for synchronisation (reliable "
+                "DDS delivers the four topics with up to a few hundred ms of skew)", read_only=True,
                 integer_range=(1, 100))
         declare("approximate_sync", False, "Match inputs by nearest stamp instead of identical stamps",
                 read_only=True)
         declare("approximate_sync_tolerance_seconds", 0.02, "Largest stamp spread of an approximate set",
                 read_only=True, float_range=(0.0, 10.0))
+        declare("backlog_seconds", 0.5, "Synchronised sets wait for inference while the node could work through "
+                "them within this time at its recent pace; older ones are dropped as stale (0: newest only)",
+                float_range=(0.0, 10.0))
         declare("use_color", True, "Colour the point cloud from the left image (rgb field)")
         declare("avoid_point_cloud_padding", False, "16-byte points (no padding after xyz) instead of 32")
         declare("model", "", "Checkpoint file (the authors' .pth or this package's); empty: bundled weights",
                 read_only=True)
         declare("max_disp", 192, "Selective-IGEV cost-volume range in processed pixels (multiple of 32)",
                 read_only=True, integer_range=(32, 1024, 32))
+        declare("input_reliability", "auto", "Reliability of the input subscriptions: auto follows the publishers "
+                "(reliable when all are), or force reliable / best_effort", read_only=True,
+                choices=INPUT_RELIABILITY)
         declare("iterations", 8, "GRU refinement iterations per frame (more: finer, slower)",
                 integer_range=(1, MAX_ITERATIONS))
         self.declare_parameter("publish_iterations", Parameter.Type.INTEGER_ARRAY, ParameterDescriptor(
             description="Also publish disparity/iter_K for these K < iterations (same pass)",
             type=ParameterType.PARAMETER_INTEGER_ARRAY))
         declare("device", "auto", "auto, cpu, cuda or cuda:N", read_only=True)
-        declare("precision", "fp32", "fp32, fp16 (CUDA) or bf16", read_only=True,
-                constraints="one of " + ", ".join(PRECISIONS))
+        declare("precision", "fp32", "fp32, fp16 (CUDA) or bf16", read_only=True, choices=PRECISIONS)
+        declare("threads", 0, "CPU threads of the network (0: PyTorch's default, one per core); fewer leave "
+                "cores to DDS and the other nodes", read_only=True, integer_range=(0, 1024))
         declare("max_width", 0, "Downscale wider images to this width before the network (0: never)",
                 read_only=True, integer_range=(0, 16384))
+        declare("max_pixels", DEFAULT_MAX_PIXELS, "Downscale frames with more pixels than this before the network "
+                "(memory budget; 0: never)", read_only=True, integer_range=(0, 1 << 30))
         declare("min_depth", 0.0, "Points nearer than this (m) are left out of points2 and depth",
                 float_range=(0.0, 1000.0))
         declare("max_depth", 100.0, "Points farther than this (m) are left out of points2 and depth",
@@ -154,48 +205,129 @@ class StereoNode(Node):
                 return []
         return self.get_parameter(name).value
 
-    def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        new = {p.name: p.value for p in params}
+    def _invalid_combination(self, new: dict) -> str:
+        """Why the parameters, with ``new`` values replacing current ones, do not fit together ('' if they do)."""
         get = lambda name: new.get(name, self._param(name))  # noqa: E731
         iterations = get("iterations")
-        extra = list(get("publish_iterations") or [])
-        bad = [k for k in extra if not 1 <= k < iterations]
+        bad = [k for k in get("publish_iterations") or [] if not 1 <= k < iterations]
         if bad:
-            return SetParametersResult(successful=False, reason=(
-                f"publish_iterations {bad} must lie in 1..{iterations - 1} (below iterations {iterations})"))
-        if get("min_depth") >= get("max_depth"):
-            return SetParametersResult(successful=False, reason=(
-                f"min_depth {get('min_depth')} must be below max_depth {get('max_depth')}"))
-        return SetParametersResult(successful=True)
+            return f"publish_iterations {bad} must lie in 1..{iterations - 1} (below iterations {iterations})"
+        if not get("min_depth") < get("max_depth"):
+            return f"min_depth {get('min_depth')} must be below max_depth {get('max_depth')}"
+        return ""
+
+    def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """Run-time changes: ranges are checked by rclpy from the descriptors, combinations here
+        (only when a parameter of one is being set, so unrelated declarations never fail)."""
+        new = {p.name: p.value for p in params}
+        if not new.keys() & {"iterations", "publish_iterations", "min_depth", "max_depth"}:
+            return SetParametersResult(successful=True)
+        reason = self._invalid_combination(new)
+        return SetParametersResult(successful=not reason, reason=reason)
+
+    # -- input QoS -----------------------------------------------------------------------------
+    def _input_reliability_choice(self, topic: str) -> str:
+        """'auto', 'reliable' or 'best_effort' for one input: the standard QoS override parameter
+        ``qos_overrides.<topic>.subscription.reliability`` when given, else ``input_reliability``."""
+        name = f"qos_overrides.{self.resolve_topic_name(topic)}.subscription.reliability"
+        value = self.declare_parameter(name, Parameter.Type.STRING, ParameterDescriptor(
+            description=f"reliability of the {topic} subscription; unset: input_reliability decides",
+            read_only=True)).value
+        if value is None:
+            return self._param("input_reliability")
+        if value not in RELIABILITY:
+            raise ValueError(f"parameter {name}: {value!r} is not one of {', '.join(RELIABILITY)}")
+        return value
+
+    def _input_depth(self, index: int) -> int:
+        """History of an input subscription: it must absorb a burst of messages that arrive while
+        the executor is busy (reliable DDS repairs arrive in bursts). A camera_info is a few hundred
+        bytes, so its history is deep; an image's is queue_size."""
+        return self._param("queue_size") * (10 if INPUT_TYPES[index] is CameraInfo else 1)
+
+    def _adapt_input_qos(self) -> None:
+        """(Re)subscribe each input whose wanted reliability changed. In 'auto' it is reliable when
+        every publisher of the topic is (a best-effort subscriber to a reliable publisher loses large
+        images whenever one DDS fragment is lost), else best-effort, which matches any publisher."""
+        for index, (topic, choice) in enumerate(zip(INPUTS, self._inputs)):
+            if choice == "auto":
+                # With no publisher yet, reliable (the common camera-driver default) is kept; a
+                # best-effort publisher then switches the input over before it loses anything.
+                publishers = self.get_publishers_info_by_topic(self.resolve_topic_name(topic))
+                reliable = all(info.qos_profile.reliability == ReliabilityPolicy.RELIABLE for info in publishers)
+                wanted = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
+            else:
+                wanted = RELIABILITY[choice]
+            if wanted == self._input_reliability[index]:
+                continue
+            if self._subscriptions_by_input[index] is not None:
+                self.destroy_subscription(self._subscriptions_by_input[index])
+                self.get_logger().info(f"{self.resolve_topic_name(topic)}: publishers changed, subscribing "
+                                       f"{wanted.name.lower()}")
+            qos = QoSProfile(history=qos_profile_sensor_data.history, durability=qos_profile_sensor_data.durability,
+                             depth=self._input_depth(index), reliability=wanted)
+            # History and depth stay overridable the standard way; reliability is handled above.
+            overrides = QoSOverridingOptions([QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH])
+            self._subscriptions_by_input[index] = self.create_subscription(
+                INPUT_TYPES[index], topic, lambda msg, i=index: self._on_input(i, msg), qos,
+                qos_overriding_options=overrides)
+            self._input_reliability[index] = wanted
 
     # -- input ---------------------------------------------------------------------------------
     def _on_input(self, index: int, msg) -> None:
-        self._last_input_time = time.monotonic()
+        self.stats.received[index] += 1
+        self._last_input_time[index] = time.monotonic()
         complete = self.sync.add(index, stamp_ns(msg.header), msg)
         if complete is None:
             return
+        self.stats.sets += 1
         self._last_set_time = time.monotonic()
+        self._received_at_last_set = list(self.stats.received)
         with self._lock:
-            if self._pending is not None:
-                self.stats.dropped += 1  # inference is slower than the camera: keep only the newest
-            self._pending = complete
+            self._pending.append(complete)
+            # Sets wait only while the worker could get through them within backlog_seconds at its
+            # recent pace: DDS delivers in bursts (reliable repairs), which a fast node absorbs,
+            # while a node slower than the camera keeps just the newest set (bounded latency).
+            allowed = max(1, int(self._param("backlog_seconds") / self._frame_seconds)) if self.stats.processed \
+                else self._param("queue_size")  # no pace measured yet
+            while len(self._pending) > allowed:
+                self._pending.popleft()
+                self.stats.dropped += 1
             self._lock.notify()
 
     def _work(self) -> None:
-        while True:
-            with self._lock:
-                while self._pending is None and self._running:
-                    self._lock.wait(timeout=0.5)
-                if not self._running:
+        try:
+            while True:
+                with self._lock:
+                    while not self._pending and self._running:
+                        self._lock.wait(timeout=0.5)
+                    if not self._running:
+                        return
+                    frame = self._pending.popleft()
+                try:
+                    self._process(*frame)
+                except InferenceCancelled:
                     return
-                frame, self._pending = self._pending, None
-            try:
-                self._process(*frame)
-            except ValueError as err:
-                self.stats.rejected += 1
-                self.stats.last_error, self.stats.last_error_time = str(err), time.monotonic()
-                self.get_logger().error(f"frame {frame[2].header.stamp.sec}.{frame[2].header.stamp.nanosec:09d} "
-                                        f"rejected: {err}", throttle_duration_sec=1.0)
+                except Exception as err:  # noqa: BLE001 -- any failure of one frame must leave the node running
+                    if not self._running:
+                        return  # shutting down: publishing into a closed context is expected to fail
+                    self._frame_failed(stamp_ns(frame[2].header), err)
+        except BaseException as err:
+            self.stats.worker_error = f"{type(err).__name__}: {err}"
+            self.get_logger().fatal(f"inference thread stopped: {self.stats.worker_error}")
+            raise
+
+    def _frame_failed(self, stamp: int, err: Exception) -> None:
+        kind = failure_kind(err)
+        if kind == "out_of_memory":
+            release_memory(self.estimator.device)
+        now = time.monotonic()
+        self.stats.errors[kind] += 1
+        self.stats.last_error, self.stats.last_error_time = f"{kind}: {err}", now
+        if now - self._error_logged.get(kind, -float("inf")) >= ERROR_HOLD_S:  # once per kind and period
+            self._error_logged[kind] = now
+            self.get_logger().error(f"frame {stamp / 1e9:.6f} skipped ({kind}, {self.stats.errors[kind]} so far): "
+                                    f"{str(err).splitlines()[0] if str(err) else type(err).__name__}")
 
     # -- processing ----------------------------------------------------------------------------
     def _process(self, left_msg: Image, right_msg: Image, left_info: CameraInfo, right_info: CameraInfo) -> None:
@@ -212,26 +344,43 @@ class StereoNode(Node):
         iterations = self._param("iterations")
         extra = [k for k in self._param("publish_iterations") if 1 <= k < iterations]
         t1 = time.perf_counter()
-        result = self.estimator.estimate(left, right, iters=iterations, output_iters=extra)
+        result = self.estimator.estimate(left, right, iters=iterations, output_iters=extra, cancel=self._cancel)
         t2 = time.perf_counter()
         max_disp = self.estimator.max_disp if self.estimator.variant == "igev" else left.shape[1]
-        threshold = self._param("flying_pixel_threshold") if self._param("filter_flying_pixels") else None
-        products = depth_products(result.disparity, geometry, max_disparity=max_disp,
-                                  min_depth=self._param("min_depth"), max_depth=self._param("max_depth"),
-                                  flying_threshold=threshold)
-        layout = CloudLayout(color=self._param("use_color"), avoid_padding=self._param("avoid_point_cloud_padding"))
+        # Only what somebody subscribes to is computed (a cloud costs tens of ms per frame).
+        wanted = {name: pub.get_subscription_count() > 0 for name, pub in (
+            ("disparity", self.pub_disparity), ("depth", self.pub_depth), ("color", self.pub_color),
+            ("points", self.pub_points))}
         header = left_info.header
-        cloud = cloud_message(products.points, left, layout, header)
+        cloud = None
+        if wanted["points"] or wanted["depth"]:
+            threshold = self._param("flying_pixel_threshold") if self._param("filter_flying_pixels") else None
+            products = depth_products(result.disparity, geometry, max_disparity=max_disp,
+                                      min_depth=self._param("min_depth"), max_depth=self._param("max_depth"),
+                                      flying_threshold=threshold)
+            disparity_out, depth = products.disparity, products.depth
+            if wanted["points"]:
+                layout = CloudLayout(color=self._param("use_color"),
+                                     avoid_padding=self._param("avoid_point_cloud_padding"))
+                cloud = cloud_message(products.points, left, layout, header)
+        else:
+            disparity_out, depth = disparity_products(result.disparity, geometry, max_disparity=max_disp), None
         t3 = time.perf_counter()
+        if not self._running:  # shutdown began during this frame: publish nothing
+            return
         # Stage times before publishing, so a subscriber that reads them on arrival sees this frame's.
         self.stats.stages_ms = {"convert_in": 1e3 * (t1 - t0), "inference": 1e3 * (t2 - t1), "cloud": 1e3 * (t3 - t2)}
         self.stats.last_iterations = iterations
-        self.pub_disparity.publish(self._disparity_message(products.disparity, geometry, header))
-        self.pub_depth.publish(array_to_image(products.depth, "32FC1", header))
-        # Colour range from this frame's own values (1st..99th percentile): the search range is far wider.
-        color = colorize_disparity(np.where(products.disparity.valid, products.disparity.disparity, np.nan))
-        self.pub_color.publish(array_to_image(color, "bgr8", header))
-        self.pub_points.publish(cloud)
+        if wanted["disparity"]:
+            self.pub_disparity.publish(self._disparity_message(disparity_out, geometry, header))
+        if depth is not None and wanted["depth"]:
+            self.pub_depth.publish(array_to_image(depth, "32FC1", header))
+        if wanted["color"]:
+            # Colour range from this frame's own values (1st..99th percentile): the search range is far wider.
+            color = colorize_disparity(np.where(disparity_out.valid, disparity_out.disparity, np.nan))
+            self.pub_color.publish(array_to_image(color, "bgr8", header))
+        if cloud is not None:
+            self.pub_points.publish(cloud)
         for k, disparity in result.intermediate.items():
             iter_products = disparity_products(disparity, geometry, max_disparity=max_disp)
             self._iteration_publisher(k).publish(self._disparity_message(iter_products, geometry, header))
@@ -239,10 +388,18 @@ class StereoNode(Node):
 
         if self.stats.resolution != left.shape[:2]:
             h, w = result.processed_size
-            self.get_logger().info(f"resolution {left.shape[1]}x{left.shape[0]}, network at {w}x{h}")
+            if (h, w) == left.shape[:2]:
+                self.get_logger().info(f"resolution {w}x{h}, network at full size")
+            else:
+                self.get_logger().warn(
+                    f"resolution {left.shape[1]}x{left.shape[0]}: downscaled to {w}x{h} for the network "
+                    f"(max_pixels {self.estimator.max_pixels or 'none'}, max_width {self.estimator.max_width or 'none'});"
+                    " the disparity is scaled back")
             self.stats.resolution = left.shape[:2]
         self.stats.processed += 1
         self.stats.stages_ms.update(publish=1e3 * (t4 - t3), total=1e3 * (t4 - t0))
+        seconds = t4 - t0
+        self._frame_seconds = seconds if self.stats.processed == 1 else 0.8 * self._frame_seconds + 0.2 * seconds
 
     def _disparity_message(self, products: DisparityProducts, geometry: StereoGeometry, header) -> DisparityImage:
         x, y, w, h = products.window
@@ -255,36 +412,63 @@ class StereoNode(Node):
     def _iteration_publisher(self, k: int):
         if k not in self.pub_iterations:
             self.pub_iterations[k] = self.create_publisher(
-                DisparityImage, f"disparity/iter_{k}", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+                DisparityImage, f"disparity/iter_{k}", OUTPUT_QOS)
         return self.pub_iterations[k]
 
     # -- monitoring ----------------------------------------------------------------------------
     def _on_timer(self) -> None:
         now = time.monotonic()
-        images_flowing = now - self._last_input_time < SYNC_WARN_AFTER_S
-        sync_stalled = images_flowing and now - self._last_set_time > SYNC_WARN_AFTER_S
+        inputs_flowing = now - max(self._last_input_time) < SYNC_WARN_AFTER_S
+        sync_stalled = inputs_flowing and now - self._last_set_time > SYNC_WARN_AFTER_S
         if sync_stalled:
-            stamps = self.sync.stats.last_stamps
-            seen = [s for s in stamps if s is not None]
-            described = ", ".join(f"{name} {s / 1e9:.6f}" if s is not None else f"{name} none"
-                                  for name, s in zip(INPUTS, stamps))
-            gap = (max(seen) - min(seen)) / 1e6 if len(seen) == len(stamps) else float("nan")
-            self.get_logger().warn(
-                f"no synchronised set for {now - self._last_set_time:.1f} s while inputs arrive; newest stamps: "
-                f"{described} (spread {gap:.1f} ms). Exact sync needs identical stamps: check the camera "
-                "driver, or set approximate_sync:=true", throttle_duration_sec=5.0)
+            self.get_logger().warn(f"no synchronised set for {now - self._last_set_time:.1f} s while inputs arrive: "
+                                   f"{self._stall_reason(now)}", throttle_duration_sec=5.0)
         self.pub_diagnostics.publish(self._diagnostics(sync_stalled, now))
+
+    def _stall_reason(self, now: float) -> str:
+        """Which inputs are missing messages, or whose stamps differ, and what would help."""
+        since = [n - m for n, m in zip(self.stats.received, self._received_at_last_set)]
+        counts = ", ".join(f"{self.resolve_topic_name(t)} {n}" for t, n in zip(INPUTS, since))
+        missing = [self.resolve_topic_name(t) for t, n in zip(INPUTS, since) if n == 0]
+        if missing:
+            return (f"nothing received on {', '.join(missing)} (messages since the last set: {counts}); check that "
+                    "they are published, with a compatible QoS, in this ROS_DOMAIN_ID")
+        spread = self.sync.stamp_spread_ns()
+        stamps = ", ".join(f"{self.resolve_topic_name(t)} {s / 1e9:.6f}"
+                           for t, s in zip(INPUTS, self.sync.stats.last_stamps))
+        tolerance = self._param("approximate_sync_tolerance_seconds")
+        if self._param("approximate_sync"):
+            if spread > tolerance * 1e9:
+                return (f"newest stamps {stamps} spread {spread / 1e6:.1f} ms, more than "
+                        f"approximate_sync_tolerance_seconds {tolerance:g}; a tolerance of at least "
+                        f"{spread / 1e9:.3f} would match them")
+        elif spread > 0:
+            return (f"newest stamps {stamps} differ by up to {spread / 1e6:.1f} ms; exact sync needs identical stamps: "
+                    f"fix the camera driver, or set approximate_sync:=true with approximate_sync_tolerance_seconds "
+                    f">= {spread / 1e9:.3f}")
+        return (f"every input arrives and stamps can match, but no complete set forms (messages since the last set: "
+                f"{counts}): messages are being lost on the way; see the input reliability in /diagnostics")
 
     def _diagnostics(self, sync_stalled: bool, now: float) -> DiagnosticArray:
         s = self.stats
-        recent_error = s.last_error and now - s.last_error_time < 5.0
+        recent_error = now - s.last_error_time < ERROR_HOLD_S
+        worker_alive = self._worker is not None and self._worker.is_alive()
         level, message = DiagnosticStatus.OK, "running"
         if sync_stalled:
             level, message = DiagnosticStatus.WARN, "inputs arrive but do not synchronise"
         if recent_error:
-            level, message = DiagnosticStatus.ERROR, f"input rejected: {s.last_error}"
+            level, message = DiagnosticStatus.ERROR, f"frame skipped: {s.last_error.splitlines()[0]}"
+        if not worker_alive and self._running:
+            level, message = DiagnosticStatus.ERROR, f"inference thread stopped: {s.worker_error or 'unknown'}"
         values = {"frames_processed": s.processed, "frames_dropped_stale": s.dropped,
-                  "frames_rejected": s.rejected, "iterations": self._param("iterations"),
+                  "frames_failed": sum(s.errors.values()),
+                  **{f"frames_failed_{kind}": n for kind, n in sorted(s.errors.items())},
+                  "sets_formed": s.sets,
+                  **{f"received {self.resolve_topic_name(t)}": n for t, n in zip(INPUTS, s.received)},
+                  **{f"reliability {self.resolve_topic_name(t)}": (r.name.lower() if r else "none")
+                     for t, r in zip(INPUTS, self._input_reliability)},
+                  "inference_thread": "running" if worker_alive else "stopped",
+                  "iterations": self._param("iterations"),
                   "model": self.estimator.variant, "device": str(self.estimator.device),
                   "last_frame_iterations": s.last_iterations,
                   **{f"{k}_ms": round(v, 1) for k, v in s.stages_ms.items()}}
@@ -294,16 +478,50 @@ class StereoNode(Node):
         return DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[status])
 
     def destroy_node(self) -> None:
+        """Stop publishing at once, cancel the frame in progress and wait briefly for it."""
         with self._lock:
             self._running = False
+            self._cancel.set()
             self._lock.notify()
         if self._worker is not None:
-            self._worker.join(timeout=5.0)
+            self._worker.join(timeout=SHUTDOWN_WAIT_S)
+            if self._worker.is_alive():
+                self.get_logger().warn(f"frame in progress abandoned at shutdown (not done after {SHUTDOWN_WAIT_S} s)")
         super().destroy_node()
 
 
+def declare_checked(node: Node, name: str, default, description: str, *, read_only: bool = False,
+                    integer_range: tuple[int, ...] | None = None, float_range: tuple[float, float] | None = None,
+                    choices: tuple[str, ...] = ()):
+    """Declare a parameter with its descriptor (range or choices); a start-up value of the wrong
+    type or out of range raises ValueError in one line: name, the reason, what is allowed."""
+    descriptor = ParameterDescriptor(description=description, read_only=read_only)
+    allowed = type(default).__name__
+    if integer_range:
+        step = integer_range[2] if len(integer_range) > 2 else 1
+        descriptor.integer_range = [IntegerRange(from_value=integer_range[0], to_value=integer_range[1], step=step)]
+        allowed = f"an integer in {integer_range[0]}..{integer_range[1]}" + (f", step {step}" if step > 1 else "")
+    if float_range:
+        descriptor.floating_point_range = [FloatingPointRange(from_value=float_range[0], to_value=float_range[1],
+                                                              step=0.0)]
+        allowed = f"a number in {float_range[0]:g}..{float_range[1]:g}"
+    if choices:
+        allowed = "one of " + ", ".join(choices)
+        descriptor.additional_constraints = allowed
+    try:
+        value = node.declare_parameter(name, default, descriptor).value
+    except ParameterException as err:  # rclpy: "<message>. Reason: <reason>: <name>"
+        reason = str(err).split("Reason: ")[-1].splitlines()[0].removesuffix(f": {name}")
+        raise ValueError(f"parameter {name}: {reason}; allowed: {allowed}") from None
+    if choices and value not in choices:
+        raise ValueError(f"parameter {name}: {value!r} is not {allowed}")
+    if float_range and not math.isfinite(value):  # NaN passes rclpy's range check
+        raise ValueError(f"parameter {name}: {value} is not {allowed}")
+    return value
+
+
 def spin_node(node_factory, args: list[str] | None = None) -> int:
-    """rclpy.init, build the node (startup errors: one line, exit 1), spin until shutdown."""
+    """rclpy.init, build the node (startup errors: one line, exit 1), spin until SIGINT/SIGTERM."""
     rclpy.init(args=args)
     try:
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import array
+
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
@@ -33,6 +35,8 @@ def image_to_rgb(msg: Image) -> np.ndarray:
         raise ValueError(f"image data too short: {len(msg.data)} bytes for {msg.width}x{msg.height} "
                          f"{msg.encoding} with step {msg.step}")
     raw = np.frombuffer(msg.data, dtype=np.uint8, count=msg.step * msg.height).reshape(msg.height, msg.step)
+    if msg.encoding == "rgb8" and msg.step == row_bytes:
+        return raw.reshape(msg.height, msg.width, 3)  # already what the network takes: no copy
     pixels = raw[:, :row_bytes].copy().view(np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<"))
     pixels = pixels.reshape(msg.height, msg.width, channels)
     if dtype == np.uint16:
@@ -40,17 +44,25 @@ def image_to_rgb(msg: Image) -> np.ndarray:
     return np.ascontiguousarray(pixels[..., order])
 
 
-def array_to_image(array: np.ndarray, encoding: str, header: Header) -> Image:
+def array_to_image(values: np.ndarray, encoding: str, header: Header) -> Image:
     """H x W float32 ('32FC1') or H x W x 3 uint8 ('bgr8'/'rgb8') -> sensor_msgs/Image."""
     expected = {"32FC1": (np.float32, 2), "bgr8": (np.uint8, 3), "rgb8": (np.uint8, 3)}
     dtype, ndim = expected[encoding]
-    array = np.ascontiguousarray(array, dtype=dtype)
-    if array.ndim != ndim:
-        raise ValueError(f"{encoding} needs a {ndim}-D array, got shape {array.shape}")
-    msg = Image(header=header, height=array.shape[0], width=array.shape[1], encoding=encoding,
-                is_bigendian=0, step=array.strides[0])
-    msg.data = array.tobytes()
+    values = np.ascontiguousarray(values, dtype=dtype)
+    if values.ndim != ndim:
+        raise ValueError(f"{encoding} needs a {ndim}-D array, got shape {values.shape}")
+    msg = Image(header=header, height=values.shape[0], width=values.shape[1], encoding=encoding,
+                is_bigendian=0, step=values.strides[0])
+    msg.data = byte_array(values)
     return msg
+
+
+def byte_array(values: np.ndarray) -> array.array:
+    """A C-contiguous numpy array's bytes as the array.array('B') a message's uint8[] field holds:
+    one copy (assigning bytes would copy twice, a numpy array element by element)."""
+    data = array.array("B")
+    data.frombytes(memoryview(np.ascontiguousarray(values)).cast("B"))
+    return data
 
 
 def cloud_message(points: np.ndarray, rgb: np.ndarray | None, layout: CloudLayout, header: Header) -> PointCloud2:
@@ -60,7 +72,7 @@ def cloud_message(points: np.ndarray, rgb: np.ndarray | None, layout: CloudLayou
                       point_step=layout.point_step, row_step=layout.point_step * w)
     msg.fields = [PointField(name=name, offset=offset, datatype=PointField.FLOAT32, count=1)
                   for name, offset in layout.fields]
-    msg.data = pack_cloud(points, rgb, layout)
+    msg.data = byte_array(pack_cloud(points, rgb, layout))
     return msg
 
 

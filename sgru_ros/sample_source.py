@@ -7,25 +7,29 @@ Sources (parameter ``source``):
   order) with a calibration YAML (see ``sgru_ros.calibration``);
 - ``video``: a side-by-side video (left half, right half) with a calibration YAML.
 
-All four messages of a frame carry the same stamp. Frames loop.
+All four messages of a frame carry the same stamp. The first frame waits
+until every topic has a subscriber (frames sent before DDS discovery has
+matched a subscriber are lost to it). Frames loop; with ``frames`` > 0 the
+source stops after that many (and exits). ``reliability``
+(reliable, the default, or best_effort) emulates either kind of camera driver.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
-from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
 from rclpy.node import Node
-from rclpy.qos import QoSProfile
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from .calibration import MOTORCYCLE, StereoCalibration, motorcycle_pair
 from .io import read_image
-from .node import spin_node
+from .node import declare_checked, spin_node
 from .ros_conversions import array_to_image
 
 SOURCES = ("motorcycle", "folder", "video")
@@ -71,18 +75,18 @@ def camera_info(calibration: StereoCalibration, right: bool, width: int, height:
 class SampleSource(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("sample_source", **kwargs)
-        self.declare_parameter("source", "motorcycle", ParameterDescriptor(
-            description="motorcycle, folder or video", read_only=True, additional_constraints="one of " +
-            ", ".join(SOURCES)))
-        self.declare_parameter("path", "", ParameterDescriptor(
-            description="folder (with left/ and right/) or side-by-side video file", read_only=True))
-        self.declare_parameter("calibration", "", ParameterDescriptor(
-            description="calibration YAML for folder and video sources", read_only=True))
-        self.declare_parameter("rate", 2.0, ParameterDescriptor(
-            description="frames per second", read_only=True,
-            floating_point_range=[FloatingPointRange(from_value=0.01, to_value=1000.0, step=0.0)]))
-        self.declare_parameter("left_frame_id", "stereo_left_optical_frame", ParameterDescriptor(read_only=True))
-        self.declare_parameter("right_frame_id", "stereo_right_optical_frame", ParameterDescriptor(read_only=True))
+        declare_checked(self, "source", "motorcycle", "Where frames come from", read_only=True, choices=SOURCES)
+        declare_checked(self, "path", "", "Folder (with left/ and right/) or side-by-side video file", read_only=True)
+        declare_checked(self, "calibration", "", "Calibration YAML for folder and video sources", read_only=True)
+        declare_checked(self, "rate", 2.0, "Frames per second", read_only=True, float_range=(0.01, 1000.0))
+        declare_checked(self, "frames", 0, "Stop after this many frames (0: loop forever)", read_only=True,
+                        integer_range=(0, 1 << 31))
+        declare_checked(self, "reliability", "reliable", "QoS reliability of the published topics", read_only=True,
+                        choices=("reliable", "best_effort"))
+        declare_checked(self, "left_frame_id", "stereo_left_optical_frame", "frame_id of the left camera",
+                        read_only=True)
+        declare_checked(self, "right_frame_id", "stereo_right_optical_frame", "frame_id of the right camera",
+                        read_only=True)
         source = self.get_parameter("source").value
         path = Path(self.get_parameter("path").value)
         if source == "motorcycle":
@@ -98,17 +102,39 @@ class SampleSource(Node):
         else:
             raise ValueError(f"unknown source {source!r}; use one of {', '.join(SOURCES)}")
         self.first = next(self.frames)  # fail at start, not in the timer, when the input is unusable
-        qos = QoSProfile(depth=5)
-        self.pubs = {name: self.create_publisher(msg_type, name, qos) for name, msg_type in (
-            ("left/image_rect", Image), ("right/image_rect", Image),
-            ("left/camera_info", CameraInfo), ("right/camera_info", CameraInfo))}
+        # A reliable writer overwrites unacknowledged messages once its history is full, and a busy
+        # subscriber can take a second to acknowledge: 20 images, 50 camera_infos (they are small).
+        reliability = ReliabilityPolicy[self.get_parameter("reliability").value.upper()]
+        self.pubs = {name: self.create_publisher(msg_type, name, QoSProfile(depth=depth, reliability=reliability))
+                     for name, msg_type, depth in (
+                         ("left/image_rect", Image, 20), ("right/image_rect", Image, 20),
+                         ("left/camera_info", CameraInfo, 50), ("right/camera_info", CameraInfo, 50))}
         self.published = 0
-        self.create_timer(1.0 / self.get_parameter("rate").value, self._publish)
+        self.matched_since: float | None = None
+        self.frame_limit = self.get_parameter("frames").value
+        self.timer = self.create_timer(1.0 / self.get_parameter("rate").value, self._publish)
         h, w = self.first[0].shape[:2]
         self.get_logger().info(f"publishing {source} {w}x{h} at {self.get_parameter('rate').value:g} Hz on "
                                f"{self.resolve_topic_name('left/image_rect')} and siblings")
 
+    def _subscribers_ready(self) -> bool:
+        """Every topic has had a subscriber for half a second: DDS matching is asymmetric, and a
+        subscriber that has not yet matched this publisher itself drops what it receives."""
+        if not all(pub.get_subscription_count() for pub in self.pubs.values()):
+            self.matched_since = None
+            return False
+        self.matched_since = self.matched_since or time.monotonic()
+        return time.monotonic() - self.matched_since >= 0.5
+
     def _publish(self) -> None:
+        if self.published == 0 and not self._subscribers_ready():
+            return
+        if self.frame_limit and self.published >= self.frame_limit:
+            # Give reliable subscribers time to fetch the last frames, then end the process.
+            self.timer.cancel()
+            self.create_timer(3.0, lambda: self.context.try_shutdown())
+            self.get_logger().info(f"published {self.published} frames; stopping")
+            return
         left, right = self.first if self.first is not None else next(self.frames)
         self.first = None
         stamp = self.get_clock().now().to_msg()

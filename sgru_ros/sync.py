@@ -34,6 +34,13 @@ class StereoSynchronizer:
         self.queues: list[deque[tuple[int, Any]]] = [deque(maxlen=queue_size) for _ in range(inputs)]
         self.stats = SyncStats(last_stamps=[None] * inputs)
 
+    def stamp_spread_ns(self) -> int | None:
+        """Spread (max - min) of the newest stamp of each input; None until every input has one."""
+        stamps = self.stats.last_stamps
+        if any(s is None for s in stamps):
+            return None
+        return max(stamps) - min(stamps)
+
     def add(self, index: int, stamp_ns: int, message: Any) -> list[Any] | None:
         self.stats.last_stamps[index] = stamp_ns
         self.queues[index].append((stamp_ns, message))

@@ -15,7 +15,8 @@ def colorize_disparity(disparity: np.ndarray, min_disparity: float | None = None
     """
     valid = np.isfinite(disparity)
     if min_disparity is None or max_disparity is None:
-        values = disparity[valid]
+        sample = disparity[::2, ::2]  # percentiles of every fourth pixel: the same range, 4x less sorting
+        values = sample[np.isfinite(sample)]
         lo, hi = (np.percentile(values, [1, 99]) if values.size else (0.0, 1.0))
         min_disparity = lo if min_disparity is None else min_disparity
         max_disparity = hi if max_disparity is None else max_disparity

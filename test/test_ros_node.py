@@ -240,7 +240,7 @@ def test_bad_parameter_values_are_rejected_with_a_reason(rig):
 def test_bad_input_is_reported_and_the_node_keeps_running(rig, node_process):
     left, right = textured_pair()
     rig.publish_pair(left, right[:, :100], sec=300)  # right image narrower than left
-    rig.spin_until(lambda: int(rig.last_diagnostics().get("frames_rejected", "0")) >= 1, 15.0, "rejection")
+    rig.spin_until(lambda: int(rig.last_diagnostics().get("frames_failed_bad_input", "0")) >= 1, 15.0, "rejection")
     assert node_process.poll() is None
     out = rig.frame(left, right, sec=301)
     assert out["disparity"].header.stamp.sec == 301

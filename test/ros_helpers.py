@@ -1,0 +1,130 @@
+"""Helpers of the ROS tests: the node and the sample source as separate processes (as deployed),
+an observer node that records what the node publishes, and test inputs written as files."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+import torch
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from stereo_msgs.msg import DisparityImage
+
+from sgru_ros.io import write_image_rgb
+from sgru_ros.model import RaftConfig, SelectiveRAFT, save_checkpoint
+from sgru_ros.ros_conversions import stamp_ns
+
+from conftest import REPO, SMALL_RAFT
+
+STEP_PX = 2.0
+INPUT_TOPICS = ("left/image_rect", "right/image_rect", "left/camera_info", "right/camera_info")
+
+
+#: A network with little per-frame overhead (one GRU level, 1/8 resolution) for tests that need the
+#: node to keep up with 10 Hz on two cores.
+TINY_RAFT = dict(hidden_dim=16, encoder_dims=(8, 8, 8), feature_dim=8, n_gru_layers=1, corr_levels=1,
+                 n_downsample=3)
+
+
+def known_answer_checkpoint(path: Path, config: dict = SMALL_RAFT) -> Path:
+    """A small network whose disparity head always outputs the same update: after k iterations the
+    disparity is k * STEP_PX everywhere (random weights elsewhere). Tests of the node's plumbing
+    and geometry use it, so the answer does not depend on training."""
+    torch.manual_seed(0)
+    model = SelectiveRAFT(RaftConfig(**config))
+    with torch.no_grad():
+        model.update_block.disp_head.conv2.weight.zero_()
+        model.update_block.disp_head.conv2.bias.fill_(-STEP_PX / model.downsample_factor)  # x-flow = -disparity
+    save_checkpoint(model, path)
+    return path
+
+
+def remapped_inputs(camera: str) -> list[str]:
+    return [arg for topic in INPUT_TOPICS for arg in ("-r", f"{topic}:={camera}/{topic}")]
+
+
+def start_process(command: str, *ros_args: str, memory_limit_bytes: int | None = None) -> subprocess.Popen:
+    """``sgru-stereo run|source --ros-args ...`` in its own process; stdout and stderr together."""
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
+
+    return subprocess.Popen([sys.executable, "-m", "sgru_ros.cli", command, "--ros-args", *ros_args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=limit_memory if memory_limit_bytes else None)
+
+
+def stop_process(proc: subprocess.Popen) -> str:
+    """SIGINT (as Ctrl-C and launch do), then kill if needed; returns the output."""
+    if proc.poll() is None:
+        proc.send_signal(2)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.communicate()[0] or ""
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+class Observer(Node):
+    """Subscribes like rviz or a mapping node would and records disparities (with arrival times)
+    and the stereo node's diagnostics."""
+
+    def __init__(self, namespace: str = "", name: str = "test_observer") -> None:
+        super().__init__(name)
+        self.disparities: dict[int, DisparityImage] = {}
+        self.arrivals: dict[int, float] = {}
+        self.create_subscription(DisparityImage, f"{namespace}/disparity", self._on_disparity, QoSProfile(depth=50))
+        self.diagnostics: list[DiagnosticArray] = []
+        self.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
+
+    def _on_disparity(self, msg: DisparityImage) -> None:
+        stamp = stamp_ns(msg.header)
+        self.disparities[stamp] = msg
+        self.arrivals[stamp] = time.time()
+
+    def spin_until(self, condition, timeout: float, message: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rclpy.spin_once(self, timeout_sec=0.1)
+            if condition():
+                return
+        raise AssertionError(f"timed out after {timeout:.0f} s: {message}")
+
+    def spin_for(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            rclpy.spin_once(self, timeout_sec=0.1)
+
+    def last_status(self):
+        statuses = [s for array in self.diagnostics for s in array.status if "sgru_stereo" in s.name]
+        return statuses[-1] if statuses else None
+
+    def last_diagnostics(self) -> dict[str, str]:
+        status = self.last_status()
+        return {kv.key: kv.value for kv in status.values} if status else {}
+
+
+def write_folder_source(folder: Path, width: int, height: int, shift: int = 8) -> tuple[Path, Path]:
+    """One textured pair of this size (right = left shifted by ``shift`` px) under folder/left and
+    folder/right, and a calibration YAML; returns (folder, calibration file)."""
+    rng = np.random.default_rng(width)
+    texture = rng.integers(0, 255, size=(height, width + shift, 3), dtype=np.uint8)
+    for side, image in (("left", texture[:, :width]), ("right", texture[:, shift:])):
+        (folder / side).mkdir(parents=True, exist_ok=True)
+        write_image_rgb(folder / side / "000.png", np.ascontiguousarray(image))
+    calibration = folder / "calibration.yaml"
+    calibration.write_text(f"focal_length: {width * 0.8}\ncx: {width / 2}\ncy: {height / 2}\nbaseline: 0.1\n")
+    return folder, calibration
