@@ -14,16 +14,23 @@ setup(
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
         ("share/" + package_name + "/config", glob("config/*")),
-        # `ros2 run` and launch_ros look for executables only in lib/<package>; a plain pip install puts
-        # console scripts in bin/, so these wrappers (their run bit is kept) go to lib/sgru_ros too.
+        # `ros2 run` and launch_ros look for executables only in <prefix>/lib/<package>. The console scripts
+        # below always go to <prefix>/bin, with a shebang naming the interpreter the package was installed
+        # into (pip, pip --user, a venv that is not activated, colcon: setup.cfg does not redirect them).
+        # These two tiny sh wrappers (their run bit is kept in the wheel) exec <prefix>/bin/<same name>, so
+        # each file is written by exactly one mechanism and no `#!/usr/bin/env python3` picks the wrong python.
         ("lib/" + package_name, ["bin/stereo_node", "bin/sample_source"]),
     ],
-    install_requires=["numpy", "opencv-python-headless", "torch>=2.1"],
+    # Every third-party module the node, the sample source and the launch file import at run time
+    # (test/test_package.py checks this). scikit-image ships the sample Motorcycle pair; pyyaml reads
+    # calibration files.
+    install_requires=["numpy", "opencv-python-headless", "torch>=2.1", "scikit-image", "pyyaml"],
     extras_require={
-        # ROS 2 (kilted) client library and messages as PyPI wheels, for use without a ROS install.
+        # ROS 2 (kilted) client library, messages and the ament index as PyPI wheels, for use without a ROS
+        # install (a ROS install provides them, plus launch / launch_ros, which have no PyPI wheels).
         "ros": ["ros-rclpy", "ros-sensor-msgs", "ros-stereo-msgs", "ros-std-msgs", "ros-diagnostic-msgs",
-                "ros-rmw-fastrtps-cpp"],
-        "test": ["pytest", "scikit-image", "pyyaml"],
+                "ros-rcl-interfaces", "ros-ament-index-python", "ros-rmw-fastrtps-cpp"],
+        "test": ["pytest"],
     },
     zip_safe=True,
     maintainer="sgru_ros developers",

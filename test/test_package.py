@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+import configparser
 import importlib.util
 import os
+import re
+import shutil
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -19,6 +24,7 @@ def test_package_xml_format_3_with_dependencies():
     assert root.findtext("name") == "sgru_ros"
     exec_deps = {e.text for e in root.findall("exec_depend")}
     assert {"rclpy", "sensor_msgs", "stereo_msgs", "std_msgs", "diagnostic_msgs"} <= exec_deps
+    assert {"python3-skimage", "python3-yaml", "python3-numpy", "python3-opencv"} <= exec_deps
     assert {"ament_flake8", "ament_pep257", "python3-pytest"} <= {e.text for e in root.findall("test_depend")}
     assert root.find("export/build_type").text == "ament_python"
 
@@ -57,16 +63,177 @@ def test_launch_description_builds():
             "use_sample_source", "use_rviz"} <= names
 
 
-def test_lib_executable_starts_the_node_and_reports_a_bad_model_in_one_line():
-    exe = Path(sys.prefix) / "lib/sgru_ros/stereo_node"
+# Import name -> (pip distribution, package.xml exec_depend key) for every third-party module that the
+# node, the sample source or the launch file may import at run time. A new import must be added here and
+# declared in setup.py and package.xml. None: not declared there (torch has no rosdep key everywhere;
+# launch / launch_ros have no PyPI wheel, a ROS install brings them).
+RUNTIME_MODULES = {
+    "numpy": ("numpy", "python3-numpy"),
+    "cv2": ("opencv-python-headless", "python3-opencv"),
+    "torch": ("torch", None),
+    "skimage": ("scikit-image", "python3-skimage"),
+    "yaml": ("pyyaml", "python3-yaml"),
+    "rclpy": ("ros-rclpy", "rclpy"),
+    "sensor_msgs": ("ros-sensor-msgs", "sensor_msgs"),
+    "stereo_msgs": ("ros-stereo-msgs", "stereo_msgs"),
+    "std_msgs": ("ros-std-msgs", "std_msgs"),
+    "diagnostic_msgs": ("ros-diagnostic-msgs", "diagnostic_msgs"),
+    "rcl_interfaces": ("ros-rcl-interfaces", "rcl_interfaces"),
+    "ament_index_python": ("ros-ament-index-python", "ament_index_python"),
+    "launch": (None, "launch"),
+    "launch_ros": (None, "launch_ros"),
+}
+
+
+def _module_file(name: str) -> Path | None:
+    path = REPO.joinpath(*name.split("."))
+    for candidate in (path / "__init__.py", path.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _runtime_imports() -> dict[str, set[str]]:
+    """Top-level third-party modules imported anywhere (function-local imports too) by the node, the
+    sample source, everything of sgru_ros they import, and the launch file -> who imports them."""
+    found: dict[str, set[str]] = {}
+    todo = [("sgru_ros.node", None), ("sgru_ros.sample_source", None), ("stereo_launch", REPO / "launch/stereo.launch.py")]
+    seen = set()
+    while todo:
+        name, path = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = path or _module_file(name)
+        assert path is not None, name
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        parts = name.split(".")
+        todo += [(".".join(parts[:i]), None) for i in range(1, len(parts)) if parts[0] == "sgru_ros"]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+                names = [module] + [f"{module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module]
+            else:
+                continue
+            for imported in names:
+                top = imported.partition(".")[0]
+                if top == "sgru_ros":
+                    if _module_file(imported):
+                        todo.append((imported, None))
+                elif top != "__future__" and top not in sys.stdlib_module_names:
+                    found.setdefault(top, set()).add(name)
+    assert {"sgru_ros.node", "sgru_ros.sample_source", "sgru_ros.calibration", "sgru_ros.inference"} <= seen
+    return found
+
+
+def _setup_requirements() -> tuple[set[str], set[str]]:
+    """install_requires and the `ros` extra of setup.py, as normalised distribution names."""
+    tree = ast.parse((REPO / "setup.py").read_text())
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    keywords = {k.arg: k.value for k in call.keywords}
+
+    def names(requirements):
+        return {re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
+
+    return (names(ast.literal_eval(keywords["install_requires"])),
+            names(ast.literal_eval(keywords["extras_require"]).get("ros", [])))
+
+
+def test_every_runtime_import_is_declared_for_pip_and_rosdep():
+    imports = _runtime_imports()
+    unknown = {name: sorted(users) for name, users in imports.items() if name not in RUNTIME_MODULES}
+    assert not unknown, f"third-party imports missing from RUNTIME_MODULES (declare them, then list them): {unknown}"
+    install_requires, ros_extra = _setup_requirements()
+    exec_deps = {e.text for e in ET.parse(REPO / "package.xml").getroot().findall("exec_depend")}
+    for name in imports:
+        distribution, rosdep_key = RUNTIME_MODULES[name]
+        if distribution is not None:
+            where = ros_extra if distribution.startswith("ros-") else install_requires
+            assert distribution in where, f"{name} ({sorted(imports[name])}): {distribution} is not in setup.py"
+        if rosdep_key is not None:
+            assert rosdep_key in exec_deps, f"{name}: <exec_depend>{rosdep_key}</exec_depend> missing"
+    assert {"skimage", "yaml", "cv2", "torch", "rclpy", "launch_ros"} <= set(imports)
+
+
+def test_console_scripts_go_to_bin_and_lib_wrappers_hand_over():
+    """Only one mechanism writes each file: setup.cfg does not send console scripts to lib/sgru_ros (where
+    the data_files wrappers live), and the wrappers are sh scripts, not `#!/usr/bin/env python3`."""
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    assert not config.has_option("develop", "script_dir") and not config.has_option("develop", "script-dir")
+    assert not config.has_option("install", "install_scripts") and not config.has_option("install", "install-scripts")
+    for name in ("stereo_node", "sample_source"):
+        wrapper = REPO / "bin" / name
+        assert os.access(wrapper, os.X_OK), wrapper
+        text = wrapper.read_text()
+        assert text.startswith("#!/bin/sh\n") and f'/../../bin/{name}"' in text and "readlink" not in text
+
+
+@pytest.mark.skipif(not shutil.which("sh"), reason="needs a POSIX sh")
+def test_lib_wrapper_execs_the_console_script_of_its_own_prefix_even_through_a_symlink(tmp_path):
+    prefix = tmp_path / "prefix"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "lib/sgru_ros").mkdir(parents=True)
+    # as colcon --symlink-install does: the installed wrapper is a link into the source tree
+    (prefix / "lib/sgru_ros/stereo_node").symlink_to(REPO / "bin/stereo_node")
+    env = dict(os.environ, PATH="/usr/bin:/bin")
+    proc = subprocess.run([str(prefix / "lib/sgru_ros/stereo_node"), "--ros-args"], capture_output=True,
+                          text=True, timeout=30, env=env)
+    assert proc.returncode == 1 and proc.stdout == "", proc
+    assert len(proc.stderr.splitlines()) == 1 and "sgru_ros: stereo_node:" in proc.stderr, proc.stderr
+    script = prefix / "bin/stereo_node"
+    script.write_text('#!/bin/sh\necho "console script: $*"\nexit 3\n')
+    script.chmod(0o755)
+    proc = subprocess.run([str(prefix / "lib/sgru_ros/stereo_node"), "--ros-args", "-p", "a:=b c"],
+                          capture_output=True, text=True, timeout=30, env=env)
+    assert proc.returncode == 3 and proc.stdout == "console script: --ros-args -p a:=b c\n", proc
+
+
+def _installed_lib_executable(name: str) -> Path:
+    exe = Path(sys.prefix) / "lib/sgru_ros" / name
     if not exe.is_file():
         pytest.skip("sgru_ros is not installed into this environment")
-    import subprocess
+    return exe
 
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+def _bare_environment() -> dict[str, str]:
+    """The venv neither activated nor on PATH: only the system directories."""
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+    env["PATH"] = "/usr/bin:/bin"
+    return env
+
+
+def test_installed_console_scripts_name_the_installing_interpreter():
+    _installed_lib_executable("stereo_node")
+    for name in ("stereo_node", "sample_source", "sgru-stereo"):
+        script = Path(sys.prefix) / "bin" / name
+        assert script.is_file() and os.access(script, os.X_OK), script
+        shebang = script.read_text().splitlines()[0]
+        assert shebang.startswith("#!") and "/usr/bin/env" not in shebang, shebang
+        assert Path(shebang[2:].split()[0]).resolve() == Path(sys.executable).resolve(), shebang
+
+
+def test_lib_executable_starts_the_node_and_reports_a_bad_model_in_one_line():
+    exe = _installed_lib_executable("stereo_node")
     proc = subprocess.run([str(exe), "--ros-args", "-p", "model:=/nonexistent/model.pth"], capture_output=True,
-                          text=True, timeout=120, env=env)
-    assert proc.returncode == 1
+                          text=True, timeout=120, env=_bare_environment())
+    assert proc.returncode == 1, proc.stdout + proc.stderr
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "cannot start" in line]
     assert len(errors) == 1 and "no such checkpoint file" in errors[0], proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
+    assert "No module named" not in proc.stdout + proc.stderr
+
+
+def test_lib_sample_source_reports_a_bad_rate_in_one_line():
+    exe = _installed_lib_executable("sample_source")
+    proc = subprocess.run([str(exe), "--ros-args", "-p", "rate:=0.0"], capture_output=True, text=True, timeout=120,
+                          env=_bare_environment())
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output
+    assert "Traceback" not in output and "No module named" not in output, output
+    assert len([line for line in output.splitlines() if "rate" in line]) == 1, output
