@@ -50,13 +50,18 @@ def remapped_inputs(camera: str) -> list[str]:
     return [arg for topic in INPUT_TOPICS for arg in ("-r", f"{topic}:={camera}/{topic}")]
 
 
+def node_command(command: str, *ros_args: str) -> list[str]:
+    """``sgru-stereo run|source --ros-args ...`` as a user would type it."""
+    return [sys.executable, "-m", "sgru_ros.cli", command, "--ros-args", *ros_args]
+
+
 def start_process(command: str, *ros_args: str, memory_limit_bytes: int | None = None) -> subprocess.Popen:
-    """``sgru-stereo run|source --ros-args ...`` in its own process; stdout and stderr together."""
+    """``node_command`` in its own process; stdout and stderr together."""
     def limit_memory() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
 
-    return subprocess.Popen([sys.executable, "-m", "sgru_ros.cli", command, "--ros-args", *ros_args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    return subprocess.Popen(node_command(command, *ros_args), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
                             preexec_fn=limit_memory if memory_limit_bytes else None)
 
 
@@ -128,3 +133,57 @@ def write_folder_source(folder: Path, width: int, height: int, shift: int = 8) -
     calibration = folder / "calibration.yaml"
     calibration.write_text(f"focal_length: {width * 0.8}\ncx: {width / 2}\ncy: {height / 2}\nbaseline: 0.1\n")
     return folder, calibration
+
+
+class CameraRig(Observer):
+    """An observer that also publishes calibrated pairs like a camera driver (reliable, depth 10)."""
+
+    def __init__(self, namespace: str, camera: str, calibration, name: str = "test_camera_rig") -> None:
+        super().__init__(namespace, name=name)
+        from rclpy.qos import ReliabilityPolicy
+        from sensor_msgs.msg import CameraInfo, Image
+
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.calibration = calibration
+        self.pubs = {t: self.create_publisher(m, f"{camera}/{t}", qos)
+                     for t, m in zip(INPUT_TOPICS, (Image, Image, CameraInfo, CameraInfo))}
+
+    def publish_pair(self, left: np.ndarray, right: np.ndarray, sec: int, encoding: str = "rgb8",
+                     p_left: list[float] | None = None) -> int:
+        from std_msgs.msg import Header
+
+        from sgru_ros.ros_conversions import array_to_image
+        from sgru_ros.sample_source import camera_info
+
+        header = Header(frame_id="rig_left_optical")
+        header.stamp.sec = sec
+        h, w = left.shape[:2]
+        left_info = camera_info(self.calibration, False, w, h, header)
+        if p_left is not None:
+            left_info.p = p_left
+        self.pubs["left/camera_info"].publish(left_info)
+        self.pubs["right/camera_info"].publish(camera_info(self.calibration, True, w, h, header))
+        if encoding == "mono8":
+            self.pubs["left/image_rect"].publish(_mono_image(left, header))
+            self.pubs["right/image_rect"].publish(_mono_image(right, header))
+        else:
+            self.pubs["left/image_rect"].publish(array_to_image(left, "rgb8", header))
+            self.pubs["right/image_rect"].publish(array_to_image(right, "rgb8", header))
+        return stamp_ns(header)
+
+    def wait_connected(self, timeout: float = 30.0) -> None:
+        self.spin_until(lambda: all(p.get_subscription_count() for p in self.pubs.values()), timeout,
+                        "the node subscribing to the camera")
+        self.spin_for(0.5)  # the subscriber matches this publisher a little after we see it
+
+
+def _mono_image(image: np.ndarray, header):
+    from sensor_msgs.msg import Image
+
+    from sgru_ros.ros_conversions import byte_array
+
+    gray = np.ascontiguousarray(image if image.ndim == 2 else image[..., 0])
+    msg = Image(header=header, height=gray.shape[0], width=gray.shape[1], encoding="mono8", is_bigendian=0,
+                step=gray.shape[1])
+    msg.data = byte_array(gray)
+    return msg

@@ -1,0 +1,173 @@
+"""A node that never goes silent, over real rclpy with the node in its own process: every failure of
+a frame is caught, counted by kind, shown in /diagnostics, and the next frame is answered; images
+below the network's minimum size are padded up to it; SIGINT/SIGTERM end a long frame within 2 s
+without a traceback; invalid start-up parameters give one line and exit status 1."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
+
+from sgru_ros.calibration import StereoCalibration  # noqa: E402
+
+from conftest import REPO  # noqa: E402
+from ros_helpers import (CameraRig, known_answer_checkpoint, node_command, remapped_inputs,  # noqa: E402
+                         start_process, stop_process)
+
+NAMESPACE, CAMERA = "/robust", "/robust_cam"
+CALIBRATION = StereoCalibration(focal_length=200.0, cx=80.0, cy=60.0, cx_right=86.0, baseline=0.12)
+#: Address space of the node process: it starts at about 1.7 GB of virtual memory (PyTorch, DDS
+#: threads); a 4000 x 3000 frame at full size needs several GB more and must fail to allocate.
+MEMORY_LIMIT = 4 << 30
+
+
+@pytest.fixture(scope="module")
+def rig():
+    rclpy.init()
+    node = CameraRig(NAMESPACE, CAMERA, CALIBRATION)
+    yield node
+    node.destroy_node()
+    rclpy.shutdown()
+
+
+@pytest.fixture(scope="module")
+def node_process(rig, tmp_path_factory):
+    checkpoint = known_answer_checkpoint(tmp_path_factory.mktemp("model") / "known_answer.pth")
+    proc = start_process("run", "-r", f"__ns:={NAMESPACE}", "-p", f"model:={checkpoint}", "-p", "device:=cpu",
+                         "-p", "iterations:=2", "-p", "max_pixels:=0", *remapped_inputs(CAMERA),
+                         memory_limit_bytes=MEMORY_LIMIT)
+    rig.wait_connected()
+    yield proc
+    output = stop_process(proc)
+    assert "Traceback" not in output, output
+
+
+def textured(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, size=(h, w, 3), dtype=np.uint8)
+
+
+def answer(rig, left, right, sec: int, timeout: float = 60.0, **kwargs):
+    stamp = rig.publish_pair(left, right, sec, **kwargs)
+    rig.spin_until(lambda: stamp in rig.disparities, timeout, f"an answer to frame {sec}")
+    return rig.disparities[stamp]
+
+
+def wait_for_failure(rig, kind: str, count: int, timeout: float = 60.0) -> DiagnosticStatus:
+    key = f"frames_failed_{kind}"
+    rig.spin_until(lambda: int(rig.last_diagnostics().get(key, 0)) >= count, timeout, f"{key} >= {count}")
+    return rig.last_status()
+
+
+def test_non_finite_calibration_is_rejected_naming_the_field_and_the_node_goes_on(rig, node_process):
+    left = textured(120, 160)
+    p_left = CALIBRATION.projection().ravel().tolist()
+    p_left[2] = float("nan")
+    rig.publish_pair(left, left, sec=10, p_left=p_left)
+    status = wait_for_failure(rig, "bad_input", 1)
+    assert status.level == DiagnosticStatus.ERROR and "left camera_info P[0,2] is nan" in status.message
+    p_left[2], p_left[3] = CALIBRATION.cx, float("inf")
+    rig.publish_pair(left, left, sec=11, p_left=p_left)
+    status = wait_for_failure(rig, "bad_input", 2)
+    assert "left camera_info P[0,3] is inf" in status.message
+    assert answer(rig, left, left, sec=12).image.width == 160
+    assert node_process.poll() is None
+
+
+@pytest.mark.parametrize("size", [(1, 200), (200, 1), (1, 1), (32, 32), (33, 33)])
+def test_images_below_the_network_minimum_are_answered(rig, node_process, size):
+    h, w = size
+    out = answer(rig, textured(h, w), textured(h, w, 1), sec=100 + h * 1000 + w)
+    assert (out.image.height, out.image.width) == (h, w)
+
+
+def test_an_out_of_memory_frame_is_skipped_and_the_next_one_answered(rig, node_process):
+    big = textured(3000, 4000)[..., 0]  # mono8, 12 MB on the wire; full size in the network (max_pixels 0)
+    rig.publish_pair(big, big, sec=200, encoding="mono8")
+    status = wait_for_failure(rig, "out_of_memory", 1, timeout=120.0)
+    assert status.level == DiagnosticStatus.ERROR and "out_of_memory" in status.message
+    assert answer(rig, textured(120, 160), textured(120, 160, 1), sec=201).header.stamp.sec == 201
+    stats = rig.last_diagnostics()
+    assert stats["inference_thread"] == "running" and node_process.poll() is None
+
+
+def test_diagnostics_return_to_ok_once_errors_are_old(rig, node_process):
+    from sgru_ros.node import ERROR_HOLD_S
+
+    rig.spin_for(ERROR_HOLD_S + 1.0)
+    status = rig.last_status()
+    assert status.level == DiagnosticStatus.OK, status.message
+    assert int(rig.last_diagnostics()["frames_failed"]) >= 3
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_a_long_frame_ends_the_node_within_2_s_without_traceback(rig, signal_number):
+    """The bundled network at 1280 x 720 with 64 iterations needs tens of seconds here: the frame is
+    abandoned between GRU iterations and nothing is published after the signal."""
+    namespace, camera = "/exit", "/exit_cam"
+    rig = CameraRig(namespace, camera, CALIBRATION, name="test_exit_rig")
+    proc = start_process("run", "-r", f"__ns:={namespace}", "-p", "device:=cpu", "-p", "iterations:=64",
+                         *remapped_inputs(camera))
+    try:
+        rig.wait_connected(60.0)
+        rig.diagnostics.clear()
+        image = textured(720, 1280)
+        stamp = rig.publish_pair(image, image, sec=7)
+        # Inference has started once the node has formed the set (diagnostics count it).
+        rig.spin_until(lambda: rig.last_diagnostics().get("sets_formed") == "1", 30.0, "the set formed")
+        rig.spin_for(2.0)
+        start = time.monotonic()
+        proc.send_signal(signal_number)
+        output = proc.communicate(timeout=30)[0]
+        elapsed = time.monotonic() - start
+        rig.spin_for(1.0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        rig.destroy_node()
+    print(f"{signal.Signals(signal_number).name}: exited in {elapsed:.2f} s with status {proc.returncode}")
+    assert elapsed < 2.0, output
+    assert proc.returncode == 0 and "Traceback" not in output, output
+    assert stamp not in rig.disparities
+
+
+@pytest.mark.parametrize("params,expected", [
+    (["iterations:=0"], "parameter iterations: "),
+    (["iterations:=abc"], "parameter iterations: "),
+    (["max_disp:=100"], "parameter max_disp: "),
+    (["queue_size:=0"], "parameter queue_size: "),
+    (["min_depth:=50.0", "max_depth:=10.0"], "min_depth 50.0 must be below max_depth 10.0"),
+    (["input_reliability:=sometimes"], "parameter input_reliability: 'sometimes' is not one of"),
+    (["precision:=fp64"], "parameter precision: 'fp64' is not one of fp32, fp16, bf16"),
+    (["flying_pixel_threshold:=.nan"], "parameter flying_pixel_threshold: "),
+    (["model:=/nonexistent/model.pth"], "no such checkpoint file"),
+])
+def test_invalid_start_up_parameters_give_one_line_and_exit_status_1(params, expected):
+    args = [a for p in params for a in ("-p", p)]
+    proc = subprocess.run(node_command("run", *args), cwd=REPO, capture_output=True, text=True, timeout=120)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(lines) == 1 and "cannot start: " in lines[0], lines
+    assert expected in lines[0], lines
+    if lines[0].split("cannot start: ")[1].startswith("parameter"):  # says what is allowed
+        assert "allowed: " in lines[0] or "is not one of" in lines[0] or "is not a number in" in lines[0], lines
+
+
+@pytest.mark.parametrize("params,expected", [
+    (["rate:=0.0"], "parameter rate: "),
+    (["source:=camera"], "parameter source: 'camera' is not one of motorcycle, folder, video"),
+    (["source:=folder"], "needs the calibration parameter"),
+    (["frames:=-1"], "parameter frames: "),
+    (["rate:=.nan"], "parameter rate: "),
+])
+def test_invalid_sample_source_parameters_give_one_line_and_exit_status_1(params, expected):
+    args = [a for p in params for a in ("-p", p)]
+    proc = subprocess.run(node_command("source", *args), cwd=REPO, capture_output=True, text=True, timeout=120)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(lines) == 1 and expected in lines[0], lines
