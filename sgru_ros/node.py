@@ -464,6 +464,7 @@ class StereoNode(Node):
                   **{f"frames_failed_{kind}": n for kind, n in sorted(s.errors.items())},
                   "sets_formed": s.sets,
                   **{f"received {self.resolve_topic_name(t)}": n for t, n in zip(INPUTS, s.received)},
+                  **{f"unmatched {self.resolve_topic_name(t)}": n for t, n in zip(INPUTS, self.sync.stats.unmatched)},
                   **{f"reliability {self.resolve_topic_name(t)}": (r.name.lower() if r else "none")
                      for t, r in zip(INPUTS, self._input_reliability)},
                   "inference_thread": "running" if worker_alive else "stopped",

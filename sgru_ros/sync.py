@@ -19,6 +19,9 @@ from typing import Any
 class SyncStats:
     emitted: int = 0
     last_stamps: list[int | None] | None = None  # newest stamp seen per input (ns)
+    #: Messages per input that left the queues without joining a set (pushed out by a full queue, or
+    #: older than an emitted set): with ``emitted`` and the queues they account for every message.
+    unmatched: list[int] | None = None
 
 
 class StereoSynchronizer:
@@ -32,7 +35,7 @@ class StereoSynchronizer:
             raise ValueError("tolerance must be >= 0")
         self.tolerance_ns = tolerance_ns
         self.queues: list[deque[tuple[int, Any]]] = [deque(maxlen=queue_size) for _ in range(inputs)]
-        self.stats = SyncStats(last_stamps=[None] * inputs)
+        self.stats = SyncStats(last_stamps=[None] * inputs, unmatched=[0] * inputs)
 
     def stamp_spread_ns(self) -> int | None:
         """Spread (max - min) of the newest stamp of each input; None until every input has one."""
@@ -43,13 +46,19 @@ class StereoSynchronizer:
 
     def add(self, index: int, stamp_ns: int, message: Any) -> list[Any] | None:
         self.stats.last_stamps[index] = stamp_ns
-        self.queues[index].append((stamp_ns, message))
+        queue = self.queues[index]
+        if len(queue) == queue.maxlen:
+            self.stats.unmatched[index] += 1  # the oldest is pushed out
+        queue.append((stamp_ns, message))
         chosen = self._exact(stamp_ns) if self.tolerance_ns is None else self._approximate(index, stamp_ns)
         if chosen is None:
             return None
-        for queue, (stamp, _) in zip(self.queues, chosen):
+        for i, (queue, (stamp, _)) in enumerate(zip(self.queues, chosen)):
+            removed = 0
             while queue and queue[0][0] <= stamp:
                 queue.popleft()
+                removed += 1
+            self.stats.unmatched[i] += removed - 1  # all but the message of the set
         self.stats.emitted += 1
         return [message for _, message in chosen]
 

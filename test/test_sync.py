@@ -49,3 +49,23 @@ def test_bad_arguments():
         StereoSynchronizer(inputs=2, queue_size=0)
     with pytest.raises(ValueError):
         StereoSynchronizer(inputs=2, queue_size=1, tolerance_ns=-1)
+
+
+def test_every_message_is_accounted_for():
+    """Each message ends in a set, is still queued, or is counted as unmatched."""
+    import random
+
+    from sgru_ros.sync import StereoSynchronizer
+
+    rng = random.Random(0)
+    for tolerance in (None, 5):
+        sync = StereoSynchronizer(4, queue_size=3, tolerance_ns=tolerance)
+        received = [0] * 4
+        events = [(stamp * 10 + rng.randint(0, 3 if tolerance else 0), i) for stamp in range(200) for i in range(4)
+                  if rng.random() > 0.1]
+        rng.shuffle(events)  # arbitrary arrival order and losses
+        for stamp, i in events:
+            sync.add(i, stamp, (i, stamp))
+            received[i] += 1
+        for i in range(4):
+            assert received[i] == sync.stats.emitted + sync.stats.unmatched[i] + len(sync.queues[i])
