@@ -95,7 +95,9 @@ class StereoNode(Node):
         # Worker state first: destroy_node() must work even if the rest of __init__ fails.
         self._lock = threading.Condition()
         self._pending: deque[list] = deque()  # synchronised sets waiting for the worker, oldest first
-        self._frame_seconds = 0.0  # recent time per frame (moving average), for the backlog
+        self._frame_seconds = 0.0  # recent time per frame (moving average; 0: none yet), for the backlog
+        self._camera_period = 0.0  # recent stamp difference of consecutive sets (moving average)
+        self._last_set_stamp: int | None = None
         self._running = True
         self._cancel = threading.Event()  # set at shutdown: the frame in progress stops at its next stage
         self._worker: threading.Thread | None = None
@@ -112,14 +114,12 @@ class StereoNode(Node):
             p("model") or None, device=p("device"), precision=p("precision"), max_disp=p("max_disp"),
             max_width=max_width or None, max_pixels=max_pixels or None)
 
-        publisher_qos = OUTPUT_QOS
         overrides = QoSOverridingOptions.with_default_policies()
-        self.pub_disparity = self.create_publisher(DisparityImage, "disparity", publisher_qos,
+        self.pub_disparity = self.create_publisher(DisparityImage, "disparity", OUTPUT_QOS,
                                                    qos_overriding_options=overrides)
-        self.pub_points = self.create_publisher(PointCloud2, "points2", publisher_qos,
-                                                qos_overriding_options=overrides)
-        self.pub_depth = self.create_publisher(Image, "depth", publisher_qos, qos_overriding_options=overrides)
-        self.pub_color = self.create_publisher(Image, "disparity/color", publisher_qos,
+        self.pub_points = self.create_publisher(PointCloud2, "points2", OUTPUT_QOS, qos_overriding_options=overrides)
+        self.pub_depth = self.create_publisher(Image, "depth", OUTPUT_QOS, qos_overriding_options=overrides)
+        self.pub_color = self.create_publisher(Image, "disparity/color", OUTPUT_QOS,
                                                qos_overriding_options=overrides)
         self.pub_iterations: dict[int, object] = {}
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -164,7 +164,7 @@ class StereoNode(Node):
         declare("approximate_sync_tolerance_seconds", 0.02, "Largest stamp spread of an approximate set",
                 read_only=True, float_range=(0.0, 10.0))
         declare("backlog_seconds", 0.5, "Synchronised sets wait for inference while the node could work through "
-                "them within this time at its recent pace; older ones are dropped as stale (0: newest only)",
+                "them within one camera period plus this time at its recent pace; older ones are dropped as stale",
                 float_range=(0.0, 10.0))
         declare("use_color", True, "Colour the point cloud from the left image (rgb field)")
         declare("avoid_point_cloud_padding", False, "16-byte points (no padding after xyz) instead of 32")
@@ -282,13 +282,18 @@ class StereoNode(Node):
         self.stats.sets += 1
         self._last_set_time = time.monotonic()
         self._received_at_last_set = list(self.stats.received)
+        stamp = stamp_ns(complete[0].header)
+        if self._last_set_stamp is not None and stamp > self._last_set_stamp:
+            self._camera_period = _moving_average(self._camera_period, (stamp - self._last_set_stamp) / 1e9)
+        self._last_set_stamp = stamp
         with self._lock:
             self._pending.append(complete)
-            # Sets wait only while the worker could get through them within backlog_seconds at its
-            # recent pace: DDS delivers in bursts (reliable repairs), which a fast node absorbs,
-            # while a node slower than the camera keeps just the newest set (bounded latency).
-            allowed = max(1, int(self._param("backlog_seconds") / self._frame_seconds)) if self.stats.processed \
-                else self._param("queue_size")  # no pace measured yet
+            # Sets wait only while the worker could get through them within one camera period plus
+            # backlog_seconds at its recent pace: DDS delivers in bursts (reliable repairs), which a
+            # fast node absorbs, while a node slower than the camera keeps just the newest set.
+            allowed = self._param("queue_size")
+            if self._frame_seconds:
+                allowed = max(1, int((self._param("backlog_seconds") + self._camera_period) / self._frame_seconds))
             while len(self._pending) > allowed:
                 self._pending.popleft()
                 self.stats.dropped += 1
@@ -397,8 +402,7 @@ class StereoNode(Node):
             self.stats.resolution = left.shape[:2]
         self.stats.processed += 1
         self.stats.stages_ms.update(publish=1e3 * (t4 - t3), total=1e3 * (t4 - t0))
-        seconds = t4 - t0
-        self._frame_seconds = seconds if self.stats.processed == 1 else 0.8 * self._frame_seconds + 0.2 * seconds
+        self._frame_seconds = _moving_average(self._frame_seconds, t4 - t0)
 
     def _disparity_message(self, products: DisparityProducts, geometry: StereoGeometry, header) -> DisparityImage:
         x, y, w, h = products.window
@@ -488,6 +492,11 @@ class StereoNode(Node):
             if self._worker.is_alive():
                 self.get_logger().warn(f"frame in progress abandoned at shutdown (not done after {SHUTDOWN_WAIT_S} s)")
         super().destroy_node()
+
+
+def _moving_average(average: float, value: float) -> float:
+    """Exponential moving average (weight 0.2 for the new value); 0 means no value yet."""
+    return value if not average else 0.8 * average + 0.2 * value
 
 
 def declare_checked(node: Node, name: str, default, description: str, *, read_only: bool = False,
