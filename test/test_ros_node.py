@@ -3,71 +3,49 @@ a calibrated pair and reads the outputs, calls the parameter services, and check
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-import torch
 
 rclpy = pytest.importorskip("rclpy")
 
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
-from rclpy.node import Node  # noqa: E402
 from rclpy.qos import QoSProfile  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from stereo_msgs.msg import DisparityImage  # noqa: E402
 
 from sgru_ros.calibration import StereoCalibration  # noqa: E402
-from sgru_ros.model import RaftConfig, SelectiveRAFT, save_checkpoint  # noqa: E402
 from sgru_ros.ros_conversions import array_to_image, stamp_ns  # noqa: E402
 from sgru_ros.sample_source import camera_info  # noqa: E402
 
-from conftest import REPO, SMALL_RAFT  # noqa: E402
+from conftest import REPO  # noqa: E402
+from ros_helpers import STEP_PX, Observer, known_answer_checkpoint, remapped_inputs, start_process, stop_process  # noqa: E402,E501
 
 NAMESPACE = "/rig"
 CAMERA = "/cam"  # the node's inputs are remapped here
-STEP_PX = 2.0
 CALIBRATION = StereoCalibration(focal_length=200.0, cx=80.0, cy=60.0, cx_right=86.0, baseline=0.12)
 
 
 @pytest.fixture(scope="module")
 def node_process(tmp_path_factory):
-    # A network with a known answer: the disparity head always outputs the same update, so
-    # after k iterations the disparity is k * STEP_PX everywhere (random weights elsewhere).
-    # The node's plumbing and geometry are what is under test here, not the network.
-    torch.manual_seed(0)
-    model = SelectiveRAFT(RaftConfig(**SMALL_RAFT))
-    with torch.no_grad():
-        model.update_block.disp_head.conv2.weight.zero_()
-        model.update_block.disp_head.conv2.bias.fill_(-STEP_PX / model.downsample_factor)  # x-flow = -disparity
-    checkpoint = tmp_path_factory.mktemp("model") / "known_answer.pth"
-    save_checkpoint(model, checkpoint)
-    remaps = [arg for topic in ("left/image_rect", "right/image_rect", "left/camera_info", "right/camera_info")
-              for arg in ("-r", f"{topic}:={CAMERA}/{topic}")]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sgru_ros.cli", "run", "--ros-args", "-r", f"__ns:={NAMESPACE}",
-         "--params-file", str(REPO / "config/stereo.yaml"),
-         "-p", f"model:={checkpoint}", "-p", "device:=cpu", "-p", "iterations:=3", *remaps],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # The known-answer network: the node's plumbing and geometry are under test here, not the network.
+    checkpoint = known_answer_checkpoint(tmp_path_factory.mktemp("model") / "known_answer.pth")
+    proc = start_process("run", "-r", f"__ns:={NAMESPACE}", "--params-file", str(REPO / "config/stereo.yaml"),
+                         "-p", f"model:={checkpoint}", "-p", "device:=cpu", "-p", "iterations:=3",
+                         *remapped_inputs(CAMERA))
     yield proc
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_process(proc)
 
 
-class Rig(Node):
+class Rig(Observer):
     """Publishes calibrated pairs like a camera driver and records what the node publishes."""
 
     def __init__(self) -> None:
-        super().__init__("test_rig")
+        super().__init__(NAMESPACE, name="test_rig")
         qos = QoSProfile(depth=5)
         self.pubs = {t: self.create_publisher(m, f"{CAMERA}/{t}", qos) for t, m in (
             ("left/image_rect", Image), ("right/image_rect", Image),
@@ -76,8 +54,6 @@ class Rig(Node):
         for name, msg_type in (("disparity", DisparityImage), ("points2", PointCloud2), ("depth", Image)):
             self.create_subscription(msg_type, f"{NAMESPACE}/{name}",
                                      lambda msg, n=name: self.outputs[n].__setitem__(stamp_ns(msg.header), msg), qos)
-        self.diagnostics: list[DiagnosticArray] = []
-        self.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
         self.param_client = self.create_client(SetParameters, f"{NAMESPACE}/sgru_stereo/set_parameters")
 
     def publish_pair(self, left: np.ndarray, right: np.ndarray, sec: int, right_info_width: int | None = None) -> int:
@@ -91,14 +67,6 @@ class Rig(Node):
         self.pubs["left/image_rect"].publish(array_to_image(left, "rgb8", header))
         self.pubs["right/image_rect"].publish(array_to_image(right, "rgb8", right_header))
         return stamp_ns(header)
-
-    def spin_until(self, condition, timeout: float, message: str):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            rclpy.spin_once(self, timeout_sec=0.1)
-            if condition():
-                return
-        raise AssertionError(f"timed out: {message}")
 
     def frame(self, left, right, sec: int, timeout: float = 60.0, **kwargs):
         """Publish a pair (re-sending until the node answers) and return its outputs."""
@@ -123,10 +91,6 @@ class Rig(Node):
         self.spin_until(future.done, 10.0, f"set {name}")
         result = future.result().results[0]
         return result.successful, result.reason
-
-    def last_diagnostics(self) -> dict[str, str]:
-        statuses = [s for array in self.diagnostics for s in array.status if s.name.startswith("sgru_stereo")]
-        return {kv.key: kv.value for kv in statuses[-1].values} if statuses else {}
 
 
 @pytest.fixture(scope="module")
