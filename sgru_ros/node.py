@@ -476,7 +476,7 @@ class StereoNode(Node):
                   "model": self.estimator.variant, "device": str(self.estimator.device),
                   "last_frame_iterations": s.last_iterations,
                   **{f"{k}_ms": round(v, 1) for k, v in s.stages_ms.items()}}
-        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: stereo", message=message,
+        status = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: stereo", message=message,
                                   hardware_id=str(self.estimator.device),
                                   values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
         return DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[status])

@@ -60,3 +60,13 @@ def stereo_pair_files(tmp_path) -> tuple[Path, Path]:
     write_image_rgb(tmp_path / "left.png", left)
     write_image_rgb(tmp_path / "right.png", right)
     return tmp_path / "left.png", tmp_path / "right.png"
+
+
+def pair_sequence(folder: Path, pair: tuple[Path, Path], count: int) -> Path:
+    """``count`` copies of a stereo pair as folder/seq/{i:03d}_L.png and _R.png (a glob-mode input)."""
+    seq = folder / "seq"
+    seq.mkdir()
+    for i in range(count):
+        (seq / f"{i:03d}_L.png").write_bytes(pair[0].read_bytes())
+        (seq / f"{i:03d}_R.png").write_bytes(pair[1].read_bytes())
+    return seq

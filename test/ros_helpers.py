@@ -113,8 +113,9 @@ class Observer(Node):
         while time.monotonic() < deadline:
             rclpy.spin_once(self, timeout_sec=0.1)
 
-    def last_status(self):
-        statuses = [s for array in self.diagnostics for s in array.status if "sgru_stereo" in s.name]
+    def last_status(self, node: str = "sgru_stereo"):
+        """The newest status of a stereo node (``node``: any part of its fully qualified name)."""
+        statuses = [s for array in self.diagnostics for s in array.status if node in s.name]
         return statuses[-1] if statuses else None
 
     def last_diagnostics(self) -> dict[str, str]:

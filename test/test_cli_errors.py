@@ -13,7 +13,7 @@ import pytest
 from sgru_ros.cli import main
 from sgru_ros.io import atomic_path, read_disparity, read_image, read_pfm, write_disparity, write_image
 
-from conftest import run_cli
+from conftest import pair_sequence, run_cli
 
 
 def one_error_line(proc, command: str) -> str:
@@ -91,19 +91,15 @@ def test_out_equal_to_an_input_is_refused(tmp_path, small_raft_checkpoint, stere
 
 def test_batch_outputs_may_not_replace_inputs_or_each_other(tmp_path, small_raft_checkpoint, stereo_pair_files):
     left, right = stereo_pair_files
-    seq = tmp_path / "seq"
-    seq.mkdir()
-    for i in range(2):
-        (seq / f"{i}_L.png").write_bytes(left.read_bytes())
-        (seq / f"{i}_R.png").write_bytes(right.read_bytes())
+    seq = pair_sequence(tmp_path, stereo_pair_files, 2)
     common = ["--checkpoint", str(small_raft_checkpoint), "--left", str(seq / "*_L.png"),
               "--right", str(seq / "*_R.png"), "--iters", "2", "--device", "cpu"]
-    proc = run_cli("infer", *common, "--out", str(seq))  # default png: seq/0_L.png is an input
-    assert f"--out {seq / '0_L.png'}: is the input image" in one_error_line(proc, "infer")
+    proc = run_cli("infer", *common, "--out", str(seq))  # default png: seq/000_L.png is an input
+    assert f"--out {seq / '000_L.png'}: is the input image" in one_error_line(proc, "infer")
     proc = run_cli("infer", *common, "--out", str(tmp_path / "out"), "--color", str(tmp_path / "out"))
     assert "written twice in this run" in one_error_line(proc, "infer")
-    assert sorted(p.name for p in seq.iterdir()) == ["0_L.png", "0_R.png", "1_L.png", "1_R.png"]
-    assert (seq / "0_L.png").read_bytes() == left.read_bytes() and not (tmp_path / "out").exists()
+    assert sorted(p.name for p in seq.iterdir()) == ["000_L.png", "000_R.png", "001_L.png", "001_R.png"]
+    assert (seq / "000_L.png").read_bytes() == left.read_bytes() and not (tmp_path / "out").exists()
 
 
 def test_good_run_writes_disparity_and_color(tmp_path, small_raft_checkpoint, stereo_pair_files):

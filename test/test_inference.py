@@ -8,7 +8,7 @@ import pytest
 from sgru_ros.inference import Padding, StereoEstimator
 from sgru_ros.io import read_disparity, read_image, read_pfm, write_disparity, write_pfm
 
-from conftest import run_cli
+from conftest import pair_sequence, run_cli
 
 
 @pytest.fixture
@@ -96,11 +96,7 @@ def test_disparity_file_formats(tmp_path):
 
 def test_cli_glob_patterns_write_a_folder(tmp_path, small_raft_checkpoint, stereo_pair_files):
     left, right = stereo_pair_files
-    seq = tmp_path / "seq"
-    seq.mkdir()
-    for i in range(3):
-        (seq / f"{i:03d}_L.png").write_bytes(left.read_bytes())
-        (seq / f"{i:03d}_R.png").write_bytes(right.read_bytes())
+    seq = pair_sequence(tmp_path, stereo_pair_files, 3)
     proc = run_cli("infer", "--checkpoint", str(small_raft_checkpoint), "--left", str(seq / "*_L.png"),
                    "--right", str(seq / "*_R.png"), "--out", str(tmp_path / "out"), "--format", "pfm",
                    "--iters", "2", "--device", "cpu", "--color", str(tmp_path / "color"))

@@ -163,3 +163,48 @@ def test_invalid_start_up_parameters_give_one_line_and_exit_status_1(command, pa
     assert expected in lines[0], lines
     if lines[0].split("cannot start: ")[1].startswith("parameter"):  # says what is allowed
         assert "allowed: " in lines[0] or "is not one of" in lines[0], lines
+
+
+@pytest.mark.parametrize("sync_params,stamp_offset_ns,publish_right_info,expected,not_expected", [
+    ([], 0, False, "nothing received on /stall_cam/right/camera_info", "approximate_sync:=true"),
+    ([], 10_000_000, True, "set approximate_sync:=true with approximate_sync_tolerance_seconds >= 0.010", None),
+    (["approximate_sync:=true", "approximate_sync_tolerance_seconds:=0.001"], 10_000_000, True,
+     "more than approximate_sync_tolerance_seconds 0.001; a tolerance of at least 0.010 would match",
+     "approximate_sync:=true"),
+])
+def test_the_stall_warning_says_what_is_missing_or_which_stamps_differ(rig, sync_params, stamp_offset_ns,
+                                                                        publish_right_info, expected, not_expected):
+    from sgru_ros.sample_source import camera_info
+
+    namespace, camera = "/stall", "/stall_cam"
+    stall_rig = CameraRig(namespace, camera, CALIBRATION, name="test_stall_rig")
+    args = [a for p in sync_params for a in ("-p", p)]
+    proc = start_process("run", "-r", f"__ns:={namespace}", "-p", "device:=cpu", *args, *remapped_inputs(camera))
+    try:
+        stall_rig.spin_until(lambda: all(p.get_subscription_count() for p in stall_rig.pubs.values())
+                             or proc.poll() is not None, 60.0, "the node subscribing")
+        image = textured(120, 160)
+        for sec in range(1, 9):  # 8 frames at 2 Hz: inputs arrive, no set forms
+            from std_msgs.msg import Header
+
+            from sgru_ros.ros_conversions import array_to_image
+
+            header = Header(frame_id="left")
+            header.stamp.sec = sec
+            shifted = Header(frame_id="right")
+            shifted.stamp.sec, shifted.stamp.nanosec = sec, stamp_offset_ns
+            stall_rig.pubs["left/camera_info"].publish(camera_info(CALIBRATION, False, 160, 120, header))
+            if publish_right_info:
+                stall_rig.pubs["right/camera_info"].publish(camera_info(CALIBRATION, True, 160, 120, shifted))
+            stall_rig.pubs["left/image_rect"].publish(array_to_image(image, "rgb8", header))
+            stall_rig.pubs["right/image_rect"].publish(array_to_image(image, "rgb8", header))
+            stall_rig.spin_for(0.5)
+        stall_rig.spin_for(1.0)
+        status = stall_rig.last_status(f"{namespace}/sgru_stereo")
+    finally:
+        output = stop_process(proc)
+        stall_rig.destroy_node()
+    warnings = [line for line in output.splitlines() if "no synchronised set" in line]
+    assert warnings and expected in warnings[-1], output
+    assert not_expected is None or not_expected not in warnings[-1], warnings[-1]
+    assert status.level == DiagnosticStatus.WARN and status.message == "inputs arrive but do not synchronise"
