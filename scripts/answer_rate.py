@@ -24,6 +24,8 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=2, help="GRU iterations of the node (default 2)")
     parser.add_argument("node_args", nargs="*", help="further stereo node ROS arguments (after --)")
     args = parser.parse_args()
+    if args.frames < 1 or not args.rate > 0:
+        parser.error("--frames must be at least 1 and --rate positive")
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     os.environ["ROS_DOMAIN_ID"] = os.environ.get("SGRU_BENCH_DOMAIN_ID", "44")
     import numpy as np
@@ -65,12 +67,16 @@ def main() -> int:
                 proc.wait(timeout=20)
         listener.destroy_node()
         rclpy.try_shutdown()
+    if not diagnostics:
+        print("the stereo node never published diagnostics (see its log above)")
+        return 1
     stats = diagnostics[-1]
     latencies = np.array([arrival - stamp / 1e9 for stamp, arrival in answered.items()])
+    latency = f"latency median {np.median(latencies):.2f} s, max {latencies.max():.2f} s" if answered else "no answers"
     print(f"published {args.frames} frames at {args.rate:g} Hz; answered {len(answered)} "
-          f"({100 * len(answered) / args.frames:.1f} %); latency median {np.median(latencies):.2f} s, "
-          f"max {latencies.max():.2f} s; node: sets {stats['sets_formed']}, processed {stats['frames_processed']}, "
-          f"dropped stale {stats['frames_dropped_stale']}, failed {stats['frames_failed']}, frame {stats['total_ms']} ms")
+          f"({100 * len(answered) / args.frames:.1f} %); {latency}; node: sets {stats['sets_formed']}, processed "
+          f"{stats['frames_processed']}, dropped stale {stats['frames_dropped_stale']}, failed {stats['frames_failed']}, "
+          f"frame {stats.get('total_ms', '-')} ms")
     return 0
 
 

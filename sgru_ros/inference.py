@@ -46,7 +46,8 @@ class InferenceCancelled(Exception):
 
 def is_out_of_memory(err: BaseException) -> bool:
     """True for the allocation failures of a frame that is too large (CPU or CUDA)."""
-    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+    # torch.OutOfMemoryError exists from PyTorch 2.5 on; before, CUDA's is torch.cuda.OutOfMemoryError.
+    if isinstance(err, (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))):
         return True
     text = str(err)
     return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)

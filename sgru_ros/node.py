@@ -15,6 +15,7 @@ What keeps it answering on a robot nobody watches:
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import Counter, deque
@@ -106,6 +107,8 @@ class StereoNode(Node):
         if reason:
             raise ValueError(reason)
         self.add_on_set_parameters_callback(self._validate_parameters)
+        # SIGINT/SIGTERM shut the context down before spin() returns: stop publishing from that moment.
+        self.context.on_shutdown(self._stop_worker)
         p = self._param
         max_width, max_pixels = p("max_width"), p("max_pixels")
         if p("threads"):
@@ -126,7 +129,7 @@ class StereoNode(Node):
 
         tolerance = p("approximate_sync_tolerance_seconds")
         self.sync = StereoSynchronizer(len(INPUTS), p("queue_size"),
-                                       int(tolerance * 1e9) if p("approximate_sync") else None)
+                                       round(tolerance * 1e9) if p("approximate_sync") else None)
         self.stats = FrameStats()
         self._last_input_time = [-float("inf")] * len(INPUTS)
         self._last_set_time = time.monotonic()
@@ -293,7 +296,8 @@ class StereoNode(Node):
             # fast node absorbs, while a node slower than the camera keeps just the newest set.
             allowed = self._param("queue_size")
             if self._frame_seconds:
-                allowed = max(1, int((self._param("backlog_seconds") + self._camera_period) / self._frame_seconds))
+                allowed = min(allowed, max(1, int((self._param("backlog_seconds") + self._camera_period)
+                                                  / self._frame_seconds)))
             while len(self._pending) > allowed:
                 self._pending.popleft()
                 self.stats.dropped += 1
@@ -308,23 +312,25 @@ class StereoNode(Node):
                     if not self._running:
                         return
                     frame = self._pending.popleft()
+                failure = ""
                 try:
                     self._process(*frame)
                 except InferenceCancelled:
                     return
                 except Exception as err:  # noqa: BLE001 -- any failure of one frame must leave the node running
-                    if not self._running:
+                    if not self._running or not self.context.ok():
                         return  # shutting down: publishing into a closed context is expected to fail
-                    self._frame_failed(stamp_ns(frame[2].header), err)
+                    failure = self._frame_failed(stamp_ns(frame[2].header), err)
+                if failure == "out_of_memory":  # after the except block: its traceback held the frame's tensors
+                    release_memory(self.estimator.device)
         except BaseException as err:
             self.stats.worker_error = f"{type(err).__name__}: {err}"
             self.get_logger().fatal(f"inference thread stopped: {self.stats.worker_error}")
             raise
 
-    def _frame_failed(self, stamp: int, err: Exception) -> None:
+    def _frame_failed(self, stamp: int, err: Exception) -> str:
+        """Count, log (once per kind and ERROR_HOLD_S) and remember a failed frame; returns its kind."""
         kind = failure_kind(err)
-        if kind == "out_of_memory":
-            release_memory(self.estimator.device)
         now = time.monotonic()
         self.stats.errors[kind] += 1
         self.stats.last_error, self.stats.last_error_time = f"{kind}: {err}", now
@@ -332,6 +338,7 @@ class StereoNode(Node):
             self._error_logged[kind] = now
             self.get_logger().error(f"frame {stamp / 1e9:.6f} skipped ({kind}, {self.stats.errors[kind]} so far): "
                                     f"{str(err).splitlines()[0] if str(err) else type(err).__name__}")
+        return kind
 
     # -- processing ----------------------------------------------------------------------------
     def _process(self, left_msg: Image, right_msg: Image, left_info: CameraInfo, right_info: CameraInfo) -> None:
@@ -372,8 +379,6 @@ class StereoNode(Node):
         t3 = time.perf_counter()
         if not self._running:  # shutdown began during this frame: publish nothing
             return
-        # Stage times before publishing, so a subscriber that reads them on arrival sees this frame's.
-        self.stats.stages_ms = {"convert_in": 1e3 * (t1 - t0), "inference": 1e3 * (t2 - t1), "cloud": 1e3 * (t3 - t2)}
         self.stats.last_iterations = iterations
         if wanted["disparity"]:
             self.pub_disparity.publish(self._disparity_message(disparity_out, geometry, header))
@@ -386,8 +391,10 @@ class StereoNode(Node):
         if cloud is not None:
             self.pub_points.publish(cloud)
         for k, disparity in result.intermediate.items():
-            iter_products = disparity_products(disparity, geometry, max_disparity=max_disp)
-            self._iteration_publisher(k).publish(self._disparity_message(iter_products, geometry, header))
+            publisher = self._iteration_publisher(k)
+            if publisher.get_subscription_count():
+                iter_products = disparity_products(disparity, geometry, max_disparity=max_disp)
+                publisher.publish(self._disparity_message(iter_products, geometry, header))
         t4 = time.perf_counter()
 
         if self.stats.resolution != left.shape[:2]:
@@ -401,7 +408,9 @@ class StereoNode(Node):
                     " the disparity is scaled back")
             self.stats.resolution = left.shape[:2]
         self.stats.processed += 1
-        self.stats.stages_ms.update(publish=1e3 * (t4 - t3), total=1e3 * (t4 - t0))
+        # One assignment: the diagnostics timer (executor thread) iterates over this dict.
+        self.stats.stages_ms = {"convert_in": 1e3 * (t1 - t0), "inference": 1e3 * (t2 - t1),
+                                "cloud": 1e3 * (t3 - t2), "publish": 1e3 * (t4 - t3), "total": 1e3 * (t4 - t0)}
         self._frame_seconds = _moving_average(self._frame_seconds, t4 - t0)
 
     def _disparity_message(self, products: DisparityProducts, geometry: StereoGeometry, header) -> DisparityImage:
@@ -440,15 +449,16 @@ class StereoNode(Node):
         stamps = ", ".join(f"{self.resolve_topic_name(t)} {s / 1e9:.6f}"
                            for t, s in zip(INPUTS, self.sync.stats.last_stamps))
         tolerance = self._param("approximate_sync_tolerance_seconds")
+        enough = math.ceil(spread / 1e6) / 1e3 if spread else 0.0  # seconds, rounded up to the millisecond
         if self._param("approximate_sync"):
-            if spread > tolerance * 1e9:
+            if spread > round(tolerance * 1e9):
                 return (f"newest stamps {stamps} spread {spread / 1e6:.1f} ms, more than "
                         f"approximate_sync_tolerance_seconds {tolerance:g}; a tolerance of at least "
-                        f"{spread / 1e9:.3f} would match them")
+                        f"{enough:.3f} would match them")
         elif spread > 0:
             return (f"newest stamps {stamps} differ by up to {spread / 1e6:.1f} ms; exact sync needs identical stamps: "
                     f"fix the camera driver, or set approximate_sync:=true with approximate_sync_tolerance_seconds "
-                    f">= {spread / 1e9:.3f}")
+                    f">= {enough:.3f}")
         return (f"every input arrives and stamps can match, but no complete set forms (messages since the last set: "
                 f"{counts}): messages are being lost on the way; see the input reliability in /diagnostics")
 
@@ -481,12 +491,16 @@ class StereoNode(Node):
                                   values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
         return DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[status])
 
-    def destroy_node(self) -> None:
-        """Stop publishing at once, cancel the frame in progress and wait briefly for it."""
+    def _stop_worker(self) -> None:
+        """Publish nothing more and cancel the frame in progress at its next stage or iteration."""
         with self._lock:
             self._running = False
             self._cancel.set()
             self._lock.notify()
+
+    def destroy_node(self) -> None:
+        """Stop publishing at once, cancel the frame in progress and wait briefly for it."""
+        self._stop_worker()
         if self._worker is not None:
             self._worker.join(timeout=SHUTDOWN_WAIT_S)
             if self._worker.is_alive():
@@ -533,8 +547,8 @@ def spin_node(node_factory, args: list[str] | None = None) -> int:
     try:
         try:
             node = node_factory()
-        except (ValueError, OSError) as err:
-            rclpy.logging.get_logger("sgru_ros").fatal(f"cannot start: {err}")
+        except (ValueError, OSError, RuntimeError, ParameterException) as err:  # one line, no traceback
+            rclpy.logging.get_logger("sgru_ros").fatal(f"cannot start: {str(err).splitlines()[0]}")
             return 1
         try:
             rclpy.spin(node)

@@ -54,11 +54,11 @@ class StereoSynchronizer:
         if chosen is None:
             return None
         for i, (queue, (stamp, _)) in enumerate(zip(self.queues, chosen)):
-            removed = 0
-            while queue and queue[0][0] <= stamp:
-                queue.popleft()
-                removed += 1
-            self.stats.unmatched[i] += removed - 1  # all but the message of the set
+            # Everything at or before the set's stamp goes (also out of order, e.g. a bag that loops).
+            kept = [item for item in queue if item[0] > stamp]
+            self.stats.unmatched[i] += len(queue) - len(kept) - 1  # all but the message of the set
+            queue.clear()
+            queue.extend(kept)
         self.stats.emitted += 1
         return [message for _, message in chosen]
 

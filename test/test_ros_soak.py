@@ -59,5 +59,8 @@ def test_300_frames_at_30_hz_into_a_slow_node(tmp_path):
     assert dropped > 0 and processed + dropped == sets, stats  # every set either answered or counted as stale
     assert stats["frames_failed"] == "0" and len(clouds) > 0
     assert rss_end - rss_start <= RSS_GROWTH_LIMIT_MB
+    # Bounded: a set waits for its slowest message (reliable repairs here delay a topic by up to a few
+    # seconds), then for at most the frame in progress, then its own frame. Queueing every set instead
+    # would put the last answers minutes behind.
     frame_s = float(stats["total_ms"]) / 1e3
-    assert latencies.max() <= 3 * frame_s + 1.0, (latencies.max(), frame_s)  # newest set first: bounded
+    assert latencies.max() <= 4 * frame_s + 2.0, (latencies.max(), frame_s)

@@ -69,3 +69,15 @@ def test_every_message_is_accounted_for():
             received[i] += 1
         for i in range(4):
             assert received[i] == sync.stats.emitted + sync.stats.unmatched[i] + len(sync.queues[i])
+
+
+def test_stamps_going_backwards_are_never_emitted_twice_nor_counted_negative():
+    from sgru_ros.sync import StereoSynchronizer
+
+    sync = StereoSynchronizer(2, queue_size=5)
+    sync.add(0, 200, "a200")
+    sync.add(0, 100, "a100")  # a bag that loops, a driver restart
+    assert sync.add(1, 100, "b100") == ["a100", "b100"]
+    assert sync.add(1, 100, "b100 again") is None
+    assert min(sync.stats.unmatched) >= 0
+    assert sync.add(1, 200, "b200") == ["a200", "b200"]
