@@ -148,6 +148,7 @@ def test_a_signal_during_a_long_frame_ends_the_node_within_2_s_without_traceback
     ("run", ["precision:=fp64"], "parameter precision: 'fp64' is not one of fp32, fp16, bf16"),
     ("run", ["flying_pixel_threshold:=.nan"], "parameter flying_pixel_threshold: "),
     ("run", ["model:=/nonexistent/model.pth"], "no such checkpoint file"),
+    ("run", ["publish_iterations:=[1.5]"], "'publish_iterations' to '[1.5]'"),
     ("source", ["rate:=0.0"], "parameter rate: "),
     ("source", ["rate:=.nan"], "parameter rate: "),
     ("source", ["frames:=-1"], "parameter frames: "),
