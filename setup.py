@@ -31,6 +31,8 @@ setup(
         "ros": ["ros-rclpy", "ros-sensor-msgs", "ros-stereo-msgs", "ros-std-msgs", "ros-diagnostic-msgs",
                 "ros-rcl-interfaces", "ros-ament-index-python", "ros-rmw-fastrtps-cpp"],
         "test": ["pytest"],
+        # `sgru-stereo train` (progress bar); the data generator's photos come with scikit-image.
+        "train": ["tqdm"],
     },
     zip_safe=True,
     maintainer="sgru_ros developers",

@@ -11,7 +11,7 @@ fi
 installed() {
   .venv/bin/python - <<'PY' >/dev/null 2>&1
 import importlib.metadata as m
-for dist in ("sgru_ros", "torch", "rclpy", "pytest", "scikit-image"):
+for dist in ("sgru_ros", "torch", "rclpy", "pytest", "scikit-image", "tqdm"):
     m.version(dist)
 PY
 }
@@ -19,7 +19,7 @@ if ! installed; then
   .venv/bin/python -m pip install -q --upgrade pip
   # Pinned: on this project's machines torch==2.13.0 is a CPU build already on disk.
   .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q ".[ros,test]"
+  .venv/bin/python -m pip install -q ".[ros,test,train]"
 elif [ "${1:-}" = "--refresh" ]; then
   .venv/bin/python -m pip install -q --no-deps --force-reinstall .
 fi

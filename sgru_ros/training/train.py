@@ -220,7 +220,10 @@ class Trainer:
                     self.tb.add_scalar(key, value, row["step"])
 
     def run(self, progress: bool = True) -> dict[str, float]:
-        from tqdm import tqdm
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            raise ValueError("training needs tqdm: pip install 'sgru_ros[train]'") from None
 
         try:
             from torch.utils.tensorboard import SummaryWriter
