@@ -16,6 +16,8 @@ What keeps it answering on a robot nobody watches:
 from __future__ import annotations
 
 import math
+import os
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -402,7 +404,7 @@ class StereoNode(Node):
             if (h, w) == left.shape[:2]:
                 self.get_logger().info(f"resolution {w}x{h}, network at full size")
             else:
-                self.get_logger().warn(
+                self.get_logger().warning(
                     f"resolution {left.shape[1]}x{left.shape[0]}: downscaled to {w}x{h} for the network "
                     f"(max_pixels {self.estimator.max_pixels or 'none'}, max_width {self.estimator.max_width or 'none'});"
                     " the disparity is scaled back")
@@ -433,7 +435,7 @@ class StereoNode(Node):
         inputs_flowing = now - max(self._last_input_time) < SYNC_WARN_AFTER_S
         sync_stalled = inputs_flowing and now - self._last_set_time > SYNC_WARN_AFTER_S
         if sync_stalled:
-            self.get_logger().warn(f"no synchronised set for {now - self._last_set_time:.1f} s while inputs arrive: "
+            self.get_logger().warning(f"no synchronised set for {now - self._last_set_time:.1f} s while inputs arrive: "
                                    f"{self._stall_reason(now)}", throttle_duration_sec=5.0)
         self.pub_diagnostics.publish(self._diagnostics(sync_stalled, now))
 
@@ -504,8 +506,13 @@ class StereoNode(Node):
         if self._worker is not None:
             self._worker.join(timeout=SHUTDOWN_WAIT_S)
             if self._worker.is_alive():
-                self.get_logger().warn(f"frame in progress abandoned at shutdown (not done after {SHUTDOWN_WAIT_S} s)")
+                self.get_logger().warning(f"frame in progress abandoned at shutdown (not done after {SHUTDOWN_WAIT_S} s)")
         super().destroy_node()
+
+    @property
+    def busy(self) -> bool:
+        """The inference thread is still inside a frame (after destroy_node: it was abandoned)."""
+        return self._worker is not None and self._worker.is_alive()
 
 
 def _moving_average(average: float, value: float) -> float:
@@ -558,6 +565,12 @@ def spin_node(node_factory, args: list[str] | None = None) -> int:
             node.destroy_node()
     finally:
         rclpy.try_shutdown()
+    if getattr(node, "busy", False):
+        # A network stage longer than the shutdown wait is still running in its thread; interpreter
+        # finalization under it would abort, so leave now (everything else is already closed).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

@@ -81,7 +81,7 @@ def test_every_frame_of_a_reliable_camera_in_another_process_is_answered(observe
             assert stats[f"received {CAMERA}/{topic}"] == str(FRAMES), stats
             assert stats[f"reliability {CAMERA}/{topic}"] == "reliable", stats
         assert stats["sets_formed"] == str(FRAMES) and stats["frames_processed"] == str(FRAMES), stats
-        assert stats["frames_dropped_stale"] == "0" and stats["frames_failed"] == "0", stats
+        assert stats["frames_dropped_stale"] == "0" and stats["frames_failed"] == "0", (stats, observer.last_status().message)
         print(f"{size[0]}x{size[1]} at 10 Hz: {len(answered)} of {FRAMES} answered; node stage times (ms): "
               + ", ".join(f"{k} {v}" for k, v in stats.items() if k.endswith("_ms")))
     finally:
