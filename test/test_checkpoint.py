@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sgru_ros.model import CheckpointError, IGEVConfig, RaftConfig, SelectiveIGEV, load_model, save_checkpoint
+from sgru_ros.model import (CheckpointError, IGEVConfig, RaftConfig, SelectiveIGEV, build_model, load_model,
+                            save_checkpoint)
 
 from conftest import SMALL_RAFT, parity_fixture, run_cli
 
@@ -83,3 +84,33 @@ def test_official_raft_forced_as_igev_is_refused(tmp_path):
     torch.save(fixture["state_dict"], tmp_path / "raft.pth")
     with pytest.raises(CheckpointError, match="holds a Selective-RAFT state dict, not Selective-IGEV"):
         load_model(tmp_path / "raft.pth", variant="igev")
+
+
+def test_encoder_stride_layouts():
+    from sgru_ros.model.encoders import stage_strides
+
+    # RAFT-Stereo halves late: at 1/4 the stem runs at full resolution.
+    assert [stage_strides(n, early=False) for n in (1, 2, 3)] == [(1, 1, 2), (1, 2, 2), (2, 2, 2)]
+    assert [stage_strides(n, early=True) for n in (1, 2, 3)] == [(2, 1, 1), (2, 2, 1), (2, 2, 2)]
+
+
+def test_early_downsample_is_marked_in_the_file_and_read_back(tmp_path):
+    torch.manual_seed(0)
+    config = RaftConfig(**{**SMALL_RAFT, "n_downsample": 2, "early_downsample": True})
+    model = build_model(config).eval()
+    save_checkpoint(model, tmp_path / "early.pth")
+    loaded = load_model(tmp_path / "early.pth")
+    assert loaded.config == config
+    assert loaded.fnet.conv1.stride == (2, 2) and loaded.fnet.layer3[0].conv1.stride == (1, 1)
+    images = torch.rand(2, 1, 3, 64, 128) * 255
+    with torch.no_grad():
+        assert torch.equal(model(*images, iters=2).final, loaded(*images, iters=2).final)
+    # The same weights without the markers are the released (late) layout: another network.
+    state = torch.load(tmp_path / "early.pth", weights_only=True)
+    torch.save({k: v for k, v in state.items() if not k.endswith("stage_strides")}, tmp_path / "late.pth")
+    assert load_model(tmp_path / "late.pth").config.early_downsample is False
+    # A marker that contradicts the working resolution is refused in one line.
+    state["fnet.stage_strides"] = torch.tensor([1, 2, 2])
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match="stride markers"):
+        load_model(tmp_path / "bad.pth")

@@ -21,6 +21,7 @@ import torch
 
 from .base import SelectiveStereo
 from .config import IGEVConfig, ModelConfig, RaftConfig
+from .encoders import stage_strides
 from .igev import GWC_GROUPS, SelectiveIGEV
 from .raft import SelectiveRAFT
 
@@ -119,16 +120,33 @@ def detect_config(state: dict[str, torch.Tensor], variant: Variant) -> ModelConf
             if factor * factor * 9 != mask_out or factor not in (2, 4, 8):
                 raise CheckpointError(f"upsampling mask width {mask_out} is not 9 x factor^2 for factor 2, 4 or 8")
             dims = tuple(_shape(state, f"fnet.layer{i}.0.conv1.weight")[0] for i in (1, 2, 3))
+            n_downsample = int(math.log2(factor))
             return RaftConfig(hidden_dim=hidden, encoder_dims=dims,
                               feature_dim=_shape(state, "fnet.conv2.weight")[0],
                               corr_levels=levels, corr_radius=radius,
-                              n_downsample=int(math.log2(factor)), n_gru_layers=n_gru_layers)
+                              n_downsample=n_downsample, n_gru_layers=n_gru_layers,
+                              early_downsample=_early_downsample(state, n_downsample))
         levels, radius = _split_corr_planes(corr_in, GWC_GROUPS + 1)
         return IGEVConfig(hidden_dim=hidden, corr_levels=levels, corr_radius=radius, n_gru_layers=n_gru_layers)
     except ValueError as err:  # a config check refused the detected shapes
         if isinstance(err, CheckpointError):
             raise
         raise CheckpointError(f"unsupported {_NAMES[variant]} architecture: {err}") from None
+
+
+def _early_downsample(state: dict[str, torch.Tensor], n_downsample: int) -> bool:
+    """The encoders' stride layout, from their ``stage_strides`` marker (weights
+    have the same shapes in both layouts; released checkpoints have no marker)."""
+    marks = {k: tuple(int(v) for v in state[k].tolist()) for k in ("fnet.stage_strides", "cnet.stage_strides")
+             if k in state}
+    if not marks:
+        return False
+    expected = stage_strides(n_downsample, early=True)
+    wrong = [f"{k} {v}" for k, v in marks.items() if v != expected]
+    if wrong or len(marks) != 2:
+        raise CheckpointError(f"encoder stride markers {', '.join(wrong) or 'present in only one encoder'} do not "
+                              f"fit a 1/{2 ** n_downsample} model (expected {expected} in fnet and cnet)")
+    return True
 
 
 def build_model(config: ModelConfig) -> SelectiveStereo:

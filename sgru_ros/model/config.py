@@ -31,6 +31,12 @@ class RaftConfig:
     corr_levels, corr_radius: the 1D all-pairs correlation pyramid.
     n_downsample: the disparity field lives at 1/2**n_downsample resolution.
     n_gru_layers: number of GRU levels (1/4, 1/8, 1/16 for n_downsample=2).
+    early_downsample: where the encoders halve the resolution. False (as
+        released): the last stages stride first, so the 7x7 stem and the first
+        stage run at full resolution for n_downsample=2. True: the stem strides
+        first, so they run at 1/2 and the last stage keeps the working
+        resolution; about half the encoders' cost at the same output size and
+        the same weight shapes (checkpoints mark it, see ``FeatureEncoder``).
     """
 
     hidden_dim: int = 128
@@ -40,6 +46,7 @@ class RaftConfig:
     corr_radius: int = 4
     n_downsample: int = 2
     n_gru_layers: int = 3
+    early_downsample: bool = False
 
     def __post_init__(self) -> None:
         for name in ("hidden_dim", "feature_dim", "corr_levels", "corr_radius"):

@@ -9,23 +9,44 @@ from torch import nn
 from .layers import BasicConv, Norm, ResidualBlock, UpConcat, norm2d
 
 
-class _ResidualTrunk(nn.Module):
-    """7x7 stem and three residual stages (two blocks each) down to 1/2**downsample.
+def stage_strides(downsample: int, early: bool) -> tuple[int, int, int]:
+    """Strides of (stem, stage 2, stage 3) that reach 1/2**downsample.
 
-    Stage strides follow RAFT-Stereo: the stem, stage 2 and stage 3 each halve
-    the resolution while ``downsample`` allows it (downsample=2: stem stride 1,
-    stages 2 and 3 stride 2).
+    RAFT-Stereo halves late (stage 3 first, then stage 2, then the stem), so at
+    1/4 the 7x7 stem and stage 1 run at full resolution: about half of all the
+    encoders' work. ``early`` halves in the opposite order (stem first); the
+    receptive field grows faster and the weights keep their shapes.
+    """
+    if downsample not in (0, 1, 2, 3):
+        raise ValueError(f"downsample must be 0..3, got {downsample}")
+    order = (0, 1, 2) if early else (2, 1, 0)  # which stride slot halves first
+    strides = [1, 1, 1]
+    for slot in order[:downsample]:
+        strides[slot] = 2
+    return strides[0], strides[1], strides[2]
+
+
+class _ResidualTrunk(nn.Module):
+    """7x7 stem and three residual stages (two blocks each) down to 1/2**downsample,
+    with the strides of ``stage_strides(downsample, early)``.
+
+    A trunk built with ``early=True`` carries a ``stage_strides`` buffer in its
+    state dict: the weights alone cannot tell the two layouts apart, the loader
+    reads it (released checkpoints have none and use the late layout).
     """
 
-    def __init__(self, dims: tuple[int, int, int], norm: Norm, downsample: int) -> None:
+    def __init__(self, dims: tuple[int, int, int], norm: Norm, downsample: int, early: bool = False) -> None:
         super().__init__()
         d1, d2, d3 = dims
-        self.conv1 = nn.Conv2d(3, d1, kernel_size=7, stride=1 + (downsample > 2), padding=3)
+        stem, s2, s3 = stage_strides(downsample, early)
+        self.conv1 = nn.Conv2d(3, d1, kernel_size=7, stride=stem, padding=3)
         self.norm1 = norm2d(norm, d1)
         self.relu1 = nn.ReLU(inplace=True)
         self.layer1 = self._stage(d1, d1, norm, stride=1)
-        self.layer2 = self._stage(d1, d2, norm, stride=1 + (downsample > 1))
-        self.layer3 = self._stage(d2, d3, norm, stride=1 + (downsample > 0))
+        self.layer2 = self._stage(d1, d2, norm, stride=s2)
+        self.layer3 = self._stage(d2, d3, norm, stride=s3)
+        if early:
+            self.register_buffer("stage_strides", torch.tensor([stem, s2, s3]))
 
     @staticmethod
     def _stage(in_planes: int, planes: int, norm: Norm, stride: int) -> nn.Sequential:
@@ -43,8 +64,8 @@ class FeatureEncoder(_ResidualTrunk):
     B x 3 x H x W (normalised to [-1, 1]) -> B x out_dim x H/f x W/f, f = 2**downsample.
     """
 
-    def __init__(self, dims: tuple[int, int, int], out_dim: int, downsample: int) -> None:
-        super().__init__(dims, "instance", downsample)
+    def __init__(self, dims: tuple[int, int, int], out_dim: int, downsample: int, early: bool = False) -> None:
+        super().__init__(dims, "instance", downsample, early)
         self.conv2 = nn.Conv2d(dims[2], out_dim, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,8 +84,8 @@ class ContextEncoder(_ResidualTrunk):
     """
 
     def __init__(self, dims: tuple[int, int, int], hidden_dim: int, context_dim: int,
-                 downsample: int, num_levels: int, head_names: tuple[str, str, str]) -> None:
-        super().__init__(dims, "batch", downsample)
+                 downsample: int, num_levels: int, head_names: tuple[str, str, str], early: bool = False) -> None:
+        super().__init__(dims, "batch", downsample, early)
         self.num_levels = num_levels
         width = dims[2]
         self._levels = [(None, head_names[0]), ("layer4", head_names[1]), ("layer5", head_names[2])]

@@ -40,9 +40,9 @@ class SelectiveRAFT(SelectiveStereo):
         super().__init__()
         self.config = config
         c = config
-        self.fnet = FeatureEncoder(c.encoder_dims, c.feature_dim, c.n_downsample)
+        self.fnet = FeatureEncoder(c.encoder_dims, c.feature_dim, c.n_downsample, early=c.early_downsample)
         self.cnet = ContextEncoder(c.encoder_dims, c.hidden_dim, c.hidden_dim, c.n_downsample, c.n_gru_layers,
-                                   head_names=("outputs08", "outputs16", "outputs32"))
+                                   head_names=("outputs08", "outputs16", "outputs32"), early=c.early_downsample)
         corr_planes = c.corr_levels * (2 * c.corr_radius + 1)
         self.update_block = RaftUpdateBlock(c.hidden_dim, corr_planes, c.n_gru_layers, c.downsample_factor)
         self.sam = SpatialAttention()
