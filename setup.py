@@ -31,8 +31,9 @@ setup(
         "ros": ["ros-rclpy", "ros-sensor-msgs", "ros-stereo-msgs", "ros-std-msgs", "ros-diagnostic-msgs",
                 "ros-rcl-interfaces", "ros-ament-index-python", "ros-rmw-fastrtps-cpp"],
         "test": ["pytest"],
-        # `sgru-stereo train` (progress bar); the data generator's photos come with scikit-image.
-        "train": ["tqdm"],
+        # `sgru-stereo train` (progress bar) and its learning curves (scripts/plot_training.py); the
+        # generator's photos come with scikit-image (and Debian's mate-backgrounds, when installed).
+        "train": ["tqdm", "matplotlib"],
     },
     zip_safe=True,
     maintainer="sgru_ros developers",

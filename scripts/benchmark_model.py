@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Per-stage and per-iteration CPU timing of the full-size networks.
+"""Per-stage and per-iteration CPU timing of the full-size networks (or of
+training presets: ``--preset raft-compact --preset raft-compact8``).
 
     python scripts/benchmark_model.py [--height 256 --width 384 --iters 8 32 --threads 2]
 
@@ -19,7 +20,8 @@ from collections import defaultdict
 
 import torch
 
-from sgru_ros.model import IGEVConfig, RaftConfig, SelectiveIGEV, SelectiveRAFT
+from sgru_ros.model import IGEVConfig, RaftConfig, SelectiveIGEV, build_model
+from sgru_ros.training.train import PRESETS
 
 
 class StageTimer:
@@ -75,6 +77,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, nargs=2, default=[8, 32])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--preset", action="append", choices=list(PRESETS),
+                        help="time these training presets instead of the full-size networks (repeatable)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -82,9 +86,11 @@ def main() -> None:
     right = torch.roll(left, shifts=-8, dims=-1)
     print(f"CPU, {args.threads} threads, torch {torch.__version__}, input {args.width}x{args.height}, "
           f"fp32, median of {args.repeats}")
-    for name, model, kwargs in (("Selective-RAFT", SelectiveRAFT(RaftConfig()), {}),
-                                ("Selective-IGEV", SelectiveIGEV(IGEVConfig()), {"max_disp": 192})):
-        model.eval()
+    configs = ([(name, PRESETS[name]) for name in args.preset] if args.preset else
+               [("Selective-RAFT", RaftConfig()), ("Selective-IGEV", IGEVConfig())])
+    for name, config in configs:
+        model = build_model(config).eval()
+        kwargs = {"max_disp": 192} if isinstance(model, SelectiveIGEV) else {}
         params = sum(p.numel() for p in model.parameters()) / 1e6
         results = {n: run(model, left, right, n, kwargs, args.repeats) for n in args.iters}
         lo, hi = args.iters

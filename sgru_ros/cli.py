@@ -69,6 +69,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _duration(text: str) -> float:
+    """Seconds, or a number with s, m or h: '7200', '90m', '2h'."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    scale = units.get(text[-1:].lower(), 1)
+    try:
+        return _positive_float(text[:-1] if text[-1:].lower() in units else text) * scale
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration > 0 (seconds, or like 90m, 2h)") from None
+
+
 _iterations = _int_type(1, MAX_ITERATIONS)
 
 
@@ -215,7 +225,7 @@ def _eval_pair(args: argparse.Namespace):
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from .evaluation import SGBMConfig, disparity_metrics, fill_from_left, sgbm_disparity
+    from .evaluation import SGBMConfig, disparity_metrics, fill_from_left, region_bad2, region_masks, sgbm_disparity
 
     name, left, right, gt = _eval_pair(args)
     if gt.shape != left.shape[:2]:
@@ -229,10 +239,17 @@ def cmd_eval(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     sgbm = sgbm_disparity(left, right, SGBMConfig(num_disparities=args.sgbm_num_disparities))
     sgbm_time = time.perf_counter() - start
-    rows = [(f"sgru {estimator.variant} ({args.checkpoint or 'bundled'})", k,
-             disparity_metrics(result.intermediate.get(k, result.disparity), gt)) for k in iters]
-    rows.append(("OpenCV SGBM, holes filled", None, disparity_metrics(fill_from_left(sgbm), gt)))
-    rows.append(("OpenCV SGBM, own pixels only", None, disparity_metrics(sgbm, gt)))
+    weights = args.checkpoint or "bundled"
+    maps = [(f"sgru {estimator.variant} ({weights})", k, result.intermediate.get(k, result.disparity))
+            for k in iters]
+    if args.warm_start_sgbm:
+        warm = _estimate(estimator, name, left, right, iters=iters[-1], output_iters=iters[:-1],
+                         disp_init=fill_from_left(sgbm))
+        maps += [(f"sgru {estimator.variant} from SGBM ({weights})", k, warm.intermediate.get(k, warm.disparity))
+                 for k in iters]
+    maps.append(("OpenCV SGBM, holes filled", None, fill_from_left(sgbm)))
+    maps.append(("OpenCV SGBM, own pixels only", None, sgbm))
+    rows = [(label, k, disparity_metrics(disparity, gt)) for label, k, disparity in maps]
     print(f"pair: {name}, {left.shape[1]}x{left.shape[0]}, {int(np.isfinite(gt).sum())} ground-truth pixels, "
           f"disparity {np.nanmin(gt):.1f}..{np.nanmax(gt):.1f}")
     print(f"network: {estimator.device}, {estimator.precision}, one pass of {iters[-1]} iterations in "
@@ -242,11 +259,21 @@ def cmd_eval(args: argparse.Namespace) -> None:
     for label, k, m in rows:
         print(f"{label[:44]:44s} {k if k else '-':>5} {m.density:8.1f} {m.epe:7.3f} {m.bad1:7.2f} {m.bad2:7.2f} "
               f"{m.bad3:7.2f} {m.d1:7.2f}")
-    best = rows[len(iters) - 1][2]
+    last = rows[len(iters) - 1][2]
     filled, own = rows[-2][2], rows[-1][2]
     ratio = lambda a, b: f"{a / b:.2f}x" if b > 0 else "n/a (SGBM has none)"  # noqa: E731
-    print(f"bad-2 ratio at {iters[-1]} iterations: {ratio(best.bad2, filled.bad2)} SGBM filled (dense), "
-          f"{ratio(best.bad2, own.bad2)} SGBM on its own {own.density:.0f}% of pixels")
+    print(f"bad-2 ratio at {iters[-1]} iterations: {ratio(last.bad2, filled.bad2)} SGBM filled (dense), "
+          f"{ratio(last.bad2, own.bad2)} SGBM on its own {own.density:.0f}% of pixels")
+    if args.regions:
+        regions = region_masks(gt, left)
+        known = int(np.isfinite(gt).sum())
+        print("bad-2 % by region (docs/model_card.md defines them):")
+        print(f"{'method':44s} {'iters':>5s} " + " ".join(f"{n:>19s}" for n in regions))
+        print(f"{'share of ground-truth pixels %':44s} {'-':>5s} " +
+              " ".join(f"{100 * m.sum() / known:19.1f}" for m in regions.values()))
+        for label, k, disparity in maps:
+            scores = region_bad2(disparity, gt, regions)
+            print(f"{label[:44]:44s} {k if k else '-':>5} " + " ".join(f"{scores[n]:19.2f}" for n in regions))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -255,17 +282,23 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .training.train import TrainConfig, Trainer
 
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    if "crop" in values:
-        values["crop"] = tuple(values["crop"])
+    for name in ("crop", "photo_dirs"):
+        if name in values:
+            values[name] = tuple(values[name])
     trainer = Trainer(TrainConfig(**values), Path(args.out))
     if args.resume and trainer.resume():
         print(f"resumed {args.out} at step {trainer.step}")
     elif (Path(args.out) / "train_state.pt").exists() and not args.resume:
         raise CommandError(f"{args.out} already holds a run; pass --resume or choose another --out")
+    else:
+        trainer.initialise()
     print(f"training {trainer.config.preset} on {trainer.device} for {trainer.config.steps} steps -> {args.out}")
-    metrics = trainer.run(progress=not args.no_progress)
-    print(f"done: step {trainer.step}, {trainer.elapsed / 60:.1f} min, " +
-          ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()) + f"; weights: {Path(args.out) / 'model.pth'}")
+    metrics = trainer.run(progress=not args.no_progress, time_budget=args.time_budget)
+    state = "stopped for the time budget" if trainer.stopped_early else "done"
+    print(f"{state}: step {trainer.step} of {trainer.config.steps}, {trainer.elapsed / 60:.1f} min in total, " +
+          ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()) +
+          f"; weights: {Path(args.out) / 'model.pth'}, best so far: {Path(args.out) / 'best.pth'} "
+          f"(bad-2 {trainer.best.get('val_bad2', float('nan')):.2f}% at step {trainer.best.get('step', '-')})")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -306,6 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"iteration counts in 1..{MAX_ITERATIONS}, all from one pass (default 8 16 32)")
     evaluate.add_argument("--sgbm-num-disparities", type=_int_type(16, multiple=16), default=64,
                           help="SGBM search range, multiple of 16 (default 64)")
+    evaluate.add_argument("--regions", action="store_true",
+                          help="also bad-2 by region: depth edges, occluded, slanted, textured and weak texture")
+    evaluate.add_argument("--warm-start-sgbm", action="store_true",
+                          help="also run the network started from SGBM's map (holes filled): a classical prior")
     evaluate.set_defaults(func=cmd_eval)
 
     demo = sub.add_parser("demo", help="sample source + stereo node over real rclpy; writes PNG, PFM and PLY")
@@ -336,6 +373,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     train.add_argument("--workers", type=int, help="data-generation processes (default 1)")
     train.add_argument("--init", help="start from these weights (same architecture as --preset), e.g. to fine-tune")
+    train.add_argument("--warm-start", dest="warm_start", type=float,
+                       help="fraction of batches started from a noisy prior (default 0.25)")
+    train.add_argument("--valid-iters", dest="valid_iters", type=int,
+                       help="iterations at validation, the deployed count (default 8; twice as many also reported)")
+    train.add_argument("--photo-dir", dest="photo_dirs", action="append",
+                       help="extra folder of texture photographs (repeatable; default: Debian's mate-backgrounds "
+                            "nature photos when installed)")
+    train.add_argument("--time-budget", dest="time_budget", type=_duration,
+                       help="stop cleanly (state saved) before this much time has passed: seconds, or 90m, 2h")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)

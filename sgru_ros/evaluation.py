@@ -84,3 +84,71 @@ def fill_from_left(disparity: np.ndarray) -> np.ndarray:
     rows = np.nonzero(lead)[0]
     filled[lead] = disparity[rows, first[rows]]
     return filled
+
+
+#: Thresholds of the per-region breakdown (``region_masks``).
+EDGE_JUMP_PX = 1.0  # a disparity step between neighbours larger than this is a depth edge
+EDGE_BAND_PX = 3  # pixels within this distance of a depth edge are "edges"
+SLANT_PX_PER_PX = 0.1  # |dd/dx| above this is a slanted surface
+TEXTURE_STD = 8.0  # grey-level standard deviation in a 5x5 window above this is "textured"
+
+
+def occluded_in_right(disparity: np.ndarray) -> np.ndarray:
+    """H x W left-view disparity -> H x W bool: pixels whose match in the right
+    view is hidden by a nearer surface. Pixel x lands at t(x) = x - d(x); a pixel
+    further right that lands left of it (t(x2) < t(x) - 0.5) is nearer and covers it."""
+    h, w = disparity.shape
+    target = np.arange(w, dtype=np.float32)[None, :] - disparity
+    target = np.where(np.isfinite(target), target, np.inf)
+    # Smallest landing position among the pixels to the right of each pixel.
+    right_min = np.minimum.accumulate(target[:, ::-1], axis=1)[:, ::-1]
+    right_min = np.concatenate([right_min[:, 1:], np.full((h, 1), np.inf, np.float32)], axis=1)
+    return np.isfinite(disparity) & (right_min < target - 0.5)
+
+
+def region_masks(ground_truth: np.ndarray, left: np.ndarray) -> dict[str, np.ndarray]:
+    """Where a matcher fails differs by region; these split the known pixels.
+
+    ground_truth: H x W (non-finite = unknown); left: H x W x 3 RGB uint8.
+    Returns H x W bool masks, each within the known pixels:
+    - ``edges``: within EDGE_BAND_PX of a depth edge (a neighbour differs by > EDGE_JUMP_PX);
+    - ``occluded``: not edges, hidden in the right view (``occluded_in_right``);
+    - ``slanted``: neither, |dd/dx| > SLANT_PX_PER_PX (matching windows see foreshortening);
+    - ``textured_fronto``: none of the above, local contrast > TEXTURE_STD (precision of matching);
+    - ``weak_texture_fronto``: the rest (where matching is ambiguous).
+    """
+    known = np.isfinite(ground_truth)
+    gt = np.where(known, ground_truth, np.nan).astype(np.float32)
+    jump = np.zeros(gt.shape, bool)
+    for axis in (0, 1):
+        step = np.abs(np.diff(gt, axis=axis))
+        big = step > EDGE_JUMP_PX  # (an unknown neighbour is no evidence of an edge)
+        if axis == 0:
+            jump[1:] |= big
+            jump[:-1] |= big
+        else:
+            jump[:, 1:] |= big
+            jump[:, :-1] |= big
+    kernel = np.ones((2 * EDGE_BAND_PX + 1,) * 2, np.uint8)
+    edges = (cv2.dilate((jump & known).astype(np.uint8), kernel) > 0) & known
+    occluded = occluded_in_right(gt) & ~edges
+    slope = np.abs(np.gradient(np.nan_to_num(gt), axis=1))
+    slanted = known & ~edges & ~occluded & (slope > SLANT_PX_PER_PX)
+    grey = cv2.cvtColor(left, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    mean = cv2.blur(grey, (5, 5))
+    std = np.sqrt(np.maximum(cv2.blur(grey * grey, (5, 5)) - mean * mean, 0))
+    rest = known & ~edges & ~occluded & ~slanted
+    return {"edges": edges, "occluded": occluded, "slanted": slanted, "textured_fronto": rest & (std > TEXTURE_STD),
+            "weak_texture_fronto": rest & ~(std > TEXTURE_STD)}
+
+
+def region_bad2(prediction: np.ndarray, ground_truth: np.ndarray, regions: dict[str, np.ndarray],
+                ) -> dict[str, float]:
+    """bad-2 (%) of ``prediction`` within each region, over the region's pixels where the
+    prediction has a value (NaN if it has none there)."""
+    out = {}
+    for name, mask in regions.items():
+        scored = mask & np.isfinite(prediction)
+        err = np.abs(prediction[scored] - ground_truth[scored])
+        out[name] = float(100.0 * (err > 2).mean()) if err.size else float("nan")
+    return out

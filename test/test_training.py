@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from sgru_ros.model import RaftConfig, SelectiveRAFT
+from sgru_ros.model import CheckpointError, RaftConfig, SelectiveRAFT
 from sgru_ros.training.synthetic import SceneConfig, SyntheticStereo
 from sgru_ros.training.train import SyntheticBatches, sequence_loss, train_step
+
+
+SMALL = dict(hidden_dim=32, encoder_dims=(16, 24, 32), feature_dim=32, n_gru_layers=2)
 
 
 def test_sequence_loss_weights_later_iterations_more():
@@ -31,3 +35,63 @@ def test_short_training_lowers_the_loss_on_a_fixed_batch():
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = [train_step(model, optimizer, batch, iters=4, max_disp=192)[0] for _ in range(25)]
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
+
+
+def test_a_1_8_model_starts_a_1_4_model():
+    from sgru_ros.model import build_model
+    from sgru_ros.training.train import transfer_state
+
+    torch.manual_seed(0)
+    coarse = build_model(RaftConfig(**SMALL, n_downsample=3))
+    fine = build_model(RaftConfig(**SMALL, n_downsample=2, early_downsample=True))
+    fresh = transfer_state(fine, coarse.state_dict())
+    assert set(fresh) == {"update_block.mask.2.weight", "update_block.mask.2.bias",
+                          "fnet.stage_strides", "cnet.stage_strides"}
+    assert torch.equal(fine.fnet.conv1.weight, coarse.fnet.conv1.weight)
+    assert fine.update_block.mask[2].weight.abs().sum() == 0  # uniform convex upsampling to start
+    # Zeroed mask logits: every fine pixel is the mean of its 3x3 coarse neighbours, so a
+    # constant disparity upsamples to the same constant (times the factor).
+    images = torch.rand(2, 1, 3, 64, 128) * 255
+    with torch.no_grad():
+        assert torch.isfinite(fine.eval()(*images, iters=2).final).all()
+    # Anything but the mask head must fit.
+    other = build_model(RaftConfig(**{**SMALL, "feature_dim": 48}, n_downsample=3))
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        transfer_state(fine, other.state_dict())
+
+
+def test_warm_start_prior_is_a_noisy_holed_estimate_at_working_resolution():
+    from sgru_ros.training.train import warm_start_prior
+
+    target = torch.full((2, 1, 64, 128), 40.0)
+    target[0, 0, :8] = float("nan")
+    prior = warm_start_prior(target, 4, torch.Generator().manual_seed(3))
+    assert prior.shape == (2, 1, 16, 32) and torch.isfinite(prior).all()
+    # In working-resolution pixels (input / 4), close to the truth where not a hole.
+    assert abs(prior[prior > 0].median().item() - 10.0) < 1.0
+    again = warm_start_prior(target, 4, torch.Generator().manual_seed(3))
+    assert torch.equal(prior, again)  # reproducible from the generator: resumed runs draw the same
+
+
+def test_time_budget_stops_cleanly_and_resume_continues_the_same_schedule(tmp_path):
+    from sgru_ros.training.train import TrainConfig, Trainer
+
+    config = TrainConfig(preset="raft-compact8", steps=8, batch_size=1, crop=(64, 128), train_iters=2,
+                         valid_iters=1, val_every=4, val_samples=1, data_max_disparity=24, workers=0,
+                         device="cpu", photo_dirs=())
+    first = Trainer(config, tmp_path)
+    first.run(progress=False, time_budget=0.5)
+    assert first.stopped_early and 0 < first.step < config.steps
+    assert (tmp_path / "best.pth").is_file() and (tmp_path / "train_state.pt").is_file()
+    lr_at_stop = first.scheduler.get_last_lr()[0]
+
+    second = Trainer(config, tmp_path)
+    assert second.resume() and second.step == first.step and second.best == first.best
+    assert second.scheduler.get_last_lr()[0] == lr_at_stop  # no new warm-up
+    second.run(progress=False)
+    assert second.step == config.steps and not second.stopped_early
+    steps = [int(line.split(",")[0]) for line in (tmp_path / "train_log.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(1, config.steps + 1))  # every step once, none repeated
+    # A resumed run must have the same recipe.
+    with pytest.raises(ValueError, match="another configuration"):
+        Trainer(TrainConfig(**{**config.__dict__, "lr": 1e-3}), tmp_path).resume()

@@ -20,14 +20,20 @@ from torch.utils.data import DataLoader, Dataset
 from ..model import IGEVConfig, RaftConfig, SelectiveIGEV, build_model, save_checkpoint
 from ..model.base import SelectiveStereo
 from ..model.checkpoint import CheckpointError, load_state, read_state_dict
-from .synthetic import SceneConfig, SyntheticStereo
+from .synthetic import SceneConfig, SyntheticStereo, existing_photo_dirs
 
 #: Compact configurations for CPU training and inference. Same modules as the
-#: released models, narrower (hidden 64 instead of 128) and with two GRU levels;
-#: RAFT works at 1/8 instead of 1/4 resolution.
+#: released models, narrower (hidden 64 instead of 128) and with two GRU levels.
+#: "raft-compact" works at 1/4 resolution like the authors' models, with the
+#: encoders' cheaper stride layout (stem first, see ``stage_strides``);
+#: "raft-compact8" at 1/8 (the first bundled model): half the GRU cost, but
+#: 1/8 cannot hold thin structures and depth edges (the ground truth itself,
+#: taken to 1/8 and back, scores ~10 % bad-2 on Middlebury Motorcycle).
 PRESETS: dict[str, RaftConfig | IGEVConfig] = {
-    "raft-compact": RaftConfig(hidden_dim=64, encoder_dims=(32, 48, 64), feature_dim=128, n_downsample=3,
-                               n_gru_layers=2),
+    "raft-compact": RaftConfig(hidden_dim=64, encoder_dims=(32, 48, 64), feature_dim=128, n_downsample=2,
+                               n_gru_layers=2, early_downsample=True),
+    "raft-compact8": RaftConfig(hidden_dim=64, encoder_dims=(32, 48, 64), feature_dim=128, n_downsample=3,
+                                n_gru_layers=2),
     "igev-compact": IGEVConfig(hidden_dim=64, n_gru_layers=2),
     "raft-full": RaftConfig(),
     "igev-full": IGEVConfig(),
@@ -40,25 +46,35 @@ LOSS_GAMMA = 0.9
 
 @dataclass
 class TrainConfig:
+    """One run's recipe. Everything here is fixed for the run's life: a resumed
+    run must have the same values (the schedule, data and validation depend on them)."""
+
     preset: str = "raft-compact"
-    steps: int = 2000
+    steps: int = 2000  # the one-cycle schedule's length: resuming continues the same curve
     batch_size: int = 4
     crop: tuple[int, int] = (128, 288)
     lr: float = 4e-4
     weight_decay: float = 1e-5
     train_iters: int = 8
-    valid_iters: int = 16
+    valid_iters: int = 8  # the deployed default; validation also reports twice as many
     max_disp: int = 192  # IGEV cost volume; also the loss ignores larger ground truth (as released)
     data_max_disparity: float = 96.0
     seed: int = 1234
     val_every: int = 250
-    val_samples: int = 16
+    val_samples: int = 48
     device: str = "auto"
     workers: int = 1
-    init: str = ""  # start from these weights (a state dict of the preset's architecture), e.g. to fine-tune
+    # Start from these weights, e.g. to fine-tune; a 1/8 model's weights also start a 1/4
+    # model of the same widths (see ``transfer_state``).
+    init: str = ""
+    # Fraction of batches that start from a noisy, holed prior (warm start): the network
+    # learns to refine an estimate instead of erasing it.
+    warm_start: float = 0.25
+    photo_dirs: tuple[str, ...] = field(default_factory=existing_photo_dirs)
 
     def scene(self) -> SceneConfig:
-        return SceneConfig(height=self.crop[0], width=self.crop[1], max_disparity=self.data_max_disparity)
+        return SceneConfig(height=self.crop[0], width=self.crop[1], max_disparity=self.data_max_disparity,
+                           photo_dirs=tuple(self.photo_dirs))
 
 
 def sequence_loss(predictions: list[torch.Tensor], target: torch.Tensor, max_disp: float,
@@ -103,23 +119,46 @@ class SyntheticBatches(Dataset):
         return to_chw(s.left), to_chw(s.right), torch.from_numpy(s.disparity)[None]
 
 
+def warm_start_prior(target: torch.Tensor, factor: int, generator: torch.Generator) -> torch.Tensor:
+    """A plausible previous estimate from the ground truth, at the working resolution.
+
+    target: B x 1 x H x W (NaN = unknown) -> B x 1 x H/factor x W/factor in
+    working-resolution pixels, like ``StereoEstimator`` passes ``disp_init``:
+    a smooth offset of up to +-3 px (a drifted previous frame or a biased prior),
+    per-pixel noise, and holes set to 0 (what the inference API makes of
+    missing values), as a classical matcher or a tracked frame would give.
+    """
+    b, _, h, w = target.shape
+    rand = lambda *shape: torch.rand(*shape, generator=generator, device="cpu").to(target.device)  # noqa: E731
+    prior = torch.nan_to_num(target, nan=0.0)
+    offset = F.interpolate((rand(b, 1, 4, 6) * 2 - 1) * 3 * rand(b, 1, 1, 1), size=(h, w), mode="bilinear",
+                           align_corners=False)
+    noise = torch.randn(b, 1, h, w, generator=generator).to(target.device) * 2 * rand(b, 1, 1, 1)
+    prior = (prior + offset + noise).clamp(min=0)
+    holes = F.interpolate(rand(b, 1, h // 16, w // 16), size=(h, w), mode="nearest") < 0.3 * rand(b, 1, 1, 1)
+    prior = torch.where(holes, torch.zeros_like(prior), prior)
+    return F.interpolate(prior, size=(h // factor, w // factor), mode="area") / factor
+
+
 def forward_for_loss(model: SelectiveStereo, left: torch.Tensor, right: torch.Tensor, iters: int,
-                     max_disp: int) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+                     max_disp: int, disp_init: torch.Tensor | None = None,
+                     ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     if isinstance(model, SelectiveIGEV):
         pred = model(left, right, iters=iters, output_iters=range(1, iters + 1), max_disp=max_disp,
-                     return_init=True)
+                     return_init=True, disp_init=disp_init)
     else:
-        pred = model(left, right, iters=iters, output_iters=range(1, iters + 1))
+        pred = model(left, right, iters=iters, output_iters=range(1, iters + 1), disp_init=disp_init)
     return pred.disparities, pred.init_disp
 
 
 def train_step(model: SelectiveStereo, optimizer: torch.optim.Optimizer, batch, iters: int,
-               max_disp: int) -> tuple[float, float]:
-    """One optimisation step; returns (loss, end-point error of the last iteration)."""
+               max_disp: int, disp_init: torch.Tensor | None = None) -> tuple[float, float]:
+    """One optimisation step; returns (loss, end-point error of the last iteration).
+    disp_init: optional warm start at the working resolution (``warm_start_prior``)."""
     left, right, target = batch
     model.train()
     freeze_batch_norm(model)
-    predictions, init = forward_for_loss(model, left, right, iters, max_disp)
+    predictions, init = forward_for_loss(model, left, right, iters, max_disp, disp_init)
     loss = sequence_loss(predictions, target, max_disp, init)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -133,15 +172,44 @@ def train_step(model: SelectiveStereo, optimizer: torch.optim.Optimizer, batch, 
 
 @torch.no_grad()
 def validate(model: SelectiveStereo, batches: list, iters: int, max_disp: int) -> dict[str, float]:
+    """End-point error and bad-2 (%) at ``iters`` and at twice as many (more
+    iterations must not make it worse), over the validation batches."""
     model.eval()
-    errors = []
+    errors: dict[int, list[torch.Tensor]] = {iters: [], 2 * iters: []}
     for left, right, target in batches:
         kwargs = {"max_disp": max_disp} if isinstance(model, SelectiveIGEV) else {}
-        pred = model(left, right, iters=iters, **kwargs).final
+        pred = model(left, right, iters=2 * iters, output_iters=[iters, 2 * iters], **kwargs)
         valid = torch.isfinite(target)
-        errors.append((pred - target).abs()[valid])
-    err = torch.cat(errors)
-    return {"val_epe": err.mean().item(), "val_bad2": 100.0 * (err > 2).float().mean().item()}
+        for k, disparity in zip(pred.iterations, pred.disparities):
+            errors[k].append((disparity - target).abs()[valid])
+    metrics = {}
+    for k, suffix in ((iters, ""), (2 * iters, "_x2")):
+        err = torch.cat(errors[k])
+        metrics[f"val_epe{suffix}"] = err.mean().item()
+        metrics[f"val_bad2{suffix}"] = 100.0 * (err > 2).float().mean().item()
+    return metrics
+
+
+def transfer_state(model: SelectiveStereo, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load ``state`` into ``model``, also across working resolutions.
+
+    A 1/8 and a 1/4 Selective-RAFT of the same widths share every weight except
+    the last conv of the upsampling-mask head (9 x factor^2 outputs). That conv
+    is zeroed: every fine pixel then mixes its 3x3 coarse neighbours equally,
+    a smooth upsampling the training sharpens. Anything else that does not fit
+    raises CheckpointError. Returns the names that were not taken from ``state``.
+    """
+    expected = model.state_dict()
+    mask_head = ("update_block.mask.2.weight", "update_block.mask.2.bias")
+    markers = tuple(k for k in expected if k.endswith("stage_strides"))
+    adapted = [k for k in mask_head if k in state and k in expected and state[k].shape != expected[k].shape]
+    if adapted:
+        state = {k: v for k, v in state.items() if k not in adapted}
+    state = {**state, **{k: expected[k] for k in markers if k not in state}}
+    for key in adapted:
+        state[key] = torch.zeros_like(expected[key])
+    load_state(model, state)
+    return adapted + list(markers)
 
 
 @dataclass
@@ -164,11 +232,11 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.model = build_model(PRESETS[cfg.preset])
-        if cfg.init:
-            try:
-                load_state(self.model, read_state_dict(cfg.init))
-            except CheckpointError as err:
-                raise CheckpointError(f"--init {cfg.init} does not match preset {cfg.preset}: {err}") from None
+        missing = [d for d in cfg.photo_dirs if not Path(d).is_dir()]
+        if missing:
+            raise ValueError(f"photo folder {missing[0]} does not exist (Debian: apt-get install mate-backgrounds)")
+        if not 0 <= cfg.warm_start <= 1:
+            raise ValueError(f"warm_start must be a fraction in [0, 1], got {cfg.warm_start}")
         self.model.to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                            eps=1e-8)
@@ -184,23 +252,41 @@ class Trainer:
         self.val_batches = [tuple(t.to(self.device) for t in b)
                             for b in DataLoader(val, batch_size=cfg.batch_size)]
         self.elapsed = 0.0
+        self.best: dict[str, float] = {}
+
+    def initialise(self) -> None:
+        """Load ``config.init`` into the fresh model (a new run; a resumed one has its state)."""
+        cfg = self.config
+        if not cfg.init:
+            return
+        try:
+            transfer_state(self.model, read_state_dict(cfg.init))
+        except CheckpointError as err:
+            raise CheckpointError(f"--init {cfg.init} does not match preset {cfg.preset}: {err}") from None
 
     def resume(self) -> bool:
+        """Continue the run saved in ``out_dir``; False if there is none. The recipe must
+        be the same, except ``init`` (where a run started does not matter once it has)."""
         if not self.state_path.is_file():
             return False
         state = torch.load(self.state_path, map_location=self.device, weights_only=True)
-        if state["config"] != json.loads(json.dumps(asdict(self.config))):
-            raise ValueError(f"{self.state_path} was written with another configuration; use a new --out")
+        saved, now = state["config"], json.loads(json.dumps(asdict(self.config)))
+        changed = [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+                   if k != "init" and saved.get(k) != now.get(k)]
+        if changed:
+            raise ValueError(f"{self.state_path} was written with another configuration ({'; '.join(changed)}); "
+                             "use the same options or a new --out")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.elapsed = state["step"], state["elapsed"]
+        self.best = state.get("best", {})
         return True
 
     def save(self) -> None:
         state = {"config": json.loads(json.dumps(asdict(self.config))), "model": self.model.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "step": self.step, "elapsed": self.elapsed}
+                 "step": self.step, "elapsed": self.elapsed, "best": self.best}
         tmp = self.state_path.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(self.state_path)
@@ -219,7 +305,23 @@ class Trainer:
                 if key != "step":
                     self.tb.add_scalar(key, value, row["step"])
 
-    def run(self, progress: bool = True) -> dict[str, float]:
+    def _validate(self) -> dict[str, float]:
+        """Validate, log, keep the best-so-far weights (by bad-2 at the deployed
+        iteration count) in best.pth, and save the state."""
+        cfg = self.config
+        metrics = validate(self.model, self.val_batches, cfg.valid_iters, cfg.max_disp)
+        self._log("val_log.csv", {"step": self.step, **{k: round(v, 4) for k, v in metrics.items()},
+                                  "elapsed_s": round(self.elapsed, 1)})
+        if not self.best or metrics["val_bad2"] < self.best["val_bad2"]:
+            self.best = {"step": self.step, **metrics}
+            save_checkpoint(self.model, self.out_dir / "best.pth")
+        self.save()
+        return metrics
+
+    def run(self, progress: bool = True, time_budget: float | None = None) -> dict[str, float]:
+        """Train until ``config.steps`` or until ``time_budget`` seconds of this call
+        would be exceeded by one more step and a final validation (then it stops
+        cleanly, with the state saved, to be resumed). Returns the last validation."""
         try:
             from tqdm import tqdm
         except ImportError:
@@ -238,28 +340,48 @@ class Trainer:
         metrics: dict[str, float] = {}
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True)
         losses: list[float] = []
-        start = time.perf_counter() - self.elapsed
+        call_start = time.perf_counter()
+        start = call_start - self.elapsed
+        step_s = val_s = 0.0
+        self.stopped_early = False
+        factor = self.model.downsample_factor
         for batch in loader:
+            used = time.perf_counter() - call_start
+            if time_budget is not None and used + 1.5 * step_s + val_s > time_budget:
+                self.stopped_early = True
+                break
+            tick = time.perf_counter()
             batch = tuple(t.to(self.device) for t in batch)
-            loss, epe = train_step(self.model, self.optimizer, batch, cfg.train_iters, cfg.max_disp)
+            # The prior's randomness is a function of (seed, step): a resumed run draws the same.
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
+            warm = torch.rand(1, generator=generator).item() < cfg.warm_start
+            disp_init = warm_start_prior(batch[2], factor, generator) if warm else None
+            loss, epe = train_step(self.model, self.optimizer, batch, cfg.train_iters, cfg.max_disp, disp_init)
             if not math.isfinite(loss):
                 raise RuntimeError(f"loss became {loss} at step {self.step}; lower --lr")
             self.scheduler.step()
             self.step += 1
             self.elapsed = time.perf_counter() - start
+            took = time.perf_counter() - tick
+            step_s = 0.9 * step_s + 0.1 * took if step_s else took  # smoothed, for the time budget
             losses.append(loss)
-            self._log("train_log.csv", {"step": self.step, "loss": loss, "epe": epe,
-                                        "lr": self.scheduler.get_last_lr()[0], "elapsed_s": round(self.elapsed, 1)})
+            self._log("train_log.csv", {"step": self.step, "loss": round(loss, 4), "epe": round(epe, 4),
+                                        "warm_start": int(warm), "lr": self.scheduler.get_last_lr()[0],
+                                        "elapsed_s": round(self.elapsed, 1)})
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", epe=f"{epe:.2f}")
             bar.update(1)
             if self.step % cfg.val_every == 0 or self.step == cfg.steps:
-                metrics = validate(self.model, self.val_batches, cfg.valid_iters, cfg.max_disp)
-                self._log("val_log.csv", {"step": self.step, **metrics})
-                bar.write(f"step {self.step}: val EPE {metrics['val_epe']:.3f} px, "
-                          f"bad-2 {metrics['val_bad2']:.2f}% ({self.elapsed / 60:.1f} min)")
-                self.save()
+                tick = time.perf_counter()
+                metrics = self._validate()
+                val_s = time.perf_counter() - tick
+                bar.write(f"step {self.step}: val EPE {metrics['val_epe']:.3f} px, bad-2 {metrics['val_bad2']:.2f}% "
+                          f"(x2 iterations: {metrics['val_bad2_x2']:.2f}%), best {self.best['val_bad2']:.2f}% at "
+                          f"step {self.best['step']} ({self.elapsed / 60:.1f} min)")
         bar.close()
-        self.save()
+        if self.stopped_early and self.step % cfg.val_every:
+            metrics = self._validate()
+        else:
+            self.save()
         if self.tb is not None:
             self.tb.close()
         return metrics
