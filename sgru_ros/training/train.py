@@ -39,6 +39,11 @@ PRESETS: dict[str, RaftConfig | IGEVConfig] = {
     "igev-full": IGEVConfig(),
 }
 
+#: TrainConfig fields a resumed run may change: they do not change what is
+#: learned (sample i is a pure function of seed and i, whichever process makes
+#: it; ``init`` only matters at step 0).
+RUN_RESOURCES = frozenset({"device", "workers", "init"})
+
 #: Loss weights decay by this factor per iteration from the last one backwards,
 #: rescaled to any number of iterations as the authors do (RAFT-Stereo, Sec. 3.4).
 LOSS_GAMMA = 0.9
@@ -266,13 +271,13 @@ class Trainer:
 
     def resume(self) -> bool:
         """Continue the run saved in ``out_dir``; False if there is none. The recipe must
-        be the same, except ``init`` (where a run started does not matter once it has)."""
+        be the same except for RUN_RESOURCES (where it runs, where it started)."""
         if not self.state_path.is_file():
             return False
         state = torch.load(self.state_path, map_location=self.device, weights_only=True)
         saved, now = state["config"], json.loads(json.dumps(asdict(self.config)))
         changed = [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
-                   if k != "init" and saved.get(k) != now.get(k)]
+                   if k not in RUN_RESOURCES and saved.get(k) != now.get(k)]
         if changed:
             raise ValueError(f"{self.state_path} was written with another configuration ({'; '.join(changed)}); "
                              "use the same options or a new --out")
