@@ -17,7 +17,7 @@ from conftest import run_cli
 def test_bundled_checkpoint_loads_through_the_public_loader():
     assert BUNDLED_CHECKPOINT.is_file() and BUNDLED_CHECKPOINT.stat().st_size <= 20 * 2**20
     model = load_model(BUNDLED_CHECKPOINT)
-    assert model.config == PRESETS["raft-compact8"]  # the first bundled model, at 1/8 resolution
+    assert model.config == PRESETS["raft-compact"]
 
 
 def test_bundled_model_sees_the_motorcycle_scene():
