@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--label", action="append", help="legend label per run (in order)")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     parser.add_argument("--title", default="sgru_ros bundled model: synthetic validation")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # run folders and their --label may alternate
     labels = args.label or [run.name for run in args.runs]
     if len(labels) != len(args.runs):
         parser.error("give one --label per run folder")
