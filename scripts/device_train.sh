@@ -1,53 +1,68 @@
 #!/bin/bash
-# The bundled model's run on a lent GPU machine (the `device` tool), in one call:
+# A piece of the bundled model's training on a lent GPU machine (the `device` tool), in one call:
 #
-#   here:   bash scripts/device_train.sh pack [RUN_DIR]       # -> .device_carry/ (git-ignored)
-#   device: run(command="bash scripts/device_train.sh train 8m", carry=[".device_carry"], timeout_s=600)
-#   here:   bash scripts/device_train.sh unpack FILES_AT [RUN_DIR]
+#   here:   bash scripts/device_train.sh pack STAGE        # -> .device_carry/ (git-ignored)
+#   device: run(command="bash scripts/device_train.sh train STAGE 8m", carry=[".device_carry"], timeout_s=600)
+#   here:   bash scripts/device_train.sh unpack STAGE FILES_AT
 #
-# pack copies the run's state and the texture photographs (the run's photo_dirs,
-# which the GPU machine lacks) into .device_carry; train puts the photos where the
-# run expects them, resumes the run with scripts/train_bundled.sh for the budget on
-# the GPU (more data workers: sample i is the same whichever process makes it) and
-# leaves the run folder in $OUT, the state split below the 16 MiB file limit;
-# unpack joins it back into RUN_DIR (default runs/bundled).
+# pack copies the runs the stage needs (its own state, if started, and the weights
+# it starts from) and the texture photographs (the run's photo_dirs, which the GPU
+# machine lacks) into .device_carry; train puts them where the recipe expects them,
+# resumes or starts the stage with scripts/train_bundled.sh for the budget (more
+# data workers: scene i is the same whichever process makes it) and leaves the run
+# folder in $OUT, its state split below the 16 MiB file limit; unpack joins it back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PHOTOS=/usr/share/backgrounds/mate/nature
 CARRY=.device_carry
 PART_SIZE=15M
+run_dir() {
+  case "$1" in
+    1) echo runs/bundled ;;
+    2) echo runs/bundled_stage2 ;;
+    *) echo "device_train: stage is 1 or 2, not $1" >&2; exit 2 ;;
+  esac
+}
 case "${1:-}" in
   pack)
-    RUN=${2:-runs/bundled}
-    [ -f "$RUN/train_state.pt" ] || { echo "device_train: $RUN holds no train_state.pt" >&2; exit 1; }
+    RUN=$(run_dir "${2:?give the stage}")
     grep -qx "/$CARRY/" .git/info/exclude 2>/dev/null || echo "/$CARRY/" >> .git/info/exclude
-    rm -rf "$CARRY" && mkdir -p "$CARRY/run" "$CARRY/photos"
-    cp "$RUN"/train_state.pt "$RUN"/*.csv "$RUN"/config.json "$CARRY/run/"
+    rm -rf "$CARRY" && mkdir -p "$CARRY/photos"
+    if [ -f "$RUN/train_state.pt" ]; then
+      mkdir -p "$CARRY/$RUN"
+      cp "$RUN"/train_state.pt "$RUN"/best.pth "$RUN"/*.csv "$RUN"/config.json "$CARRY/$RUN/"
+    fi
+    if [ "$2" = 2 ]; then  # stage 2 starts from stage 1's best weights
+      mkdir -p "$CARRY/runs/bundled" && cp runs/bundled/best.pth "$CARRY/runs/bundled/"
+    fi
     cp "$PHOTOS"/* "$CARRY/photos/"
     du -sh "$CARRY"
     ;;
   train)
-    BUDGET=${2:-8m}
-    mkdir -p "$PHOTOS" && cp "$CARRY"/photos/* "$PHOTOS/"
+    RUN=$(run_dir "${2:?give the stage}")
+    BUDGET=${3:-8m}
+    [ -d "$PHOTOS" ] || { mkdir -p "$PHOTOS" && cp "$CARRY"/photos/* "$PHOTOS/"; }
+    [ -d "$CARRY/runs" ] && { mkdir -p runs && cp -r "$CARRY"/runs/. runs/; }
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-    # train_bundled.sh resumes with the same recipe; only the workers differ.
-    PYTHON=python3 EXTRA_ARGS="--workers 12" bash scripts/train_bundled.sh "$CARRY/run" "$BUDGET"
+    # train_bundled.sh resumes or starts the stage with its recipe; only the workers differ.
+    PYTHONUNBUFFERED=1 PYTHON=${PYTHON:-python3} EXTRA_ARGS="--workers 12" bash scripts/train_bundled.sh "$2" "$BUDGET"
     mkdir -p "$OUT/run"
-    cp "$CARRY"/run/*.csv "$CARRY"/run/config.json "$CARRY"/run/best.pth "$OUT/run/"
-    split -b "$PART_SIZE" -d "$CARRY/run/train_state.pt" "$OUT/run/train_state.pt.part"
+    cp "$RUN"/*.csv "$RUN"/config.json "$RUN"/best.pth "$OUT/run/"
+    split -b "$PART_SIZE" -d "$RUN/train_state.pt" "$OUT/run/train_state.pt.part"
     ;;
   unpack)
-    FROM=${2:?give the files_at folder of the device call}
-    RUN=${3:-runs/bundled}
+    RUN=$(run_dir "${2:?give the stage}")
+    FROM=${3:?give the files_at folder of the device call}
     mkdir -p "$RUN"
     cat "$FROM"/run/train_state.pt.part* > "$RUN/train_state.pt.new"
-    "${PYTHON:-python3}" -c "import torch, sys; s = torch.load(sys.argv[1], weights_only=True); print('state at step', s['step'])" \
+    "${PYTHON:-python3}" -c "import torch, sys; s = torch.load(sys.argv[1], map_location='cpu', weights_only=True); print('state at step', s['step'])" \
       "$RUN/train_state.pt.new"
     mv "$RUN/train_state.pt.new" "$RUN/train_state.pt"
     cp "$FROM"/run/*.csv "$FROM"/run/config.json "$FROM"/run/best.pth "$RUN/"
+    chmod u+w "$RUN"/*  # the device tool hands its files back read-only
     ;;
   *)
-    echo "usage: $0 pack [RUN_DIR] | train [BUDGET] | unpack FILES_AT [RUN_DIR]" >&2
+    echo "usage: $0 pack STAGE | train STAGE [BUDGET] | unpack STAGE FILES_AT" >&2
     exit 2
     ;;
 esac

@@ -1,29 +1,46 @@
 #!/bin/bash
-# The bundled model's training run (docs/model_card.md), resumable in pieces:
+# The bundled model's training (docs/model_card.md), two stages, each resumable in pieces:
 #
-#   bash scripts/train_bundled.sh [RUN_DIR] [TIME_BUDGET] [LR]
+#   bash scripts/train_bundled.sh STAGE [TIME_BUDGET]
 #
-# Starts RUN_DIR (default runs/bundled) if it holds no state, else resumes it;
-# stops cleanly before TIME_BUDGET (default 2h; seconds or 90m, 2h) with the
-# state saved. The one-cycle schedule is defined over the whole run (STEPS), so
-# every piece continues the same curve. EXTRA_ARGS adds options that do not change
-# the recipe (e.g. "--workers 12"); scripts/device_train.sh runs it on a lent GPU.
+# Stage 1 (runs/bundled): 4000 steps of batch 4 from the first bundled model (1/8
+# resolution, commit fe4e8af) moved to 1/4. Stage 2 (runs/bundled_stage2): 1200
+# steps of batch 8 at half the peak learning rate from stage 1's best weights, on
+# scenes stage 1 never saw (it used scenes 0-15999). Each call starts the stage's
+# run if its folder holds no state, else resumes it, and stops cleanly before
+# TIME_BUDGET (default 2h; seconds, or 90m, 2h) with the state saved. The one-cycle
+# schedule is defined over the whole stage, so every piece continues the same
+# curve. EXTRA_ARGS adds options that do not change the recipe (e.g. "--workers
+# 12"); scripts/device_train.sh runs a piece on a lent GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUN=${1:-runs/bundled}
+STAGE=${1:?give the stage: 1 or 2}
 BUDGET=${2:-2h}
-LR=${3:-4e-4}
-STEPS=4000
 PY=${PYTHON:-python3}
 # Texture photographs beside scikit-image's: Debian's mate-backgrounds (apt-get install mate-backgrounds).
 PHOTOS=/usr/share/backgrounds/mate/nature
-# The run starts from the first bundled model (1/8 resolution, commit fe4e8af), moved to 1/4.
-INIT=runs/init_raft_compact8.pth
-if [ -f "$RUN/train_state.pt" ]; then
-  exec "$PY" -m sgru_ros.cli train --out "$RUN" --resume --time-budget "$BUDGET" --no-progress \
-    --preset raft-compact --steps $STEPS --lr "$LR" --val-every 75 --seed 1234 --init "$INIT" --photo-dir "$PHOTOS" ${EXTRA_ARGS:-}
-fi
-mkdir -p runs
-[ -f "$INIT" ] || git show fe4e8af:sgru_ros/weights/sgru_raft_compact.pth > "$INIT"
-exec "$PY" -m sgru_ros.cli train --out "$RUN" --time-budget "$BUDGET" --no-progress \
-  --preset raft-compact --steps $STEPS --lr "$LR" --val-every 75 --seed 1234 --init "$INIT" --photo-dir "$PHOTOS" ${EXTRA_ARGS:-}
+# Validation (48 scenes from seed 1234 + 1000003) is the same in both stages.
+COMMON=(--preset raft-compact --seed 1234 --photo-dir "$PHOTOS" --time-budget "$BUDGET" --no-progress)
+case "$STAGE" in
+  1)
+    RUN=runs/bundled
+    INIT=runs/init_raft_compact8.pth
+    mkdir -p runs
+    [ -f "$INIT" ] || git show fe4e8af:sgru_ros/weights/sgru_raft_compact.pth > "$INIT"
+    RECIPE=(--steps 4000 --batch-size 4 --lr 4e-4 --val-every 75 --init "$INIT")
+    ;;
+  2)
+    RUN=runs/bundled_stage2
+    INIT=runs/bundled/best.pth
+    [ -f "$INIT" ] || { echo "train_bundled: stage 2 starts from $INIT; run stage 1 first" >&2; exit 1; }
+    RECIPE=(--steps 1200 --batch-size 8 --lr 2e-4 --val-every 100 --first-sample 16000 --init "$INIT")
+    ;;
+  *)
+    echo "train_bundled: stage is 1 or 2, not $STAGE" >&2
+    exit 2
+    ;;
+esac
+RESUME=()
+[ -f "$RUN/train_state.pt" ] && RESUME=(--resume)
+# shellcheck disable=SC2086  # EXTRA_ARGS is a list of options
+exec "$PY" -m sgru_ros.cli train --out "$RUN" "${RESUME[@]}" "${COMMON[@]}" "${RECIPE[@]}" ${EXTRA_ARGS:-}

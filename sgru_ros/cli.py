@@ -377,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fraction of batches started from a noisy prior (default 0.25)")
     train.add_argument("--valid-iters", dest="valid_iters", type=int,
                        help="iterations at validation, the deployed count (default 8; twice as many also reported)")
+    train.add_argument("--first-sample", dest="first_sample", type=int,
+                       help="index of the first training scene (default 0); a later stage started with --init "
+                            "from an earlier run begins past the scenes that run saw")
     train.add_argument("--photo-dir", dest="photo_dirs", action="append",
                        help="extra folder of texture photographs (repeatable; default: Debian's mate-backgrounds "
                             "nature photos when installed)")

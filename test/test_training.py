@@ -97,3 +97,24 @@ def test_time_budget_stops_cleanly_and_resume_continues_the_same_schedule(tmp_pa
     # A resumed run must have the same recipe.
     with pytest.raises(ValueError, match=r"another configuration \(lr 0.0004 -> 0.001\)"):
         Trainer(TrainConfig(**{**config.__dict__, "lr": 1e-3}), tmp_path).resume()
+    # The scene stream continues where the stopped piece left off.
+    assert second.remaining_scenes().start == config.steps * config.batch_size
+
+
+def test_a_later_stage_starts_past_the_scenes_an_earlier_one_saw(tmp_path):
+    from sgru_ros.training.train import TrainConfig, Trainer
+
+    config = TrainConfig(preset="raft-compact8", steps=3, batch_size=2, crop=(64, 128), val_samples=1,
+                         workers=0, device="cpu", photo_dirs=())
+    earlier = Trainer(config, tmp_path / "stage1")
+    later = Trainer(TrainConfig(**{**config.__dict__, "first_sample": config.steps * config.batch_size}),
+                    tmp_path / "stage2")
+    seen = earlier.remaining_scenes()
+    fresh = later.remaining_scenes()
+    assert (seen.start, len(seen)) == (0, 6) and (fresh.start, len(fresh)) == (6, 6)
+    left_seen, _, _ = seen[len(seen) - 1]
+    left_fresh, _, _ = fresh[0]
+    assert not torch.equal(left_seen, left_fresh)
+    assert torch.equal(left_fresh, SyntheticBatches(earlier.data, 6, 1)[0][0])  # same generator, scene 6
+    with pytest.raises(ValueError, match="first_sample must be >= 0"):
+        Trainer(TrainConfig(**{**config.__dict__, "first_sample": -1}), tmp_path / "bad")

@@ -9,7 +9,7 @@ import csv
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +75,9 @@ class TrainConfig:
     # Fraction of batches that start from a noisy, holed prior (warm start): the network
     # learns to refine an estimate instead of erasing it.
     warm_start: float = 0.25
+    # Index of the first training scene: a later stage (started with ``init`` from an
+    # earlier run) begins past the scenes that run saw, so every scene is new to it.
+    first_sample: int = 0
     photo_dirs: tuple[str, ...] = field(default_factory=existing_photo_dirs)
 
     def scene(self) -> SceneConfig:
@@ -217,6 +220,17 @@ def transfer_state(model: SelectiveStereo, state: dict[str, torch.Tensor]) -> li
     return adapted + list(markers)
 
 
+def _on_cpu(obj):
+    """``obj`` (nested dicts, lists and tuples of tensors) with every tensor moved to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {key: _on_cpu(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_on_cpu(value) for value in obj)
+    return obj
+
+
 @dataclass
 class Trainer:
     """Owns the model, optimiser, schedule, logs and checkpoints of one run folder."""
@@ -240,6 +254,8 @@ class Trainer:
         missing = [d for d in cfg.photo_dirs if not Path(d).is_dir()]
         if missing:
             raise ValueError(f"photo folder {missing[0]} does not exist (Debian: apt-get install mate-backgrounds)")
+        if cfg.first_sample < 0:
+            raise ValueError(f"first_sample must be >= 0, got {cfg.first_sample}")
         if not 0 <= cfg.warm_start <= 1:
             raise ValueError(f"warm_start must be a fraction in [0, 1], got {cfg.warm_start}")
         self.model.to(self.device)
@@ -269,6 +285,13 @@ class Trainer:
         except CheckpointError as err:
             raise CheckpointError(f"--init {cfg.init} does not match preset {cfg.preset}: {err}") from None
 
+    def remaining_scenes(self) -> SyntheticBatches:
+        """The training scenes from the current step to the end of the run, in order:
+        scene i of the stream is step * batch_size + i (a resumed run continues it)."""
+        cfg = self.config
+        first = cfg.first_sample + self.step * cfg.batch_size
+        return SyntheticBatches(self.data, first, (cfg.steps - self.step) * cfg.batch_size)
+
     def resume(self) -> bool:
         """Continue the run saved in ``out_dir``; False if there is none. The recipe must
         be the same except for RUN_RESOURCES (where it runs, where it started)."""
@@ -276,6 +299,8 @@ class Trainer:
             return False
         state = torch.load(self.state_path, map_location=self.device, weights_only=True)
         saved, now = state["config"], json.loads(json.dumps(asdict(self.config)))
+        # A field added after the run was saved counts as its default.
+        saved = {**{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}, **saved}
         changed = [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
                    if k not in RUN_RESOURCES and saved.get(k) != now.get(k)]
         if changed:
@@ -292,6 +317,8 @@ class Trainer:
         state = {"config": json.loads(json.dumps(asdict(self.config))), "model": self.model.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "step": self.step, "elapsed": self.elapsed, "best": self.best}
+        # On the CPU, so that a piece trained on a GPU resumes on a machine without one.
+        state = _on_cpu(state)
         tmp = self.state_path.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(self.state_path)
@@ -339,8 +366,7 @@ class Trainer:
             self.tb = None
         cfg = self.config
         (self.out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-        remaining = cfg.steps - self.step
-        loader = DataLoader(SyntheticBatches(self.data, self.step * cfg.batch_size, remaining * cfg.batch_size),
+        loader = DataLoader(self.remaining_scenes(),
                             batch_size=cfg.batch_size, num_workers=cfg.workers, persistent_workers=False)
         metrics: dict[str, float] = {}
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True)
