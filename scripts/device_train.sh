@@ -19,8 +19,8 @@ PART_SIZE=15M
 run_dir() {
   case "$1" in
     1) echo runs/bundled ;;
-    2) echo runs/bundled_stage2 ;;
-    *) echo "device_train: stage is 1 or 2, not $1" >&2; exit 2 ;;
+    2|3) echo "runs/bundled_stage$1" ;;
+    *) echo "device_train: stage is 1, 2 or 3, not $1" >&2; exit 2 ;;
   esac
 }
 case "${1:-}" in
@@ -32,8 +32,9 @@ case "${1:-}" in
       mkdir -p "$CARRY/$RUN"
       cp "$RUN"/train_state.pt "$RUN"/best.pth "$RUN"/*.csv "$RUN"/config.json "$CARRY/$RUN/"
     fi
-    if [ "$2" = 2 ]; then  # stage 2 starts from stage 1's best weights
-      mkdir -p "$CARRY/runs/bundled" && cp runs/bundled/best.pth "$CARRY/runs/bundled/"
+    if [ "$2" != 1 ]; then  # a later stage starts from the previous stage's best weights
+      PREVIOUS=$(run_dir $(($2 - 1)))
+      mkdir -p "$CARRY/$PREVIOUS" && cp "$PREVIOUS/best.pth" "$CARRY/$PREVIOUS/"
     fi
     cp "$PHOTOS"/* "$CARRY/photos/"
     du -sh "$CARRY"

@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Learning curves of one or more training runs as a PNG (validation EPE and
-bad-2 against steps; dashed: twice the deployed iterations; faint: the
-training loss, smoothed).
+bad-2 against the training scenes seen; dashed: twice the deployed iterations,
+dotted: four times, where validated; right: the training loss, smoothed).
+
+The x axis counts scenes (first_sample + step x batch_size, from each run's
+config.json), so the stages of one training, which restart their step count
+and may change the batch size, line up one after the other.
 
     python scripts/plot_training.py runs/long --label "long run" \\
         runs/pilot_a --label "pilot lr 4e-4" --out docs/learning_curves.png
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 from pathlib import Path
 
 
@@ -18,6 +23,12 @@ def read_csv(path: Path) -> dict[str, list[float]]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     return {key: [float(row[key]) for row in rows] for key in (rows[0] if rows else {})}
+
+
+def scenes_seen(run: Path, steps: list[float]) -> list[float]:
+    """Training scenes seen after each of ``steps`` (a stage may start past 0)."""
+    config = json.loads((run / "config.json").read_text())
+    return [config.get("first_sample", 0) + step * config["batch_size"] for step in steps]
 
 
 def smooth(values: list[float], window: int) -> list[float]:
@@ -48,19 +59,21 @@ def main() -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for run, label in zip(args.runs, labels):
         val = read_csv(run / "val_log.csv")
-        line, = axes[0].plot(val["step"], val["val_epe"], marker=".", label=label)
-        if "val_epe_x2" in val:
-            axes[0].plot(val["step"], val["val_epe_x2"], ls="--", color=line.get_color())
-        axes[1].plot(val["step"], val["val_bad2"], marker=".", color=line.get_color(), label=label)
-        if "val_bad2_x2" in val:
-            axes[1].plot(val["step"], val["val_bad2_x2"], ls="--", color=line.get_color())
+        x = scenes_seen(run, val["step"])
+        line, = axes[0].plot(x, val["val_epe"], marker=".", label=label)
+        axes[1].plot(x, val["val_bad2"], marker=".", color=line.get_color(), label=label)
+        for suffix, style in (("_x2", "--"), ("_x4", ":")):
+            if f"val_bad2{suffix}" in val:
+                axes[0].plot(x, val[f"val_epe{suffix}"], ls=style, color=line.get_color())
+                axes[1].plot(x, val[f"val_bad2{suffix}"], ls=style, color=line.get_color())
         train = read_csv(run / "train_log.csv")
-        axes[2].plot(train["step"], smooth(train["loss"], 50), color=line.get_color(), label=label)
+        axes[2].plot(scenes_seen(run, train["step"]), smooth(train["loss"], 50), color=line.get_color(),
+                     label=label)
     for ax, name in zip(axes, ("validation EPE (px)", "validation bad-2 (%)", "training loss (mean of 50 steps)")):
-        ax.set_xlabel("step (batch 4)")
+        ax.set_xlabel("training scenes seen")
         ax.set_title(name)
         ax.grid(alpha=0.3)
-    axes[1].legend(title="solid: deployed iterations; dashed: twice", fontsize=8, title_fontsize=8)
+    axes[1].legend(title="solid: deployed iterations; dashed: twice; dotted: 4x", fontsize=8, title_fontsize=8)
     fig.suptitle(args.title)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,10 @@
 # Stage 1 (runs/bundled): 4000 steps of batch 4 from the first bundled model (1/8
 # resolution, commit fe4e8af) moved to 1/4. Stage 2 (runs/bundled_stage2): 1200
 # steps of batch 8 at half the peak learning rate from stage 1's best weights, on
-# scenes stage 1 never saw (it used scenes 0-15999). Each call starts the stage's
+# scenes stage 1 never saw (it used scenes 0-15999). Stage 3 (runs/bundled_stage3):
+# 360 steps at lr 1e-4 from stage 2's best, each step at 8-20 GRU iterations, so
+# that more iterations at run time stop hurting; its best.pth is the one whose worst
+# bad-2 over 8, 16 and 32 iterations is lowest. Each call starts the stage's
 # run if its folder holds no state, else resumes it, and stops cleanly before
 # TIME_BUDGET (default 2h; seconds, or 90m, 2h) with the state saved. The one-cycle
 # schedule is defined over the whole stage, so every piece continues the same
@@ -14,7 +17,7 @@
 # 12"); scripts/device_train.sh runs a piece on a lent GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STAGE=${1:?give the stage: 1 or 2}
+STAGE=${1:?give the stage: 1, 2 or 3}
 BUDGET=${2:-2h}
 PY=${PYTHON:-python3}
 # Texture photographs beside scikit-image's: Debian's mate-backgrounds (apt-get install mate-backgrounds).
@@ -35,8 +38,15 @@ case "$STAGE" in
     [ -f "$INIT" ] || { echo "train_bundled: stage 2 starts from $INIT; run stage 1 first" >&2; exit 1; }
     RECIPE=(--steps 1200 --batch-size 8 --lr 2e-4 --val-every 100 --first-sample 16000 --init "$INIT")
     ;;
+  3)
+    RUN=runs/bundled_stage3
+    INIT=runs/bundled_stage2/best.pth
+    [ -f "$INIT" ] || { echo "train_bundled: stage 3 starts from $INIT; run stage 2 first" >&2; exit 1; }
+    RECIPE=(--steps 360 --batch-size 4 --lr 1e-4 --val-every 45 --first-sample 25600 --init "$INIT"
+            --train-iters 8 --train-iters-max 20 --val-multiples 1 2 4 --best-over-multiples)
+    ;;
   *)
-    echo "train_bundled: stage is 1 or 2, not $STAGE" >&2
+    echo "train_bundled: stage is 1, 2 or 3, not $STAGE" >&2
     exit 2
     ;;
 esac

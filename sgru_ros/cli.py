@@ -282,7 +282,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .training.train import TrainConfig, Trainer
 
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    for name in ("crop", "photo_dirs"):
+    for name in ("crop", "photo_dirs", "val_multiples"):
         if name in values:
             values[name] = tuple(values[name])
     trainer = Trainer(TrainConfig(**values), Path(args.out))
@@ -298,7 +298,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"{state}: step {trainer.step} of {trainer.config.steps}, {trainer.elapsed / 60:.1f} min in total, " +
           ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()) +
           f"; weights: {Path(args.out) / 'model.pth'}, best so far: {Path(args.out) / 'best.pth'} "
-          f"(bad-2 {trainer.best.get('val_bad2', float('nan')):.2f}% at step {trainer.best.get('step', '-')})")
+          f"(bad-2 {trainer.score(trainer.best) if trainer.best else float('nan'):.2f}% at step "
+          f"{trainer.best.get('step', '-')})")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -377,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fraction of batches started from a noisy prior (default 0.25)")
     train.add_argument("--valid-iters", dest="valid_iters", type=int,
                        help="iterations at validation, the deployed count (default 8; twice as many also reported)")
+    train.add_argument("--train-iters-max", dest="train_iters_max", type=int,
+                       help="draw each step's GRU iterations from --train-iters..this (default 0: fixed)")
+    train.add_argument("--val-multiples", dest="val_multiples", type=int, nargs="+",
+                       help="validate at --valid-iters times each of these (default 1 2)")
+    train.add_argument("--best-over-multiples", dest="best_over_multiples", action="store_true", default=None,
+                       help="keep best.pth by the worst bad-2 over --val-multiples (default: bad-2 at --valid-iters)")
     train.add_argument("--first-sample", dest="first_sample", type=int,
                        help="index of the first training scene (default 0); a later stage started with --init "
                             "from an earlier run begins past the scenes that run saw")

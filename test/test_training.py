@@ -118,3 +118,25 @@ def test_a_later_stage_starts_past_the_scenes_an_earlier_one_saw(tmp_path):
     assert torch.equal(left_fresh, SyntheticBatches(earlier.data, 6, 1)[0][0])  # same generator, scene 6
     with pytest.raises(ValueError, match="first_sample must be >= 0"):
         Trainer(TrainConfig(**{**config.__dict__, "first_sample": -1}), tmp_path / "bad")
+
+
+def test_random_iteration_counts_and_validation_at_several_multiples(tmp_path):
+    from sgru_ros.training.train import TrainConfig, Trainer
+
+    config = TrainConfig(preset="raft-compact8", steps=4, batch_size=1, crop=(64, 128), train_iters=1,
+                         train_iters_max=3, valid_iters=1, val_multiples=(1, 2, 4), best_over_multiples=True,
+                         val_every=2, val_samples=1, data_max_disparity=24, workers=0, device="cpu", photo_dirs=())
+    trainer = Trainer(config, tmp_path)
+    trainer.run(progress=False)
+    log = (tmp_path / "train_log.csv").read_text().splitlines()
+    column = log[0].split(",").index("iters")
+    assert {int(row.split(",")[column]) for row in log[1:]} <= {1, 2, 3}
+    rows = (tmp_path / "val_log.csv").read_text().splitlines()
+    assert rows[0].split(",") == ["step", "val_epe", "val_bad2", "val_epe_x2", "val_bad2_x2", "val_epe_x4",
+                                  "val_bad2_x4", "elapsed_s"] and len(rows) == 3
+    # best.pth is chosen by the worst of the three counts.
+    worst = max(trainer.best[k] for k in ("val_bad2", "val_bad2_x2", "val_bad2_x4"))
+    assert trainer.score(trainer.best) == worst
+    for bad in ({"train_iters": 3, "train_iters_max": 2}, {"val_multiples": (2, 4)}):
+        with pytest.raises(ValueError):
+            Trainer(TrainConfig(**{**config.__dict__, **bad}), tmp_path / "bad")

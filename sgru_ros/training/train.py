@@ -78,6 +78,14 @@ class TrainConfig:
     # Index of the first training scene: a later stage (started with ``init`` from an
     # earlier run) begins past the scenes that run saw, so every scene is new to it.
     first_sample: int = 0
+    # Above train_iters: each step draws its iteration count from train_iters..train_iters_max,
+    # so the network learns to stay put once converged (more iterations at run time must
+    # not hurt; trained at one count, the GRU drifts past it).
+    train_iters_max: int = 0
+    # Validation at valid_iters times each of these.
+    val_multiples: tuple[int, ...] = (1, 2)
+    # Keep best.pth by the worst bad-2 over val_multiples instead of bad-2 at valid_iters.
+    best_over_multiples: bool = False
     photo_dirs: tuple[str, ...] = field(default_factory=existing_photo_dirs)
 
     def scene(self) -> SceneConfig:
@@ -178,23 +186,31 @@ def train_step(model: SelectiveStereo, optimizer: torch.optim.Optimizer, batch, 
     return loss.item(), epe
 
 
+def multiple_suffix(multiple: int) -> str:
+    """Metric-name suffix for ``multiple`` times the deployed iterations: "", "_x2", "_x4"."""
+    return "" if multiple == 1 else f"_x{multiple}"
+
+
 @torch.no_grad()
-def validate(model: SelectiveStereo, batches: list, iters: int, max_disp: int) -> dict[str, float]:
-    """End-point error and bad-2 (%) at ``iters`` and at twice as many (more
-    iterations must not make it worse), over the validation batches."""
+def validate(model: SelectiveStereo, batches: list, iters: int, max_disp: int,
+             multiples: tuple[int, ...] = (1, 2)) -> dict[str, float]:
+    """End-point error and bad-2 (%) at ``iters`` times each of ``multiples`` (more
+    iterations must not make it worse), over the validation batches, from one
+    pass of the largest count. Keys: val_epe, val_bad2, val_epe_x2, ..."""
     model.eval()
-    errors: dict[int, list[torch.Tensor]] = {iters: [], 2 * iters: []}
+    counts = sorted({iters * m for m in multiples})
+    errors: dict[int, list[torch.Tensor]] = {k: [] for k in counts}
     for left, right, target in batches:
         kwargs = {"max_disp": max_disp} if isinstance(model, SelectiveIGEV) else {}
-        pred = model(left, right, iters=2 * iters, output_iters=[iters, 2 * iters], **kwargs)
+        pred = model(left, right, iters=counts[-1], output_iters=counts, **kwargs)
         valid = torch.isfinite(target)
         for k, disparity in zip(pred.iterations, pred.disparities):
             errors[k].append((disparity - target).abs()[valid])
     metrics = {}
-    for k, suffix in ((iters, ""), (2 * iters, "_x2")):
-        err = torch.cat(errors[k])
-        metrics[f"val_epe{suffix}"] = err.mean().item()
-        metrics[f"val_bad2{suffix}"] = 100.0 * (err > 2).float().mean().item()
+    for multiple in sorted(set(multiples)):
+        err = torch.cat(errors[iters * multiple])
+        metrics[f"val_epe{multiple_suffix(multiple)}"] = err.mean().item()
+        metrics[f"val_bad2{multiple_suffix(multiple)}"] = 100.0 * (err > 2).float().mean().item()
     return metrics
 
 
@@ -254,6 +270,11 @@ class Trainer:
         missing = [d for d in cfg.photo_dirs if not Path(d).is_dir()]
         if missing:
             raise ValueError(f"photo folder {missing[0]} does not exist (Debian: apt-get install mate-backgrounds)")
+        if cfg.train_iters_max and cfg.train_iters_max < cfg.train_iters:
+            raise ValueError(f"train_iters_max ({cfg.train_iters_max}) must be 0 or >= train_iters "
+                             f"({cfg.train_iters})")
+        if not cfg.val_multiples or 1 not in cfg.val_multiples or min(cfg.val_multiples) < 1:
+            raise ValueError(f"val_multiples must be positive and include 1, got {cfg.val_multiples}")
         if cfg.first_sample < 0:
             raise ValueError(f"first_sample must be >= 0, got {cfg.first_sample}")
         if not 0 <= cfg.warm_start <= 1:
@@ -300,7 +321,8 @@ class Trainer:
         state = torch.load(self.state_path, map_location=self.device, weights_only=True)
         saved, now = state["config"], json.loads(json.dumps(asdict(self.config)))
         # A field added after the run was saved counts as its default.
-        saved = {**{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}, **saved}
+        defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+        saved = {**json.loads(json.dumps(defaults)), **saved}
         changed = [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
                    if k not in RUN_RESOURCES and saved.get(k) != now.get(k)]
         if changed:
@@ -337,14 +359,21 @@ class Trainer:
                 if key != "step":
                     self.tb.add_scalar(key, value, row["step"])
 
+    def score(self, metrics: dict[str, float]) -> float:
+        """What best.pth minimises: bad-2 at the deployed iteration count, or with
+        ``best_over_multiples`` the worst bad-2 over the validated counts."""
+        if self.config.best_over_multiples:
+            return max(metrics[f"val_bad2{multiple_suffix(m)}"] for m in self.config.val_multiples)
+        return metrics["val_bad2"]
+
     def _validate(self) -> dict[str, float]:
-        """Validate, log, keep the best-so-far weights (by bad-2 at the deployed
-        iteration count) in best.pth, and save the state."""
+        """Validate, log, keep the best-so-far weights (by ``score``) in best.pth,
+        and save the state."""
         cfg = self.config
-        metrics = validate(self.model, self.val_batches, cfg.valid_iters, cfg.max_disp)
+        metrics = validate(self.model, self.val_batches, cfg.valid_iters, cfg.max_disp, tuple(cfg.val_multiples))
         self._log("val_log.csv", {"step": self.step, **{k: round(v, 4) for k, v in metrics.items()},
                                   "elapsed_s": round(self.elapsed, 1)})
-        if not self.best or metrics["val_bad2"] < self.best["val_bad2"]:
+        if not self.best or self.score(metrics) < self.score(self.best):
             self.best = {"step": self.step, **metrics}
             save_checkpoint(self.model, self.out_dir / "best.pth")
         self.save()
@@ -387,7 +416,10 @@ class Trainer:
             generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
             warm = torch.rand(1, generator=generator).item() < cfg.warm_start
             disp_init = warm_start_prior(batch[2], factor, generator) if warm else None
-            loss, epe = train_step(self.model, self.optimizer, batch, cfg.train_iters, cfg.max_disp, disp_init)
+            iters = cfg.train_iters
+            if cfg.train_iters_max:
+                iters = int(torch.randint(cfg.train_iters, cfg.train_iters_max + 1, (1,), generator=generator))
+            loss, epe = train_step(self.model, self.optimizer, batch, iters, cfg.max_disp, disp_init)
             if not math.isfinite(loss):
                 raise RuntimeError(f"loss became {loss} at step {self.step}; lower --lr")
             self.scheduler.step()
@@ -397,7 +429,8 @@ class Trainer:
             step_s = 0.9 * step_s + 0.1 * took if step_s else took  # smoothed, for the time budget
             losses.append(loss)
             self._log("train_log.csv", {"step": self.step, "loss": round(loss, 4), "epe": round(epe, 4),
-                                        "warm_start": int(warm), "lr": self.scheduler.get_last_lr()[0],
+                                        "warm_start": int(warm), **({"iters": iters} if cfg.train_iters_max else {}),
+                                        "lr": self.scheduler.get_last_lr()[0],
                                         "elapsed_s": round(self.elapsed, 1)})
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", epe=f"{epe:.2f}")
             bar.update(1)
@@ -405,8 +438,10 @@ class Trainer:
                 tick = time.perf_counter()
                 metrics = self._validate()
                 val_s = time.perf_counter() - tick
-                bar.write(f"step {self.step}: val EPE {metrics['val_epe']:.3f} px, bad-2 {metrics['val_bad2']:.2f}% "
-                          f"(x2 iterations: {metrics['val_bad2_x2']:.2f}%), best {self.best['val_bad2']:.2f}% at "
+                more = ", ".join(f"x{m} iterations: {metrics['val_bad2' + multiple_suffix(m)]:.2f}%"
+                                 for m in sorted(cfg.val_multiples) if m > 1)
+                bar.write(f"step {self.step}: val EPE {metrics['val_epe']:.3f} px, bad-2 {metrics['val_bad2']:.2f}%"
+                          f"{f' ({more})' if more else ''}, best {self.score(self.best):.2f}% at "
                           f"step {self.best['step']} ({self.elapsed / 60:.1f} min)")
         bar.close()
         if self.stopped_early and self.step % cfg.val_every:
