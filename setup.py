@@ -34,6 +34,8 @@ setup(
         # `sgru-stereo train` (progress bar) and its learning curves (scripts/plot_training.py); the
         # generator's photos come with scikit-image (and Debian's mate-backgrounds, when installed).
         "train": ["tqdm", "matplotlib"],
+        # `sgru-stereo bag`: rosbag2 (MCAP, sqlite3) without a ROS install; the messages come from `ros`.
+        "bag": ["rosbags", "tqdm"],
     },
     zip_safe=True,
     maintainer="sgru_ros developers",

@@ -1,4 +1,4 @@
-"""``sgru-stereo``: the package's command line (infer, eval, train, run, source, demo).
+"""``sgru-stereo``: the package's command line (infer, eval, bag, train, run, source, demo).
 
 Exit status 0 on success, 130 on Ctrl-C and 1 on any error, bad option values
 included (not argparse's 2): the error is one line on stderr,
@@ -10,6 +10,7 @@ twice) before the model loads; every file is written whole or not at all.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import math
 import os
@@ -26,7 +27,9 @@ from .inference import MAX_ITERATIONS, PRECISIONS, StereoEstimator, StereoResult
 from .io import DISPARITY_FORMATS, IMAGE_FORMATS, read_image, write_disparity, write_image
 from .model import SIZE_MULTIPLE, CheckpointError
 from .model.checkpoint import VARIANTS
-from .visualize import colorize_disparity
+from .geometry import CloudLayout
+from .pipeline import GeometryOptions, StereoPipeline
+from .visualize import colorize_disparity, side_by_side
 
 
 class CommandError(Exception):
@@ -174,42 +177,152 @@ def _check_distinct(outputs: list[tuple[str, Path]], inputs: list[Path]) -> None
             raise CommandError(f"{option} {path}: is the input image {source}; choose another name")
 
 
-def _infer_jobs(args: argparse.Namespace) -> list[tuple[Path, Path, Path, Path | None]]:
-    """(left, right, disparity file, colour file or None) per pair, every output checked."""
+@dataclasses.dataclass(frozen=True)
+class InferJob:
+    """One pair of ``infer`` and the files it writes (color, preview: None when not asked for)."""
+
+    left: Path
+    right: Path
+    disparity: Path
+    color: Path | None
+    preview: Path | None
+
+    def outputs(self) -> list[tuple[str, Path]]:
+        return [(option, path) for option, path in (("--out", self.disparity), ("--color", self.color),
+                                                    ("--preview", self.preview)) if path]
+
+
+def _infer_jobs(args: argparse.Namespace) -> list[InferJob]:
+    """One job per pair, every output checked."""
     pairs = _pairs(args.left, args.right)
-    out, color = Path(args.out), Path(args.color) if args.color else None
+    out = Path(args.out)
+    extra = {"--color": Path(args.color) if args.color else None,
+             "--preview": Path(args.preview) if args.preview else None}
     if _is_pattern(args.left):
-        for option, folder in (("--out", out), ("--color", color)):
+        for option, folder in (("--out", out), *extra.items()):
             if folder:
                 _check_folder(option, folder, folder, create=True)
-        jobs = [(left, right, out / f"{left.stem}.{args.format}", color / f"{left.stem}.png" if color else None)
-                for left, right in pairs]
+        color, preview = extra.values()
+        jobs = [InferJob(left, right, out / f"{left.stem}.{args.format}",
+                         color / f"{left.stem}.png" if color else None,
+                         preview / f"{left.stem}.png" if preview else None) for left, right in pairs]
     else:
         _check_output_file("--out", out, DISPARITY_FORMATS, "disparity")
-        if color:
-            _check_output_file("--color", color, IMAGE_FORMATS, "image")
-        jobs = [(*pairs[0], out, color)]
-    outputs = [("--out", job[2]) for job in jobs] + [("--color", job[3]) for job in jobs if job[3]]
-    _check_distinct(outputs, [path for job in jobs for path in job[:2]])
+        for option, path in extra.items():
+            if path:
+                _check_output_file(option, path, IMAGE_FORMATS, "image")
+        jobs = [InferJob(*pairs[0], out, *extra.values())]
+    _check_distinct([output for job in jobs for output in job.outputs()],
+                    [path for job in jobs for path in (job.left, job.right)])
     return jobs
 
 
 def cmd_infer(args: argparse.Namespace) -> None:
+    """Every pair in turn; with glob patterns a pair that fails is reported in one line and skipped,
+    the rest go on, and a summary ends the run (exit status 1 if any pair failed)."""
     jobs = _infer_jobs(args)
     estimator = estimator_from_args(args)
     print(f"model: {estimator.variant} ({args.checkpoint or 'bundled'}), device {estimator.device}, "
           f"precision {estimator.precision}, {args.iters} iterations")
-    for folder in {path.parent for job in jobs for path in job[2:] if path}:
+    for folder in {path.parent for job in jobs for _, path in job.outputs()}:
         folder.mkdir(parents=True, exist_ok=True)
-    for left_path, right_path, target, color_path in jobs:
-        left, right = read_image(left_path), read_image(right_path)
-        start = time.perf_counter()
-        result = _estimate(estimator, left_path, left, right, iters=args.iters)
+    sequence = _is_pattern(args.left)
+    progress = _Progress(sequence and not args.no_progress, "pair")
+    failed: dict[str, int] = {}
+    start = time.perf_counter()
+    try:
+        for done, job in enumerate(jobs, 1):
+            try:
+                _infer_one(estimator, job, args.iters, quiet=sequence and progress.enabled)
+            except (CommandError, ValueError, OSError, cv2.error) as err:
+                if not sequence:
+                    raise
+                kind = type(err).__name__
+                failed[kind] = failed.get(kind, 0) + 1
+                print(f"{job.left}: skipped ({_one_line(err)})", file=sys.stderr)
+            progress(done, len(jobs))
+    finally:
+        progress.close()
+    if sequence:
         elapsed = time.perf_counter() - start
-        write_disparity(target, result.disparity)
-        if color_path:
-            write_image(color_path, colorize_disparity(result.disparity))
-        print(f"{left_path} -> {target} ({left.shape[1]}x{left.shape[0]}, {elapsed:.2f} s)")
+        skipped = ", ".join(f"{n} {kind}" for kind, n in sorted(failed.items())) or "none"
+        print(f"pairs: {len(jobs)}, written: {len(jobs) - sum(failed.values())}, skipped: {skipped}; "
+              f"{elapsed:.1f} s ({len(jobs) / elapsed:.2f} pairs/s)")
+        if failed:
+            raise CommandError(f"{sum(failed.values())} of {len(jobs)} pairs failed (see above)")
+
+
+def _infer_one(estimator: StereoEstimator, job: InferJob, iters: int, quiet: bool) -> None:
+    left, right = read_image(job.left), read_image(job.right)
+    start = time.perf_counter()
+    result = _estimate(estimator, job.left, left, right, iters=iters)
+    elapsed = time.perf_counter() - start
+    write_disparity(job.disparity, result.disparity)
+    if job.color or job.preview:
+        color = colorize_disparity(result.disparity)
+        if job.color:
+            write_image(job.color, color)
+        if job.preview:
+            write_image(job.preview, side_by_side(left, color))
+    if not quiet:
+        print(f"{job.left} -> {job.disparity} ({left.shape[1]}x{left.shape[0]}, {elapsed:.2f} s)")
+
+
+class _Progress:
+    """A tqdm bar (count, rate, ETA) on stderr, opened at the first update so that an error before
+    any work prints no empty bar; silent without tqdm or when disabled."""
+
+    def __init__(self, enabled: bool, unit: str) -> None:
+        self.enabled, self.unit, self.bar = enabled, unit, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None and self.enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                self.enabled = False
+                return
+            self.bar = tqdm(total=total, unit=self.unit, dynamic_ncols=True, file=sys.stderr)
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_bag(args: argparse.Namespace) -> None:
+    from .bag import BagOptions, StereoTopics, convert_bag, parse_outputs
+
+    image = "image_rect/compressed" if args.compressed else "image_rect"
+    chosen = {"left_image": args.left_image, "right_image": args.right_image, "left_info": args.left_info,
+              "right_info": args.right_info}
+    topics = dataclasses.replace(StereoTopics.under(args.namespace, image),
+                                 **{k: v for k, v in chosen.items() if v})
+    if args.end is not None and args.end <= args.start:
+        raise CommandError(f"--end {args.end} is not after --start {args.start}")
+    options = BagOptions(
+        iterations=args.iters, outputs=parse_outputs(args.outputs), output_namespace=args.output_namespace,
+        tolerance_s=args.approximate_sync, every=args.every, start=args.start,
+        end=math.inf if args.end is None else args.end, copy_inputs=args.copy_inputs, storage=args.storage,
+        geometry=GeometryOptions(min_depth=args.min_depth, max_depth=args.max_depth,
+                                 flying_pixel_threshold=args.flying_pixel_threshold or None),
+        cloud=CloudLayout(color=not args.no_color, avoid_padding=False))
+    if not Path(args.input).exists():
+        raise CommandError(f"{args.input}: no such bag")
+    if Path(args.output).exists():
+        raise CommandError(f"{args.output}: exists; the output bag must be a new folder")
+    pipeline = StereoPipeline(estimator_from_args(args))
+    print(f"model: {pipeline.estimator.variant} ({args.checkpoint or 'bundled'}), device "
+          f"{pipeline.estimator.device}, precision {pipeline.estimator.precision}, {args.iters} iterations; "
+          f"inputs {', '.join(topics)}; {'approximate' if args.approximate_sync else 'exact'} sync")
+    progress = _Progress(not args.no_progress, "frame")
+    try:
+        summary = convert_bag(args.input, args.output, pipeline, topics, options, progress)
+    finally:
+        progress.close()
+    print("\n".join(summary.lines()))
+    print(f"wrote {args.output}")
 
 
 def _eval_pair(args: argparse.Namespace):
@@ -327,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--iters", type=_iterations, default=32,
                        help=f"GRU iterations, 1..{MAX_ITERATIONS} (default 32, as the authors)")
     infer.add_argument("--color", help="also write a colorized disparity PNG (a folder for glob patterns)")
+    infer.add_argument("--preview", help="also write left image | colorized disparity side by side, PNG "
+                                         "(a folder for glob patterns)")
+    infer.add_argument("--no-progress", action="store_true", help="no progress bar for glob patterns")
     infer.set_defaults(func=cmd_infer)
 
     evaluate = sub.add_parser("eval", help="errors against ground truth, side by side with OpenCV SGBM")
@@ -345,6 +461,41 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--warm-start-sgbm", action="store_true",
                           help="also run the network started from SGBM's map (holes filled): a classical prior")
     evaluate.set_defaults(func=cmd_eval)
+
+    bag = sub.add_parser("bag", help="run a rosbag2 recording (MCAP or sqlite3) through the network into a new bag")
+    bag.add_argument("input", help="rosbag2 folder to read")
+    bag.add_argument("output", help="rosbag2 folder to write (must not exist)")
+    add_model_arguments(bag)
+    bag.add_argument("--iters", type=_iterations, default=8, help=f"GRU iterations, 1..{MAX_ITERATIONS} (default 8)")
+    bag.add_argument("--namespace", default="",
+                     help="input namespace: NS/left/image_rect, NS/right/image_rect, NS/{left,right}/camera_info")
+    bag.add_argument("--compressed", action="store_true",
+                     help="read NS/{left,right}/image_rect/compressed (sensor_msgs/CompressedImage)")
+    for side in ("left", "right"):
+        bag.add_argument(f"--{side}-image", help=f"{side} image topic (overrides --namespace)")
+        bag.add_argument(f"--{side}-info", help=f"{side} camera_info topic (overrides --namespace)")
+    bag.add_argument("--output-namespace", default="/sgru", help="namespace of the written topics (default /sgru)")
+    bag.add_argument("--outputs", nargs="+", default=["disparity", "points2"],
+                     help="any of disparity, points2, depth/image_rect, depth/camera_info "
+                          "(default disparity points2)")
+    bag.add_argument("--approximate-sync", type=_positive_float, metavar="SECONDS",
+                     help="match inputs by nearest stamp within this tolerance (default: identical stamps)")
+    bag.add_argument("--every", type=_int_type(1), default=1, help="process every Nth set (default 1: all)")
+    bag.add_argument("--start", type=float, default=0.0, help="seconds from the bag's start to begin at")
+    bag.add_argument("--end", type=float, help="seconds from the bag's start to stop at (default: the end)")
+    bag.add_argument("--copy-inputs", action="store_true", help="also copy the input topics into the output bag")
+    bag.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="output format (default mcap)")
+    defaults = GeometryOptions()
+    bag.add_argument("--min-depth", type=float, default=defaults.min_depth,
+                     help=f"points nearer than this (m) are left out (default {defaults.min_depth:g})")
+    bag.add_argument("--max-depth", type=float, default=defaults.max_depth,
+                     help=f"points farther than this (m) are left out (default {defaults.max_depth:g})")
+    bag.add_argument("--flying-pixel-threshold", type=float, default=defaults.flying_pixel_threshold,
+                     help="disparity range (px) in a 3x3 window that marks a flying pixel; 0 keeps them "
+                          f"(default {defaults.flying_pixel_threshold:g})")
+    bag.add_argument("--no-color", action="store_true", help="points2 without the rgb field")
+    bag.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bag.set_defaults(func=cmd_bag)
 
     demo = sub.add_parser("demo", help="sample source + stereo node over real rclpy; writes PNG, PFM and PLY")
     demo.add_argument("--out", default="sgru_demo", help="output folder (default sgru_demo)")

@@ -35,14 +35,14 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSPolicyKind, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2, RegionOfInterest
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 from stereo_msgs.msg import DisparityImage
 
-from .geometry import CloudLayout, DisparityProducts, StereoGeometry, depth_products, disparity_products
-from .inference import (MAX_ITERATIONS, PRECISIONS, InferenceCancelled, StereoEstimator, is_out_of_memory,
-                        release_memory)
-from .ros_conversions import array_to_image, cloud_message, image_to_rgb, projection, stamp_ns
+from .geometry import CloudLayout
+from .inference import MAX_ITERATIONS, PRECISIONS, InferenceCancelled, StereoEstimator, release_memory
+from .pipeline import FrameResult, GeometryOptions, StereoPipeline, failure_kind
+from .ros_conversions import array_to_image, cloud_message, disparity_message, image_to_rgb, projection, stamp_ns
 from .sync import StereoSynchronizer
 from .visualize import colorize_disparity
 
@@ -54,8 +54,6 @@ ERROR_HOLD_S = 10.0
 SHUTDOWN_WAIT_S = 1.0
 #: How often the inputs' publishers are looked up (their reliability decides the subscriptions').
 INPUT_QOS_CHECK_S = 0.25
-#: DisparityImage.delta_d as stereo_image_proc sets it (its matcher's 1/16 px).
-DELTA_D = 1.0 / 16.0
 #: Pixels above which frames are downscaled before the network: a 4000 x 3000 frame at full size
 #: peaks near 6 GB; 1920 x 1080 (2.07 MP) still runs at full size.
 DEFAULT_MAX_PIXELS = 2_500_000
@@ -85,13 +83,6 @@ class FrameStats:
     resolution: tuple[int, int] | None = None
 
 
-def failure_kind(err: BaseException) -> str:
-    """The diagnostics key of a failed frame: bad_input, out_of_memory or the exception's class."""
-    if is_out_of_memory(err):
-        return "out_of_memory"
-    return "bad_input" if isinstance(err, ValueError) else type(err).__name__
-
-
 class StereoNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("sgru_stereo", **kwargs)
@@ -118,6 +109,7 @@ class StereoNode(Node):
         self.estimator = StereoEstimator.from_checkpoint(
             p("model") or None, device=p("device"), precision=p("precision"), max_disp=p("max_disp"),
             max_width=max_width or None, max_pixels=max_pixels or None)
+        self.pipeline = StereoPipeline(self.estimator)
 
         overrides = QoSOverridingOptions.with_default_policies()
         self.pub_disparity = self.create_publisher(DisparityImage, "disparity", OUTPUT_QOS,
@@ -193,13 +185,14 @@ class StereoNode(Node):
                 read_only=True, integer_range=(0, 16384))
         declare("max_pixels", DEFAULT_MAX_PIXELS, "Downscale frames with more pixels than this before the network "
                 "(memory budget; 0: never)", read_only=True, integer_range=(0, 1 << 30))
-        declare("min_depth", 0.0, "Points nearer than this (m) are left out of points2 and depth",
+        geometry = GeometryOptions()
+        declare("min_depth", geometry.min_depth, "Points nearer than this (m) are left out of points2 and depth",
                 float_range=(0.0, 1000.0))
-        declare("max_depth", 100.0, "Points farther than this (m) are left out of points2 and depth",
+        declare("max_depth", geometry.max_depth, "Points farther than this (m) are left out of points2 and depth",
                 float_range=(0.0, 100000.0))
         declare("filter_flying_pixels", True, "Drop points on depth discontinuities (see README)")
-        declare("flying_pixel_threshold", 1.0, "Disparity range (px) in a 3x3 window that marks a flying pixel",
-                float_range=(0.0, 100.0))
+        declare("flying_pixel_threshold", geometry.flying_pixel_threshold,
+                "Disparity range (px) in a 3x3 window that marks a flying pixel", float_range=(0.0, 100.0))
 
     def _param(self, name: str):
         if name == "publish_iterations":  # declared without a value: unset means none
@@ -344,84 +337,71 @@ class StereoNode(Node):
 
     # -- processing ----------------------------------------------------------------------------
     def _process(self, left_msg: Image, right_msg: Image, left_info: CameraInfo, right_info: CameraInfo) -> None:
+        """One synchronised set: messages -> ``StereoPipeline`` -> messages (only those subscribed)."""
         t0 = time.perf_counter()
         left, right = image_to_rgb(left_msg), image_to_rgb(right_msg)
-        if left.shape != right.shape:
-            raise ValueError(f"left image is {left.shape[1]}x{left.shape[0]} but right is "
-                             f"{right.shape[1]}x{right.shape[0]}")
-        for name, info in (("left", left_info), ("right", right_info)):
-            if (info.width, info.height) not in ((left.shape[1], left.shape[0]), (0, 0)):
-                raise ValueError(f"{name} camera_info is {info.width}x{info.height} but the images are "
-                                 f"{left.shape[1]}x{left.shape[0]}")
-        geometry = StereoGeometry.from_projections(projection(left_info), projection(right_info))
-        iterations = self._param("iterations")
-        extra = [k for k in self._param("publish_iterations") if 1 <= k < iterations]
-        t1 = time.perf_counter()
-        result = self.estimator.estimate(left, right, iters=iterations, output_iters=extra, cancel=self._cancel)
-        t2 = time.perf_counter()
-        max_disp = self.estimator.max_disp if self.estimator.variant == "igev" else left.shape[1]
         # Only what somebody subscribes to is computed (a cloud costs tens of ms per frame).
         wanted = {name: pub.get_subscription_count() > 0 for name, pub in (
             ("disparity", self.pub_disparity), ("depth", self.pub_depth), ("color", self.pub_color),
             ("points", self.pub_points))}
+        p, iterations = self._param, self._param("iterations")
+        options = GeometryOptions(min_depth=p("min_depth"), max_depth=p("max_depth"),
+                                  flying_pixel_threshold=p("flying_pixel_threshold") if p("filter_flying_pixels")
+                                  else None)
+        t1 = time.perf_counter()
+        frame = self.pipeline.process(
+            left, right, projection(left_info), projection(right_info), iterations=iterations,
+            extra_iterations=p("publish_iterations"), depth=wanted["points"] or wanted["depth"], options=options,
+            calibrated_sizes=[(info.width, info.height) for info in (left_info, right_info)], cancel=self._cancel)
+        t2 = time.perf_counter()
         header = left_info.header
         cloud = None
-        if wanted["points"] or wanted["depth"]:
-            threshold = self._param("flying_pixel_threshold") if self._param("filter_flying_pixels") else None
-            products = depth_products(result.disparity, geometry, max_disparity=max_disp,
-                                      min_depth=self._param("min_depth"), max_depth=self._param("max_depth"),
-                                      flying_threshold=threshold)
-            disparity_out, depth = products.disparity, products.depth
-            if wanted["points"]:
-                layout = CloudLayout(color=self._param("use_color"),
-                                     avoid_padding=self._param("avoid_point_cloud_padding"))
-                cloud = cloud_message(products.points, left, layout, header)
-        else:
-            disparity_out, depth = disparity_products(result.disparity, geometry, max_disparity=max_disp), None
+        if wanted["points"]:
+            layout = CloudLayout(color=p("use_color"), avoid_padding=p("avoid_point_cloud_padding"))
+            cloud = cloud_message(frame.points, left, layout, header)
         t3 = time.perf_counter()
         if not self._running:  # shutdown began during this frame: publish nothing
             return
-        self.stats.last_iterations = iterations
+        self._publish(frame, cloud, header, wanted)
+        t4 = time.perf_counter()
+        self._record(frame, left.shape[:2], iterations, {
+            "convert_in": 1e3 * (t1 - t0) + frame.timings_ms["checks"], "inference": frame.timings_ms["inference"],
+            "cloud": frame.timings_ms["geometry"] + 1e3 * (t3 - t2), "publish": 1e3 * (t4 - t3),
+            "total": 1e3 * (t4 - t0)})
+
+    def _publish(self, frame: FrameResult, cloud: PointCloud2 | None, header: Header, wanted: dict[str, bool]) -> None:
         if wanted["disparity"]:
-            self.pub_disparity.publish(self._disparity_message(disparity_out, geometry, header))
-        if depth is not None and wanted["depth"]:
-            self.pub_depth.publish(array_to_image(depth, "32FC1", header))
+            self.pub_disparity.publish(disparity_message(frame.disparity, frame.geometry, header))
+        if frame.depth is not None and wanted["depth"]:
+            self.pub_depth.publish(array_to_image(frame.depth, "32FC1", header))
         if wanted["color"]:
             # Colour range from this frame's own values (1st..99th percentile): the search range is far wider.
-            color = colorize_disparity(np.where(disparity_out.valid, disparity_out.disparity, np.nan))
+            disparity = frame.disparity
+            color = colorize_disparity(np.where(disparity.valid, disparity.disparity, np.nan))
             self.pub_color.publish(array_to_image(color, "bgr8", header))
         if cloud is not None:
             self.pub_points.publish(cloud)
-        for k, disparity in result.intermediate.items():
+        for k, products in frame.intermediate.items():
             publisher = self._iteration_publisher(k)
             if publisher.get_subscription_count():
-                iter_products = disparity_products(disparity, geometry, max_disparity=max_disp)
-                publisher.publish(self._disparity_message(iter_products, geometry, header))
-        t4 = time.perf_counter()
+                publisher.publish(disparity_message(products, frame.geometry, header))
 
-        if self.stats.resolution != left.shape[:2]:
-            h, w = result.processed_size
-            if (h, w) == left.shape[:2]:
+    def _record(self, frame: FrameResult, size: tuple[int, int], iterations: int, stages_ms: dict[str, float]) -> None:
+        """Statistics for /diagnostics, and one log line whenever the input resolution changes."""
+        if self.stats.resolution != size:
+            h, w = frame.processed_size
+            if (h, w) == size:
                 self.get_logger().info(f"resolution {w}x{h}, network at full size")
             else:
                 self.get_logger().warning(
-                    f"resolution {left.shape[1]}x{left.shape[0]}: downscaled to {w}x{h} for the network "
+                    f"resolution {size[1]}x{size[0]}: downscaled to {w}x{h} for the network "
                     f"(max_pixels {self.estimator.max_pixels or 'none'}, max_width {self.estimator.max_width or 'none'});"
                     " the disparity is scaled back")
-            self.stats.resolution = left.shape[:2]
+            self.stats.resolution = size
+        self.stats.last_iterations = iterations
         self.stats.processed += 1
-        # One assignment: the diagnostics timer (executor thread) iterates over this dict.
-        self.stats.stages_ms = {"convert_in": 1e3 * (t1 - t0), "inference": 1e3 * (t2 - t1),
-                                "cloud": 1e3 * (t3 - t2), "publish": 1e3 * (t4 - t3), "total": 1e3 * (t4 - t0)}
-        self._frame_seconds = _moving_average(self._frame_seconds, t4 - t0)
-
-    def _disparity_message(self, products: DisparityProducts, geometry: StereoGeometry, header) -> DisparityImage:
-        x, y, w, h = products.window
-        return DisparityImage(header=header, image=array_to_image(products.disparity, "32FC1", header),
-                              f=float(geometry.focal), t=float(geometry.baseline),
-                              valid_window=RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h),
-                              min_disparity=products.min_disparity, max_disparity=products.max_disparity,
-                              delta_d=DELTA_D)
+        self.stats.stages_ms = stages_ms  # one assignment: the diagnostics timer (executor thread) reads it
+        self._frame_seconds = _moving_average(self._frame_seconds, stages_ms["total"] / 1e3)
 
     def _iteration_publisher(self, k: int):
         if k not in self.pub_iterations:

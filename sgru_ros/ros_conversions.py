@@ -1,14 +1,23 @@
-"""sensor_msgs/stereo_msgs <-> numpy, without cv_bridge (not installable everywhere)."""
+"""sensor_msgs/stereo_msgs <-> numpy, without cv_bridge (not installable everywhere).
+
+The one module that builds messages from a frame's products (``pipeline.FrameResult``):
+the node publishes them, the bag tool writes them.
+"""
 
 from __future__ import annotations
 
 import array
 
+import cv2
 import numpy as np
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField, RegionOfInterest
 from std_msgs.msg import Header
+from stereo_msgs.msg import DisparityImage
 
-from .geometry import CloudLayout, pack_cloud
+from .geometry import CloudLayout, DisparityProducts, StereoGeometry, pack_cloud
+
+#: DisparityImage.delta_d as stereo_image_proc sets it (its matcher's 1/16 px).
+DELTA_D = 1.0 / 16.0
 
 #: encoding -> (channels, dtype, channel order to get RGB)
 _ENCODINGS = {
@@ -22,8 +31,11 @@ _ENCODINGS = {
 SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
 
 
-def image_to_rgb(msg: Image) -> np.ndarray:
-    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8, mono16) -> H x W x 3 RGB uint8."""
+def image_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
+    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8, mono16) or CompressedImage
+    (jpeg, png, as image_transport's compressed plugin writes them) -> H x W x 3 RGB uint8."""
+    if isinstance(msg, CompressedImage):
+        return compressed_to_rgb(msg)
     if msg.encoding not in _ENCODINGS:
         raise ValueError(f"unsupported image encoding {msg.encoding!r}; use one of {', '.join(_ENCODINGS)}")
     channels, dtype, order = _ENCODINGS[msg.encoding]
@@ -42,6 +54,15 @@ def image_to_rgb(msg: Image) -> np.ndarray:
     if dtype == np.uint16:
         pixels = (pixels >> 8).astype(np.uint8)
     return np.ascontiguousarray(pixels[..., order])
+
+
+def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
+    """sensor_msgs/CompressedImage (any format OpenCV decodes: jpeg, png, ...) -> H x W x 3 RGB uint8."""
+    data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise ValueError(f"compressed image ({msg.format or 'no format'}, {data.size} bytes) could not be decoded")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def array_to_image(values: np.ndarray, encoding: str, header: Header) -> Image:
@@ -74,6 +95,16 @@ def cloud_message(points: np.ndarray, rgb: np.ndarray | None, layout: CloudLayou
                   for name, offset in layout.fields]
     msg.data = byte_array(pack_cloud(points, rgb, layout))
     return msg
+
+
+def disparity_message(products: DisparityProducts, geometry: StereoGeometry, header: Header) -> DisparityImage:
+    """stereo_msgs/DisparityImage as stereo_image_proc fills it (f, T, valid window, range, delta_d)."""
+    x, y, w, h = products.window
+    return DisparityImage(header=header, image=array_to_image(products.disparity, "32FC1", header),
+                          f=float(geometry.focal), t=float(geometry.baseline),
+                          valid_window=RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h),
+                          min_disparity=products.min_disparity, max_disparity=products.max_disparity,
+                          delta_d=DELTA_D)
 
 
 def projection(info: CameraInfo) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Colour maps for disparity (rviz Image display, CLI --color, demo PNG)."""
+"""Colour maps for disparity (rviz Image display, CLI --color and --preview, demo PNG)."""
 
 from __future__ import annotations
 
@@ -25,3 +25,10 @@ def colorize_disparity(disparity: np.ndarray, min_disparity: float | None = None
     color = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_TURBO)
     color[~valid] = 0
     return color
+
+
+def side_by_side(rgb: np.ndarray, color: np.ndarray) -> np.ndarray:
+    """A quick-look image: H x W x 3 RGB left image | H x W x 3 BGR colorized disparity -> H x 2W x 3 BGR."""
+    if rgb.shape[:2] != color.shape[:2]:
+        raise ValueError(f"image {rgb.shape[1]}x{rgb.shape[0]} and disparity {color.shape[1]}x{color.shape[0]} differ")
+    return np.hstack([cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), color])

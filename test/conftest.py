@@ -70,3 +70,22 @@ def pair_sequence(folder: Path, pair: tuple[Path, Path], count: int) -> Path:
         (seq / f"{i:03d}_L.png").write_bytes(pair[0].read_bytes())
         (seq / f"{i:03d}_R.png").write_bytes(pair[1].read_bytes())
     return seq
+
+
+#: The known-answer network's disparity step per iteration (px).
+STEP_PX = 2.0
+
+
+def known_answer_checkpoint(path: Path, config: dict = SMALL_RAFT) -> Path:
+    """A small network whose disparity head always outputs the same update: after k iterations the
+    disparity is k * STEP_PX everywhere (random weights elsewhere). Tests of plumbing and geometry
+    use it, so the answer does not depend on training."""
+    from sgru_ros.model import RaftConfig, SelectiveRAFT, save_checkpoint
+
+    torch.manual_seed(0)
+    model = SelectiveRAFT(RaftConfig(**config))
+    with torch.no_grad():
+        model.update_block.disp_head.conv2.weight.zero_()
+        model.update_block.disp_head.conv2.bias.fill_(-STEP_PX / model.downsample_factor)  # x-flow = -disparity
+    save_checkpoint(model, path)
+    return path

@@ -11,19 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
-import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from stereo_msgs.msg import DisparityImage
 
 from sgru_ros.io import write_image_rgb
-from sgru_ros.model import RaftConfig, SelectiveRAFT, save_checkpoint
 from sgru_ros.ros_conversions import stamp_ns
 
-from conftest import REPO, SMALL_RAFT
+from conftest import REPO, STEP_PX, known_answer_checkpoint  # noqa: F401 -- re-exported for the ROS tests
 
-STEP_PX = 2.0
 INPUT_TOPICS = ("left/image_rect", "right/image_rect", "left/camera_info", "right/camera_info")
 
 
@@ -31,19 +28,6 @@ INPUT_TOPICS = ("left/image_rect", "right/image_rect", "left/camera_info", "righ
 #: node to keep up with 10 Hz on two cores.
 TINY_RAFT = dict(hidden_dim=16, encoder_dims=(8, 8, 8), feature_dim=8, n_gru_layers=1, corr_levels=1,
                  n_downsample=3)
-
-
-def known_answer_checkpoint(path: Path, config: dict = SMALL_RAFT) -> Path:
-    """A small network whose disparity head always outputs the same update: after k iterations the
-    disparity is k * STEP_PX everywhere (random weights elsewhere). Tests of the node's plumbing
-    and geometry use it, so the answer does not depend on training."""
-    torch.manual_seed(0)
-    model = SelectiveRAFT(RaftConfig(**config))
-    with torch.no_grad():
-        model.update_block.disp_head.conv2.weight.zero_()
-        model.update_block.disp_head.conv2.bias.fill_(-STEP_PX / model.downsample_factor)  # x-flow = -disparity
-    save_checkpoint(model, path)
-    return path
 
 
 def remapped_inputs(camera: str) -> list[str]:

@@ -112,6 +112,23 @@ def test_cli_glob_patterns_write_a_folder(tmp_path, small_raft_checkpoint, stere
     assert proc.returncode == 1 and "matches 3 files but --right matches 2" in proc.stderr
 
 
+def test_cli_folder_run_reports_progress_skips_a_broken_pair_and_sums_up(tmp_path, small_raft_checkpoint,
+                                                                        stereo_pair_files):
+    seq = pair_sequence(tmp_path, stereo_pair_files, 3)
+    (seq / "001_R.png").write_bytes(b"not an image")
+    proc = run_cli("infer", "--checkpoint", str(small_raft_checkpoint), "--left", str(seq / "*_L.png"),
+                   "--right", str(seq / "*_R.png"), "--out", str(tmp_path / "out"), "--iters", "2", "--device", "cpu",
+                   "--preview", str(tmp_path / "preview"))
+    assert proc.returncode == 1
+    assert "pairs: 3, written: 2, skipped: 1 ValueError" in proc.stdout
+    assert f"{seq / '001_L.png'}: skipped (" in proc.stderr and "3/3" in proc.stderr  # the bar's last count
+    assert proc.stderr.strip().splitlines()[-1] == "sgru-stereo infer: error: 1 of 3 pairs failed (see above)"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["000_L.png", "002_L.png"]
+    preview = read_image(tmp_path / "preview" / "000_L.png")
+    left = read_image(stereo_pair_files[0])
+    assert preview.shape == (100, 300, 3) and np.array_equal(preview[:, :150], left)
+
+
 @pytest.mark.parametrize("variant", ["raft", "igev"])
 @pytest.mark.parametrize("size", [(1, 1), (1, 200), (200, 1), (640, 1), (32, 32), (33, 33), (3, 2)])
 def test_images_below_the_network_minimum_are_padded_up_to_it(variant, size):

@@ -1,0 +1,230 @@
+"""sgru-stereo bag: a rosbag2 recording in, a new bag with the node's outputs out.
+
+Reads MCAP or sqlite3 rosbag2 folders with the pure-Python ``rosbags`` library
+(no ROS install), synchronises the left/right images and camera_infos by stamp
+like the node (``sync.StereoSynchronizer``: exact, or approximate within a
+tolerance), runs every set through ``pipeline.StereoPipeline`` (offline: nothing
+is dropped for time), and writes the chosen outputs with the input stamps. The
+messages are built by ``ros_conversions`` exactly as the node publishes them and
+serialised with rclpy, so a bag and a live run of the same frame agree.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .geometry import CloudLayout
+from .pipeline import GeometryOptions, StereoPipeline, failure_kind
+from .sync import StereoSynchronizer
+
+#: Outputs a bag can get, as topic names under the output namespace.
+OUTPUTS = ("disparity", "points2", "depth/image_rect", "depth/camera_info")
+DEFAULT_OUTPUTS = ("disparity", "points2")
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+OUTPUT_TYPES = {"disparity": "stereo_msgs/msg/DisparityImage", "points2": "sensor_msgs/msg/PointCloud2",
+                "depth/image_rect": "sensor_msgs/msg/Image", "depth/camera_info": INFO_TYPE}
+
+
+@dataclass(frozen=True)
+class StereoTopics:
+    """The four input topics, in the node's order (left image, right image, left info, right info)."""
+
+    left_image: str
+    right_image: str
+    left_info: str
+    right_info: str
+
+    @classmethod
+    def under(cls, namespace: str, image: str = "image_rect") -> StereoTopics:
+        """The node's topic names under ``namespace`` (e.g. /stereo -> /stereo/left/image_rect, ...)."""
+        base = "/" + namespace.strip("/") if namespace.strip("/") else ""
+        return cls(f"{base}/left/{image}", f"{base}/right/{image}", f"{base}/left/camera_info",
+                   f"{base}/right/camera_info")
+
+    def __iter__(self):
+        return iter((self.left_image, self.right_image, self.left_info, self.right_info))
+
+
+@dataclass(frozen=True)
+class BagOptions:
+    """What to run and write. start/end: seconds from the bag's first message."""
+
+    iterations: int = 8
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS
+    output_namespace: str = "/sgru"
+    tolerance_s: float | None = None  # None: exact stamps; else approximate within this
+    every: int = 1
+    start: float = 0.0
+    end: float = math.inf
+    copy_inputs: bool = False
+    geometry: GeometryOptions = GeometryOptions()
+    cloud: CloudLayout = CloudLayout(color=True, avoid_padding=False)
+    storage: str = "mcap"
+    queue_size: int = 1000
+
+
+@dataclass
+class BagSummary:
+    """Counts of one conversion: every input message is in exactly one of a set or unmatched."""
+
+    messages_in: Counter = field(default_factory=Counter)  # per input topic
+    sets: int = 0
+    processed: int = 0
+    skipped: Counter = field(default_factory=Counter)  # sets by reason
+    unmatched: int = 0  # input messages that joined no set (no partner with the same/near stamp)
+    written: Counter = field(default_factory=Counter)  # per output topic
+
+    def lines(self) -> list[str]:
+        skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items())) or "none"
+        return [f"messages in: {sum(self.messages_in.values())} "
+                f"({', '.join(f'{t} {n}' for t, n in sorted(self.messages_in.items()))})",
+                f"sets formed: {self.sets}, processed: {self.processed}, skipped: {skipped}",
+                f"messages that joined no set: {self.unmatched}",
+                f"written: {', '.join(f'{t} {n}' for t, n in sorted(self.written.items())) or 'nothing'}"]
+
+
+def _ros_types():
+    """rclpy message classes by rosbag2 type name (imported late: rclpy is the `ros` extra)."""
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+    from stereo_msgs.msg import DisparityImage
+
+    return {"sensor_msgs/msg/Image": Image, "sensor_msgs/msg/CompressedImage": CompressedImage,
+            INFO_TYPE: CameraInfo, "sensor_msgs/msg/PointCloud2": PointCloud2,
+            "stereo_msgs/msg/DisparityImage": DisparityImage}
+
+
+def check_topics(available: dict[str, str | None], topics: StereoTopics) -> None:
+    """Raise ValueError (one line) unless the bag has the four topics with usable types.
+    available: topic -> rosbag2 message type."""
+    expected = zip(topics, (IMAGE_TYPES, IMAGE_TYPES, (INFO_TYPE,), (INFO_TYPE,)))
+    problems = [f"{topic} missing" if topic not in available else f"{topic} is {available[topic]}, not "
+                f"{' or '.join(types)}" for topic, types in expected
+                if available.get(topic) not in types]
+    if problems:
+        has = ", ".join(f"{t} ({m})" for t, m in sorted(available.items())) or "no topics"
+        raise ValueError(f"{'; '.join(problems)}. The bag has: {has}")
+
+
+def convert_bag(source: str | Path, target: str | Path, pipeline: StereoPipeline, topics: StereoTopics,
+                options: BagOptions = BagOptions(),
+                progress: Callable[[int, int], object] | None = None) -> BagSummary:
+    """Run every synchronised set of ``source`` and write ``target`` (a new rosbag2 folder).
+    progress: called as progress(sets handled, left images in range) after each set.
+    Raises ValueError for a bag it cannot use."""
+    from rclpy.serialization import deserialize_message, serialize_message
+    from rosbags.highlevel import AnyReader
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from .ros_conversions import array_to_image, cloud_message, disparity_message, image_to_rgb, projection, stamp_ns
+
+    unknown = [o for o in options.outputs if o not in OUTPUTS]
+    if unknown or not options.outputs:
+        raise ValueError(f"unknown output {unknown[0] if unknown else '(none given)'}; choose from "
+                         f"{', '.join(OUTPUTS)}")
+    if options.every < 1:
+        raise ValueError(f"--every must be >= 1, got {options.every}")
+    if options.storage not in ("mcap", "sqlite3"):
+        raise ValueError(f"storage must be mcap or sqlite3, got {options.storage!r}")
+    source, target = Path(source), Path(target)
+    if not source.exists():
+        raise ValueError(f"{source} does not exist")
+    if target.exists():
+        raise ValueError(f"{target} exists; the output bag must be a new folder")
+    ros_types = _ros_types()
+    typestore = get_typestore(Stores.ROS2_KILTED)
+    tolerance = None if options.tolerance_s is None else round(options.tolerance_s * 1e9)
+    sync = StereoSynchronizer(4, options.queue_size, tolerance)
+    summary = BagSummary()
+    try:
+        reader = AnyReader([source], default_typestore=typestore)
+        reader.open()
+    except Exception as err:  # noqa: BLE001 -- rosbags raises several kinds for an unreadable bag
+        raise ValueError(f"{source} is not a readable rosbag2: {str(err).splitlines()[0]}") from None
+    try:
+        check_topics({name: info.msgtype for name, info in reader.topics.items()}, topics)
+        by_topic = {t: i for i, t in enumerate(topics)}
+        inputs = [c for c in reader.connections if c.topic in by_topic]
+        start = reader.start_time + round(options.start * 1e9)
+        stop = None if math.isinf(options.end) else reader.start_time + round(options.end * 1e9) + 1
+        lefts = [c for c in inputs if c.topic == topics.left_image]
+        in_range = (sum(c.msgcount for c in lefts) if options.start <= 0 and stop is None
+                    else sum(1 for _ in reader.messages(lefts, start=start, stop=stop)))
+        namespace = "/" + options.output_namespace.strip("/") if options.output_namespace.strip("/") else ""
+        plugin = StoragePlugin.MCAP if options.storage == "mcap" else StoragePlugin.SQLITE3
+        with Writer(target, version=Writer.VERSION_LATEST, storage_plugin=plugin) as writer:
+            out = {name: writer.add_connection(f"{namespace}/{name}", OUTPUT_TYPES[name], typestore=typestore)
+                   for name in options.outputs}
+            copies = {c.id: writer.add_connection(c.topic, c.msgtype, typestore=typestore)
+                      for c in inputs} if options.copy_inputs else {}
+
+            def write(name: str, log_time: int, msg) -> None:
+                writer.write(out[name], log_time, serialize_message(msg))
+                summary.written[out[name].topic] += 1
+
+            def run_set(log_time: int, left_msg, right_msg, left_info, right_info) -> str:
+                """Process one set and write its outputs; returns why it was skipped, or ''."""
+                if (summary.sets - 1) % options.every:
+                    return f"--every {options.every}"
+                try:
+                    left, right = image_to_rgb(left_msg), image_to_rgb(right_msg)
+                    result = pipeline.process(
+                        left, right, projection(left_info), projection(right_info), iterations=options.iterations,
+                        depth=any(o in options.outputs for o in ("points2", "depth/image_rect")),
+                        options=options.geometry,
+                        calibrated_sizes=[(i.width, i.height) for i in (left_info, right_info)])
+                except Exception as err:  # noqa: BLE001 -- one bad set is counted and skipped, the rest go on
+                    kind = failure_kind(err)
+                    print(f"set at {stamp_ns(left_info.header) / 1e9:.6f} skipped ({kind}): "
+                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+                    return kind
+                header = left_info.header
+                if "disparity" in out:
+                    write("disparity", log_time, disparity_message(result.disparity, result.geometry, header))
+                if "points2" in out:
+                    write("points2", log_time, cloud_message(result.points, left, options.cloud, header))
+                if "depth/image_rect" in out:
+                    write("depth/image_rect", log_time, array_to_image(result.depth, "32FC1", header))
+                if "depth/camera_info" in out:
+                    write("depth/camera_info", log_time, left_info)
+                return ""
+
+            for connection, log_time, raw in reader.messages(inputs, start=start, stop=stop):
+                index = by_topic[connection.topic]
+                summary.messages_in[connection.topic] += 1
+                if connection.id in copies:
+                    writer.write(copies[connection.id], log_time, raw)
+                    summary.written[connection.topic] += 1
+                msg = deserialize_message(raw, ros_types[connection.msgtype])
+                frame = sync.add(index, stamp_ns(msg.header), (log_time, msg))
+                if frame is None:
+                    continue
+                summary.sets += 1
+                (log_time, left_msg), (_, right_msg), (_, left_info), (_, right_info) = frame
+                skipped = run_set(log_time, left_msg, right_msg, left_info, right_info)
+                if skipped:
+                    summary.skipped[skipped] += 1
+                else:
+                    summary.processed += 1
+                if progress is not None:
+                    progress(summary.sets, in_range)
+    finally:
+        reader.close()
+    summary.unmatched = sum(sync.stats.unmatched) + sum(len(q) for q in sync.queues)
+    return summary
+
+
+def parse_outputs(names: Sequence[str]) -> tuple[str, ...]:
+    """--outputs values (comma or space separated) in OUTPUTS' order, without repeats."""
+    wanted = {name.strip() for item in names for name in item.split(",") if name.strip()}
+    unknown = sorted(wanted - set(OUTPUTS))
+    if unknown:
+        raise ValueError(f"unknown output {unknown[0]}; choose from {', '.join(OUTPUTS)}")
+    return tuple(name for name in OUTPUTS if name in wanted)
+

@@ -1,0 +1,132 @@
+"""One stereo frame from rectified images to geometry, without ROS.
+
+    pipeline = StereoPipeline(StereoEstimator.from_checkpoint(None))
+    frame = pipeline.process(left_rgb, right_rgb, p_left, p_right, iterations=8)
+    frame.disparity.disparity   # H x W published disparity d' (stereo_msgs/DisparityImage)
+    frame.depth, frame.points   # H x W metres and H x W x 3 points, NaN where invalid
+
+The one place where a frame is checked, run through the network and turned
+into disparity, depth and points: the node, the bag tool and the CLI call it
+and only convert messages or files around it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .geometry import DisparityProducts, StereoGeometry, depth_products, disparity_products
+from .inference import StereoEstimator, is_out_of_memory
+
+
+@dataclass(frozen=True)
+class GeometryOptions:
+    """Which disparities become points (and depth pixels): depth within
+    [min_depth, max_depth] metres, and, unless ``flying_pixel_threshold`` is
+    None, not on a depth edge (``geometry.flying_pixels``)."""
+
+    min_depth: float = 0.0
+    max_depth: float = 100.0
+    flying_pixel_threshold: float | None = 1.0
+
+
+@dataclass
+class FrameResult:
+    """One processed frame, all arrays H x W in the input's pixels.
+
+    disparity: the published disparity (d' = d - (cx_l - cx_r)), its validity
+        mask, valid window and range (``geometry.DisparityProducts``).
+    depth: float32 metres, NaN where no point; None when not asked for.
+    points: H x W x 3 float32 in the left optical frame (x right, y down,
+        z forward), NaN where invalid; None when depth was not asked for.
+    intermediate: the disparity after fewer iterations of the same pass.
+    processed_size: (height, width) the network ran at (smaller when the
+        estimator downscales large frames).
+    timings_ms: 'checks', 'inference' and 'geometry' in milliseconds.
+    """
+
+    geometry: StereoGeometry
+    disparity: DisparityProducts
+    depth: np.ndarray | None
+    points: np.ndarray | None
+    intermediate: dict[int, DisparityProducts]
+    processed_size: tuple[int, int]
+    timings_ms: dict[str, float]
+
+    @property
+    def valid_fraction(self) -> float:
+        """Share of pixels with a valid disparity."""
+        return float(self.disparity.valid.mean())
+
+
+def failure_kind(err: BaseException) -> str:
+    """What a failed frame is counted as: bad_input, out_of_memory or the exception's class."""
+    if is_out_of_memory(err):
+        return "out_of_memory"
+    return "bad_input" if isinstance(err, ValueError) else type(err).__name__
+
+
+def check_frame(left: np.ndarray, right: np.ndarray,
+                calibrated_sizes: Sequence[tuple[int, int] | None] = (None, None)) -> None:
+    """Raise ValueError (one line) unless left and right are images of one size
+    and each camera's calibrated (width, height) matches it; a size of None or
+    (0, 0) means the calibration does not say."""
+    if left.ndim < 2 or right.ndim < 2:
+        raise ValueError(f"expected H x W (x 3) images, got shapes {left.shape} and {right.shape}")
+    if left.shape != right.shape:
+        raise ValueError(f"left image is {left.shape[1]}x{left.shape[0]} but right is "
+                         f"{right.shape[1]}x{right.shape[0]}")
+    for name, size in zip(("left", "right"), calibrated_sizes):
+        if size is not None and tuple(size) not in ((left.shape[1], left.shape[0]), (0, 0)):
+            raise ValueError(f"{name} camera_info is {size[0]}x{size[1]} but the images are "
+                             f"{left.shape[1]}x{left.shape[0]}")
+
+
+class StereoPipeline:
+    """A StereoEstimator plus what turns its disparity into published products."""
+
+    def __init__(self, estimator: StereoEstimator) -> None:
+        self.estimator = estimator
+
+    def max_disparity(self, width: int) -> float:
+        """The largest disparity the network can give: IGEV's cost volume, else the image width."""
+        return float(self.estimator.max_disp if self.estimator.variant == "igev" else width)
+
+    def process(self, left: np.ndarray, right: np.ndarray, p_left: np.ndarray, p_right: np.ndarray, *,
+                iterations: int, extra_iterations: Sequence[int] = (), depth: bool = True,
+                options: GeometryOptions = GeometryOptions(),
+                calibrated_sizes: Sequence[tuple[int, int] | None] = (None, None),
+                cancel: threading.Event | None = None) -> FrameResult:
+        """Check, run and turn one rectified pair into geometry.
+
+        left, right: H x W x 3 RGB uint8 (or H x W mono). p_left, p_right: the
+        cameras' 3 x 4 rectified projection matrices (camera_info P).
+        extra_iterations: also keep the disparity after these counts (< iterations).
+        depth: also compute depth and points (skip when nobody wants them).
+        Raises ValueError for bad input, InferenceCancelled once ``cancel`` is set.
+        """
+        t0 = time.perf_counter()
+        check_frame(left, right, calibrated_sizes)
+        geometry = StereoGeometry.from_projections(p_left, p_right)
+        extra = sorted({k for k in extra_iterations if 1 <= k < iterations})
+        t1 = time.perf_counter()
+        result = self.estimator.estimate(left, right, iters=iterations, output_iters=extra, cancel=cancel)
+        t2 = time.perf_counter()
+        max_disp = self.max_disparity(left.shape[1])
+        if depth:
+            products = depth_products(result.disparity, geometry, max_disparity=max_disp,
+                                      min_depth=options.min_depth, max_depth=options.max_depth,
+                                      flying_threshold=options.flying_pixel_threshold)
+            disparity, depth_map, points = products.disparity, products.depth, products.points
+        else:
+            disparity, depth_map, points = disparity_products(result.disparity, geometry, max_disp), None, None
+        intermediate = {k: disparity_products(d, geometry, max_disp) for k, d in result.intermediate.items()}
+        t3 = time.perf_counter()
+        return FrameResult(geometry=geometry, disparity=disparity, depth=depth_map, points=points,
+                           intermediate=intermediate, processed_size=result.processed_size,
+                           timings_ms={"checks": 1e3 * (t1 - t0), "inference": 1e3 * (t2 - t1),
+                                       "geometry": 1e3 * (t3 - t2)})
