@@ -111,6 +111,27 @@ def check_topics(available: dict[str, str | None], topics: StereoTopics) -> None
         raise ValueError(f"{'; '.join(problems)}. The bag has: {has}")
 
 
+def open_bag(source: str | Path, topics: StereoTopics):
+    """``source`` opened with rosbags (an AnyReader; close it) after checking that it has the
+    four topics; ValueError (one line) for a bag it cannot use."""
+    from rosbags.highlevel import AnyReader
+
+    source = Path(source)
+    if not source.exists():
+        raise ValueError(f"{source}: no such bag")
+    try:
+        reader = AnyReader([source])
+        reader.open()
+    except Exception as err:  # noqa: BLE001 -- rosbags raises several kinds for an unreadable bag
+        raise ValueError(f"{source} is not a readable rosbag2: {str(err).splitlines()[0]}") from None
+    try:
+        check_topics({name: info.msgtype for name, info in reader.topics.items()}, topics)
+    except ValueError:
+        reader.close()
+        raise
+    return reader
+
+
 def convert_bag(source: str | Path, target: str | Path, pipeline: StereoPipeline, topics: StereoTopics,
                 options: BagOptions = BagOptions(),
                 progress: Callable[[int, int], object] | None = None) -> BagSummary:
@@ -118,7 +139,6 @@ def convert_bag(source: str | Path, target: str | Path, pipeline: StereoPipeline
     progress: called as progress(sets handled, left images in range) after each set.
     Raises ValueError for a bag it cannot use."""
     from rclpy.serialization import deserialize_message, serialize_message
-    from rosbags.highlevel import AnyReader
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
@@ -132,9 +152,7 @@ def convert_bag(source: str | Path, target: str | Path, pipeline: StereoPipeline
         raise ValueError(f"--every must be >= 1, got {options.every}")
     if options.storage not in ("mcap", "sqlite3"):
         raise ValueError(f"storage must be mcap or sqlite3, got {options.storage!r}")
-    source, target = Path(source), Path(target)
-    if not source.exists():
-        raise ValueError(f"{source} does not exist")
+    target = Path(target)
     if target.exists():
         raise ValueError(f"{target} exists; the output bag must be a new folder")
     ros_types = _ros_types()
@@ -142,13 +160,8 @@ def convert_bag(source: str | Path, target: str | Path, pipeline: StereoPipeline
     tolerance = None if options.tolerance_s is None else round(options.tolerance_s * 1e9)
     sync = StereoSynchronizer(4, options.queue_size, tolerance)
     summary = BagSummary()
+    reader = open_bag(source, topics)
     try:
-        reader = AnyReader([source], default_typestore=typestore)
-        reader.open()
-    except Exception as err:  # noqa: BLE001 -- rosbags raises several kinds for an unreadable bag
-        raise ValueError(f"{source} is not a readable rosbag2: {str(err).splitlines()[0]}") from None
-    try:
-        check_topics({name: info.msgtype for name, info in reader.topics.items()}, topics)
         by_topic = {t: i for i, t in enumerate(topics)}
         inputs = [c for c in reader.connections if c.topic in by_topic]
         start = reader.start_time + round(options.start * 1e9)

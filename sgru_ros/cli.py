@@ -292,7 +292,7 @@ class _Progress:
 
 
 def cmd_bag(args: argparse.Namespace) -> None:
-    from .bag import BagOptions, StereoTopics, convert_bag, parse_outputs
+    from .bag import BagOptions, StereoTopics, convert_bag, open_bag, parse_outputs
 
     image = "image_rect/compressed" if args.compressed else "image_rect"
     chosen = {"left_image": args.left_image, "right_image": args.right_image, "left_info": args.left_info,
@@ -308,10 +308,9 @@ def cmd_bag(args: argparse.Namespace) -> None:
         geometry=GeometryOptions(min_depth=args.min_depth, max_depth=args.max_depth,
                                  flying_pixel_threshold=args.flying_pixel_threshold or None),
         cloud=CloudLayout(color=not args.no_color, avoid_padding=False))
-    if not Path(args.input).exists():
-        raise CommandError(f"{args.input}: no such bag")
     if Path(args.output).exists():
         raise CommandError(f"{args.output}: exists; the output bag must be a new folder")
+    open_bag(args.input, topics).close()  # a bag it cannot use is named before the model loads
     pipeline = StereoPipeline(estimator_from_args(args))
     print(f"model: {pipeline.estimator.variant} ({args.checkpoint or 'bundled'}), device "
           f"{pipeline.estimator.device}, precision {pipeline.estimator.precision}, {args.iters} iterations; "

@@ -197,6 +197,7 @@ def test_a_bag_without_the_topics_gets_one_line_naming_what_it_has(tmp_path):
     line = run.stderr.strip()
     assert line.startswith("sgru-stereo bag: error: /stereo/left/image_rect missing")
     assert "/camera/left/image_rect (sensor_msgs/msg/Image)" in line
+    assert "model:" not in run.stdout  # the bag is checked before the network loads
     assert not (tmp_path / "out").exists()
     run = run_cli("bag", str(source), str(tmp_path / "out"), "--namespace", "/camera", "--compressed")
     assert run.returncode == 1
