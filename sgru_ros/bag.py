@@ -12,6 +12,7 @@ serialised with rclpy, so a bag and a live run of the same frame agree.
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .geometry import CloudLayout
+from .inference import release_memory
 from .pipeline import GeometryOptions, StereoPipeline, failure_kind
 from .sync import StereoSynchronizer
 
@@ -66,7 +68,7 @@ class BagOptions:
     geometry: GeometryOptions = GeometryOptions()
     cloud: CloudLayout = CloudLayout(color=True, avoid_padding=False)
     storage: str = "mcap"
-    queue_size: int = 1000
+    queue_size: int = 30  # messages per input waiting for partners (a recording is in log order)
 
 
 @dataclass
@@ -126,6 +128,9 @@ def open_bag(source: str | Path, topics: StereoTopics):
         raise ValueError(f"{source} is not a readable rosbag2: {str(err).splitlines()[0]}") from None
     try:
         check_topics({name: info.msgtype for name, info in reader.topics.items()}, topics)
+        empty = [topic for topic in topics if reader.topics[topic].msgcount == 0]
+        if empty:
+            raise ValueError(f"{', '.join(empty)}: no messages in {source}")
     except ValueError:
         reader.close()
         raise
@@ -162,20 +167,28 @@ def convert_bag(source: str | Path, target: str | Path, pipeline: StereoPipeline
     summary = BagSummary()
     reader = open_bag(source, topics)
     try:
+        duration_s = reader.duration / 1e9
         by_topic = {t: i for i, t in enumerate(topics)}
         inputs = [c for c in reader.connections if c.topic in by_topic]
         start = reader.start_time + round(options.start * 1e9)
         stop = None if math.isinf(options.end) else reader.start_time + round(options.end * 1e9) + 1
-        lefts = [c for c in inputs if c.topic == topics.left_image]
-        in_range = (sum(c.msgcount for c in lefts) if options.start <= 0 and stop is None
-                    else sum(1 for _ in reader.messages(lefts, start=start, stop=stop)))
+        # Left images in the window, for the progress bar: exact without a window, else in proportion.
+        in_range = reader.topics[topics.left_image].msgcount
+        if options.start > 0 or stop is not None:
+            window = min(stop or reader.end_time, reader.end_time) - max(start, reader.start_time)
+            in_range = max(0, round(in_range * window / max(reader.duration, 1)))
         namespace = "/" + options.output_namespace.strip("/") if options.output_namespace.strip("/") else ""
         plugin = StoragePlugin.MCAP if options.storage == "mcap" else StoragePlugin.SQLITE3
         with Writer(target, version=Writer.VERSION_LATEST, storage_plugin=plugin) as writer:
             out = {name: writer.add_connection(f"{namespace}/{name}", OUTPUT_TYPES[name], typestore=typestore)
                    for name in options.outputs}
-            copies = {c.id: writer.add_connection(c.topic, c.msgtype, typestore=typestore)
-                      for c in inputs} if options.copy_inputs else {}
+            copies = {}
+            for c in inputs if options.copy_inputs else ():
+                if c.topic not in copies:  # the input's own definition where it has one (rosbag2 >= Iron)
+                    own = c.msgdef.data and c.digest.startswith("RIHS01_")
+                    copies[c.topic] = writer.add_connection(c.topic, c.msgtype, typestore=typestore,
+                                                            msgdef=c.msgdef.data if own else None,
+                                                            rihs01=c.digest if own else None)
 
             def write(name: str, log_time: int, msg) -> None:
                 writer.write(out[name], log_time, serialize_message(msg))
@@ -211,8 +224,8 @@ def convert_bag(source: str | Path, target: str | Path, pipeline: StereoPipeline
             for connection, log_time, raw in reader.messages(inputs, start=start, stop=stop):
                 index = by_topic[connection.topic]
                 summary.messages_in[connection.topic] += 1
-                if connection.id in copies:
-                    writer.write(copies[connection.id], log_time, raw)
+                if connection.topic in copies:
+                    writer.write(copies[connection.topic], log_time, raw)
                     summary.written[connection.topic] += 1
                 msg = deserialize_message(raw, ros_types[connection.msgtype])
                 frame = sync.add(index, stamp_ns(msg.header), (log_time, msg))
@@ -221,15 +234,28 @@ def convert_bag(source: str | Path, target: str | Path, pipeline: StereoPipeline
                 summary.sets += 1
                 (log_time, left_msg), (_, right_msg), (_, left_info), (_, right_info) = frame
                 skipped = run_set(log_time, left_msg, right_msg, left_info, right_info)
+                if skipped == "out_of_memory":  # out of the except block: its traceback held the set's tensors
+                    release_memory(pipeline.estimator.device)
                 if skipped:
                     summary.skipped[skipped] += 1
                 else:
                     summary.processed += 1
                 if progress is not None:
                     progress(summary.sets, in_range)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)  # a bag cut short has no metadata: nobody can read it
+        raise
     finally:
         reader.close()
     summary.unmatched = sum(sync.stats.unmatched) + sum(len(q) for q in sync.queues)
+    if summary.sets == 0:
+        shutil.rmtree(target, ignore_errors=True)
+        if not summary.messages_in:
+            raise ValueError(f"no input messages between --start {options.start:g} s and --end {options.end:g} s "
+                             f"(the bag lasts {duration_s:.3f} s)")
+        raise ValueError(f"no synchronised set formed from {sum(summary.messages_in.values())} messages: "
+                         + ("stamps must be identical for exact sync; try --approximate-sync SECONDS"
+                            if tolerance is None else f"no stamps within {options.tolerance_s:g} s of each other"))
     return summary
 
 

@@ -273,16 +273,21 @@ class _Progress:
     any work prints no empty bar; silent without tqdm or when disabled."""
 
     def __init__(self, enabled: bool, unit: str) -> None:
-        self.enabled, self.unit, self.bar = enabled, unit, None
+        self.unit, self.bar, self.tqdm = unit, None, None
+        if enabled:
+            try:
+                from tqdm import tqdm
+                self.tqdm = tqdm
+            except ImportError:
+                pass
+
+    @property
+    def enabled(self) -> bool:
+        return self.tqdm is not None
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None and self.enabled:
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                self.enabled = False
-                return
-            self.bar = tqdm(total=total, unit=self.unit, dynamic_ncols=True, file=sys.stderr)
+            self.bar = self.tqdm(total=total, unit=self.unit, dynamic_ncols=True, file=sys.stderr)
         if self.bar is not None:
             self.bar.update(done - self.bar.n)
 
@@ -305,6 +310,7 @@ def cmd_bag(args: argparse.Namespace) -> None:
         iterations=args.iters, outputs=parse_outputs(args.outputs), output_namespace=args.output_namespace,
         tolerance_s=args.approximate_sync, every=args.every, start=args.start,
         end=math.inf if args.end is None else args.end, copy_inputs=args.copy_inputs, storage=args.storage,
+        queue_size=args.queue_size,
         geometry=GeometryOptions(min_depth=args.min_depth, max_depth=args.max_depth,
                                  flying_pixel_threshold=args.flying_pixel_threshold or None),
         cloud=CloudLayout(color=not args.no_color, avoid_padding=False))
@@ -483,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     bag.add_argument("--start", type=float, default=0.0, help="seconds from the bag's start to begin at")
     bag.add_argument("--end", type=float, help="seconds from the bag's start to stop at (default: the end)")
     bag.add_argument("--copy-inputs", action="store_true", help="also copy the input topics into the output bag")
+    bag.add_argument("--queue-size", type=_int_type(1), default=30,
+                     help="messages kept per input while waiting for their partners (default 30)")
     bag.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="output format (default mcap)")
     defaults = GeometryOptions()
     bag.add_argument("--min-depth", type=float, default=defaults.min_depth,

@@ -186,6 +186,22 @@ def test_bad_sets_are_counted_and_skipped_and_times_select_frames(tmp_path):
     assert [stamp_ns(m.header) // 10**9 for m in read_bag(tmp_path / "window")["/sgru/disparity"]] == [6, 8]
 
 
+def test_nothing_to_process_is_an_error_and_leaves_no_output(tmp_path):
+    rng = np.random.default_rng(6)
+    pair = tuple(rng.integers(0, 255, size=(32, 64, 3), dtype=np.uint8) for _ in range(2))
+    calibration = StereoCalibration(focal_length=50.0, cx=32.0, cy=16.0, cx_right=32.0, baseline=0.1)
+    source = tmp_path / "late_right"
+    write_stereo_bag(source, pair, calibration, [1, 2], right_delay_ns=3_000_000)
+    for extra, message in (([], "no synchronised set formed from 8 messages: stamps must be identical for exact "
+                                "sync; try --approximate-sync SECONDS"),
+                           (["--approximate-sync", "0.001"], "no stamps within 0.001 s of each other"),
+                           (["--start", "5", "--approximate-sync", "0.01"], "no input messages between --start 5 s")):
+        run = run_cli("bag", str(source), str(tmp_path / "out"), "--namespace", "/stereo", "--device", "cpu",
+                      "--no-progress", *extra)
+        assert run.returncode == 1 and message in run.stderr.strip().splitlines()[-1], run.stderr
+        assert not (tmp_path / "out").exists()
+
+
 def test_a_bag_without_the_topics_gets_one_line_naming_what_it_has(tmp_path):
     rng = np.random.default_rng(5)
     pair = tuple(rng.integers(0, 255, size=(32, 64, 3), dtype=np.uint8) for _ in range(2))
