@@ -27,6 +27,7 @@ from .inference import MAX_ITERATIONS, PRECISIONS, StereoEstimator, StereoResult
 from .io import DISPARITY_FORMATS, IMAGE_FORMATS, read_image, write_disparity, write_image
 from .model import SIZE_MULTIPLE, CheckpointError
 from .model.checkpoint import VARIANTS
+from .bag import DEFAULT_OUTPUTS, OUTPUTS
 from .geometry import CloudLayout
 from .pipeline import GeometryOptions, StereoPipeline
 from .visualize import colorize_disparity, side_by_side
@@ -480,9 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
         bag.add_argument(f"--{side}-image", help=f"{side} image topic (overrides --namespace)")
         bag.add_argument(f"--{side}-info", help=f"{side} camera_info topic (overrides --namespace)")
     bag.add_argument("--output-namespace", default="/sgru", help="namespace of the written topics (default /sgru)")
-    bag.add_argument("--outputs", nargs="+", default=["disparity", "points2"],
-                     help="any of disparity, points2, depth/image_rect, depth/camera_info "
-                          "(default disparity points2)")
+    bag.add_argument("--outputs", nargs="+", default=list(DEFAULT_OUTPUTS),
+                     help=f"any of {', '.join(OUTPUTS)} (default {' '.join(DEFAULT_OUTPUTS)})")
     bag.add_argument("--approximate-sync", type=_positive_float, metavar="SECONDS",
                      help="match inputs by nearest stamp within this tolerance (default: identical stamps)")
     bag.add_argument("--every", type=_int_type(1), default=1, help="process every Nth set (default 1: all)")

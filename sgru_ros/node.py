@@ -345,13 +345,16 @@ class StereoNode(Node):
             ("disparity", self.pub_disparity), ("depth", self.pub_depth), ("color", self.pub_color),
             ("points", self.pub_points))}
         p, iterations = self._param, self._param("iterations")
+        # Intermediate iterations too: the network upsamples only those somebody subscribes to.
+        extra = [k for k in p("publish_iterations") if k < iterations
+                 and self._iteration_publisher(k).get_subscription_count()]
         options = GeometryOptions(min_depth=p("min_depth"), max_depth=p("max_depth"),
                                   flying_pixel_threshold=p("flying_pixel_threshold") if p("filter_flying_pixels")
                                   else None)
         t1 = time.perf_counter()
         frame = self.pipeline.process(
             left, right, projection(left_info), projection(right_info), iterations=iterations,
-            extra_iterations=p("publish_iterations"), depth=wanted["points"] or wanted["depth"], options=options,
+            extra_iterations=extra, depth=wanted["points"] or wanted["depth"], options=options,
             calibrated_sizes=[(info.width, info.height) for info in (left_info, right_info)], cancel=self._cancel)
         t2 = time.perf_counter()
         header = left_info.header
@@ -382,9 +385,7 @@ class StereoNode(Node):
         if cloud is not None:
             self.pub_points.publish(cloud)
         for k, products in frame.intermediate.items():
-            publisher = self._iteration_publisher(k)
-            if publisher.get_subscription_count():
-                publisher.publish(disparity_message(products, frame.geometry, header))
+            self._iteration_publisher(k).publish(disparity_message(products, frame.geometry, header))
 
     def _record(self, frame: FrameResult, size: tuple[int, int], iterations: int, stages_ms: dict[str, float]) -> None:
         """Statistics for /diagnostics, and one log line whenever the input resolution changes."""
