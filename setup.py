@@ -17,9 +17,9 @@ setup(
         # `ros2 run` and launch_ros look for executables only in <prefix>/lib/<package>. The console scripts
         # below always go to <prefix>/bin, with a shebang naming the interpreter the package was installed
         # into (pip, pip --user, a venv that is not activated, colcon: setup.cfg does not redirect them).
-        # These two tiny sh wrappers (their run bit is kept in the wheel) exec <prefix>/bin/<same name>, so
+        # These tiny sh wrappers (their run bit is kept in the wheel) exec <prefix>/bin/<same name>, so
         # each file is written by exactly one mechanism and no `#!/usr/bin/env python3` picks the wrong python.
-        ("lib/" + package_name, ["bin/stereo_node", "bin/sample_source"]),
+        ("lib/" + package_name, ["bin/stereo_node", "bin/stereo_lifecycle_node", "bin/sample_source"]),
     ],
     # Every third-party module the node, the sample source and the launch file import at run time
     # (test/test_package.py checks this). scikit-image ships the sample Motorcycle pair; pyyaml reads
@@ -29,7 +29,7 @@ setup(
         # ROS 2 (kilted) client library, messages and the ament index as PyPI wheels, for use without a ROS
         # install (a ROS install provides them, plus launch / launch_ros, which have no PyPI wheels).
         "ros": ["ros-rclpy", "ros-sensor-msgs", "ros-stereo-msgs", "ros-std-msgs", "ros-diagnostic-msgs",
-                "ros-rcl-interfaces", "ros-ament-index-python", "ros-rmw-fastrtps-cpp"],
+                "ros-lifecycle-msgs", "ros-rcl-interfaces", "ros-ament-index-python", "ros-rmw-fastrtps-cpp"],
         "test": ["pytest"],
         # `sgru-stereo train` (progress bar) and its learning curves (scripts/plot_training.py); the
         # generator's photos come with scikit-image (and Debian's mate-backgrounds, when installed).
@@ -45,6 +45,7 @@ setup(
     entry_points={"console_scripts": [
         "sgru-stereo = sgru_ros.cli:main",
         "stereo_node = sgru_ros.node:main",
+        "stereo_lifecycle_node = sgru_ros.node:lifecycle_main",
         "sample_source = sgru_ros.sample_source:main",
     ]},
 )

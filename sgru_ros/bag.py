@@ -25,12 +25,13 @@ from .pipeline import GeometryOptions, StereoPipeline, failure_kind
 from .sync import StereoSynchronizer
 
 #: Outputs a bag can get, as topic names under the output namespace.
-OUTPUTS = ("disparity", "points2", "depth/image_rect", "depth/camera_info")
+OUTPUTS = ("disparity", "points2", "depth/image_rect", "depth/camera_info", "confidence")
 DEFAULT_OUTPUTS = ("disparity", "points2")
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 OUTPUT_TYPES = {"disparity": "stereo_msgs/msg/DisparityImage", "points2": "sensor_msgs/msg/PointCloud2",
-                "depth/image_rect": "sensor_msgs/msg/Image", "depth/camera_info": INFO_TYPE}
+                "depth/image_rect": "sensor_msgs/msg/Image", "depth/camera_info": INFO_TYPE,
+                "confidence": "sensor_msgs/msg/Image"}
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,7 @@ def convert_bag(source: str | Path, target: str | Path, pipeline: StereoPipeline
                     result = pipeline.process(
                         left, right, projection(left_info), projection(right_info), iterations=options.iterations,
                         depth=any(o in options.outputs for o in ("points2", "depth/image_rect")),
-                        options=options.geometry,
+                        confidence="confidence" in options.outputs, options=options.geometry,
                         calibrated_sizes=[(i.width, i.height) for i in (left_info, right_info)])
                 except Exception as err:  # noqa: BLE001 -- one bad set is counted and skipped, the rest go on
                     kind = failure_kind(err)
@@ -219,6 +220,8 @@ def convert_bag(source: str | Path, target: str | Path, pipeline: StereoPipeline
                     write("depth/image_rect", log_time, array_to_image(result.depth, "32FC1", header))
                 if "depth/camera_info" in out:
                     write("depth/camera_info", log_time, left_info)
+                if "confidence" in out:
+                    write("confidence", log_time, array_to_image(result.confidence, "32FC1", header))
                 return ""
 
             for connection, log_time, raw in reader.messages(inputs, start=start, stop=stop):

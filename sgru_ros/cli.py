@@ -28,6 +28,7 @@ from .io import DISPARITY_FORMATS, IMAGE_FORMATS, read_image, write_disparity, w
 from .model import SIZE_MULTIPLE, CheckpointError
 from .model.checkpoint import VARIANTS
 from .bag import DEFAULT_OUTPUTS, OUTPUTS
+from .confidence import SPARSIFICATION_FRACTIONS, confidence_map, earlier_iteration, sparsification
 from .geometry import CloudLayout
 from .pipeline import GeometryOptions, StereoPipeline
 from .visualize import colorize_disparity, side_by_side
@@ -61,6 +62,16 @@ def _int_type(low: int, high: int | None = None, multiple: int = 1) -> Callable[
         return value
 
     return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number in 0..1")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -180,17 +191,19 @@ def _check_distinct(outputs: list[tuple[str, Path]], inputs: list[Path]) -> None
 
 @dataclasses.dataclass(frozen=True)
 class InferJob:
-    """One pair of ``infer`` and the files it writes (color, preview: None when not asked for)."""
+    """One pair of ``infer`` and the files it writes (color, preview, confidence: None when not asked for)."""
 
     left: Path
     right: Path
     disparity: Path
     color: Path | None
     preview: Path | None
+    confidence: Path | None
 
     def outputs(self) -> list[tuple[str, Path]]:
         return [(option, path) for option, path in (("--out", self.disparity), ("--color", self.color),
-                                                    ("--preview", self.preview)) if path]
+                                                    ("--preview", self.preview), ("--confidence", self.confidence))
+                if path]
 
 
 def _infer_jobs(args: argparse.Namespace) -> list[InferJob]:
@@ -198,20 +211,23 @@ def _infer_jobs(args: argparse.Namespace) -> list[InferJob]:
     pairs = _pairs(args.left, args.right)
     out = Path(args.out)
     extra = {"--color": Path(args.color) if args.color else None,
-             "--preview": Path(args.preview) if args.preview else None}
+             "--preview": Path(args.preview) if args.preview else None,
+             "--confidence": Path(args.confidence) if args.confidence else None}
     if _is_pattern(args.left):
         for option, folder in (("--out", out), *extra.items()):
             if folder:
                 _check_folder(option, folder, folder, create=True)
-        color, preview = extra.values()
+        color, preview, confidence = extra.values()
         jobs = [InferJob(left, right, out / f"{left.stem}.{args.format}",
                          color / f"{left.stem}.png" if color else None,
-                         preview / f"{left.stem}.png" if preview else None) for left, right in pairs]
+                         preview / f"{left.stem}.png" if preview else None,
+                         confidence / f"{left.stem}.npy" if confidence else None) for left, right in pairs]
     else:
         _check_output_file("--out", out, DISPARITY_FORMATS, "disparity")
         for option, path in extra.items():
             if path:
-                _check_output_file(option, path, IMAGE_FORMATS, "image")
+                _check_output_file(option, path, (".npy",) if option == "--confidence" else IMAGE_FORMATS,
+                                   "confidence" if option == "--confidence" else "image")
         jobs = [InferJob(*pairs[0], out, *extra.values())]
     _check_distinct([output for job in jobs for output in job.outputs()],
                     [path for job in jobs for path in (job.left, job.right)])
@@ -255,10 +271,13 @@ def cmd_infer(args: argparse.Namespace) -> None:
 
 def _infer_one(estimator: StereoEstimator, job: InferJob, iters: int, quiet: bool) -> None:
     left, right = read_image(job.left), read_image(job.right)
+    earlier = earlier_iteration(iters) if job.confidence else None
     start = time.perf_counter()
-    result = _estimate(estimator, job.left, left, right, iters=iters)
+    result = _estimate(estimator, job.left, left, right, iters=iters, output_iters=[earlier] if earlier else [])
     elapsed = time.perf_counter() - start
     write_disparity(job.disparity, result.disparity)
+    if job.confidence:  # a .npy file: write_disparity writes any float32 map there
+        write_disparity(job.confidence, confidence_map(left, right, result.disparity, result.intermediate.get(earlier)))
     if job.color or job.preview:
         color = colorize_disparity(result.disparity)
         if job.color:
@@ -313,7 +332,8 @@ def cmd_bag(args: argparse.Namespace) -> None:
         end=math.inf if args.end is None else args.end, copy_inputs=args.copy_inputs, storage=args.storage,
         queue_size=args.queue_size,
         geometry=GeometryOptions(min_depth=args.min_depth, max_depth=args.max_depth,
-                                 flying_pixel_threshold=args.flying_pixel_threshold or None),
+                                 flying_pixel_threshold=args.flying_pixel_threshold or None,
+                                 confidence_threshold=args.confidence_threshold),
         cloud=CloudLayout(color=not args.no_color, avoid_padding=False))
     if Path(args.output).exists():
         raise CommandError(f"{args.output}: exists; the output bag must be a new folder")
@@ -352,8 +372,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
                            f"{left.shape[1]}x{left.shape[0]}")
     iters = sorted(set(args.iters))
     estimator = estimator_from_args(args)
+    # The confidence of k iterations compares them with k // 2 (confidence.earlier_iteration): one pass has both.
+    earlier = {k: earlier_iteration(k) for k in iters} if args.sparsification else {}
+    outputs = sorted((set(iters) | {e for e in earlier.values() if e}) - {iters[-1]})
     start = time.perf_counter()
-    result = _estimate(estimator, name, left, right, iters=iters[-1], output_iters=iters[:-1])
+    result = _estimate(estimator, name, left, right, iters=iters[-1], output_iters=outputs)
     net_time = time.perf_counter() - start
     start = time.perf_counter()
     sgbm = sgbm_disparity(left, right, SGBMConfig(num_disparities=args.sgbm_num_disparities))
@@ -393,6 +416,21 @@ def cmd_eval(args: argparse.Namespace) -> None:
         for label, k, disparity in maps:
             scores = region_bad2(disparity, gt, regions)
             print(f"{label[:44]:44s} {k if k else '-':>5} " + " ".join(f"{scores[n]:19.2f}" for n in regions))
+    if args.sparsification:
+        _print_sparsification(left, right, gt, result, earlier)
+
+
+def _print_sparsification(left, right, gt, result, earlier: dict[int, int | None]) -> None:
+    """bad-2 of the most confident pixels (confidence.confidence_map) against the oracle."""
+    known = np.isfinite(gt)
+    print("sparsification: bad-2 % of the most confident share of ground-truth pixels / of the oracle "
+          "(the worst pixels dropped first)")
+    print(f"{'iters':>5s} " + " ".join(f"{f'{100 * f:.0f} %':>15s}" for f in SPARSIFICATION_FRACTIONS))
+    for k, e in earlier.items():
+        disparity = result.intermediate.get(k, result.disparity)
+        confidence = confidence_map(left, right, disparity, result.intermediate.get(e) if e else None)
+        rows = sparsification(np.abs(disparity - gt)[known], confidence[known], SPARSIFICATION_FRACTIONS)
+        print(f"{k:5d} " + " ".join(f"{ours:6.2f} / {oracle:5.2f}".rjust(15) for _, ours, oracle in rows))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -448,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--color", help="also write a colorized disparity PNG (a folder for glob patterns)")
     infer.add_argument("--preview", help="also write left image | colorized disparity side by side, PNG "
                                          "(a folder for glob patterns)")
+    infer.add_argument("--confidence", help="also write the per-pixel confidence in [0, 1] as float32 .npy "
+                                            "(a folder for glob patterns; see docs/confidence.md)")
     infer.add_argument("--no-progress", action="store_true", help="no progress bar for glob patterns")
     infer.set_defaults(func=cmd_infer)
 
@@ -462,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"iteration counts in 1..{MAX_ITERATIONS}, all from one pass (default 8 16 32)")
     evaluate.add_argument("--sgbm-num-disparities", type=_int_type(16, multiple=16), default=64,
                           help="SGBM search range, multiple of 16 (default 64)")
+    evaluate.add_argument("--sparsification", action="store_true",
+                          help="also print bad-2 of the most confident 100/90/75/50 %% of pixels next to the oracle "
+                               "(how informative the confidence output is)")
     evaluate.add_argument("--regions", action="store_true",
                           help="also bad-2 by region: depth edges, occluded, slanted, textured and weak texture")
     evaluate.add_argument("--warm-start-sgbm", action="store_true",
@@ -500,6 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     bag.add_argument("--flying-pixel-threshold", type=float, default=defaults.flying_pixel_threshold,
                      help="disparity range (px) in a 3x3 window that marks a flying pixel; 0 keeps them "
                           f"(default {defaults.flying_pixel_threshold:g})")
+    bag.add_argument("--confidence-threshold", type=_fraction, default=defaults.confidence_threshold,
+                     help="disparities with a lower confidence (0..1) are invalid in every output (default 0: off)")
     bag.add_argument("--no-color", action="store_true", help="points2 without the rgb field")
     bag.add_argument("--no-progress", action="store_true", help="no progress bar")
     bag.set_defaults(func=cmd_bag)
@@ -514,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=_positive_float, default=300.0, help="give up after this many seconds")
     demo.set_defaults(func=cmd_demo)
     sub.add_parser("run", help="the stereo node (ROS arguments follow: sgru-stereo run --ros-args -p iterations:=8)")
+    sub.add_parser("run-lifecycle", help="the managed (lifecycle) stereo node: configure, activate, deactivate, "
+                                         "cleanup through a lifecycle manager or `ros2 lifecycle set`")
     sub.add_parser("source", help="the sample stereo source node (sgru-stereo source --ros-args -p source:=folder ...)")
 
     from .training.train import PRESETS
@@ -568,10 +615,13 @@ def _one_line(err: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("run", "source"):  # ROS nodes: the rest is for rclpy (--ros-args ...)
+    if argv and argv[0] in ("run", "run-lifecycle", "source"):  # ROS nodes: the rest is for rclpy (--ros-args ...)
         if argv[0] == "run":
             from .node import main as node_main
             return node_main(["sgru-stereo", *argv[1:]])
+        if argv[0] == "run-lifecycle":
+            from .node import lifecycle_main
+            return lifecycle_main(["sgru-stereo", *argv[1:]])
         from .sample_source import main as source_main
         return source_main(["sgru-stereo", *argv[1:]])
     parser = build_parser()

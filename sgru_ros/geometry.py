@@ -181,7 +181,9 @@ class DisparityProducts:
     """What a DisparityImage carries, H x W each.
 
     disparity: published disparity d' (float32), invalid pixels set to
-        ``min_disparity - 1`` as stereo_image_proc marks them.
+        ``invalid_disparity(min_disparity)``: below min_disparity as the
+        message requires, and below zero, so that a consumer which takes
+        d' > 0 as valid (depth = f T / d') does not read it as a surface.
     valid: pixels with a real match (inside the right image, d' > 0).
     window: (x, y, width, height) bounding the valid disparities.
     min_disparity, max_disparity: the range d' can take.
@@ -194,6 +196,17 @@ class DisparityProducts:
     max_disparity: float
 
 
+def invalid_disparity(min_disparity: float) -> float:
+    """The value of invalid pixels: min(min_disparity, 0) - 1.
+
+    stereo_image_proc writes ``min_disparity - 1``, which is positive on a rig
+    whose right principal point lies right of the left one (min_disparity =
+    cx_r - cx_l > 1): a consumer testing d' > 0 would read a wall at
+    f T / (min_disparity - 1). This value is below min_disparity (the
+    message's rule) and never above -1."""
+    return min(min_disparity, 0.0) - 1.0
+
+
 def disparity_products(disparity: np.ndarray, geometry: StereoGeometry, max_disparity: float) -> DisparityProducts:
     """The network's disparity d (H x W, left image pixels) as published. A disparity is valid
     when its match x - d lies inside the right image and d' > 0."""
@@ -201,7 +214,8 @@ def disparity_products(disparity: np.ndarray, geometry: StereoGeometry, max_disp
     published = geometry.published_disparity(disparity)
     valid = np.isfinite(disparity) & (columns - disparity >= 0) & (published > 0)
     min_d = -geometry.principal_offset
-    return DisparityProducts(disparity=np.where(valid, published, min_d - 1.0).astype(np.float32), valid=valid,
+    return DisparityProducts(disparity=np.where(valid, published, invalid_disparity(min_d)).astype(np.float32),
+                             valid=valid,
                              window=valid_window(valid), min_disparity=float(min_d),
                              max_disparity=float(max_disparity - geometry.principal_offset))
 

@@ -133,8 +133,8 @@ def write_pfm(path: str | Path, array: np.ndarray) -> None:
 
 
 def write_disparity(path: str | Path, disparity: np.ndarray) -> None:
-    """Write H x W float32 disparity; the extension picks the format:
-    .npy (float32), .pfm (float32), .png (uint16 KITTI: disparity x 256, 0 = invalid)."""
+    """Write H x W float32 disparity (or, as .npy, any float32 map such as a confidence); the
+    extension picks the format: .npy (float32), .pfm (float32), .png (uint16 KITTI: disparity x 256, 0 = invalid)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":

@@ -1,8 +1,12 @@
-"""stereo_node: rectified stereo in, Selective-Stereo disparity, depth and point cloud out.
+"""stereo_node: rectified stereo in, Selective-Stereo disparity, depth, confidence and point cloud out.
 
 Topics and parameters follow stereo_image_proc where they mean the same
-(see README). The node is wiring: synchronisation (``sync``), inference
-(``inference``) and geometry (``geometry``) do the work.
+(see README). The node is wiring: synchronisation (``sync``) and the frame
+pipeline (``pipeline``) do the work. ``StereoNode`` runs from start-up;
+``StereoLifecycleNode`` is the same wiring as a managed node.
+
+What keeps it cheap: the inputs are subscribed only while an output has a
+subscriber, and only outputs with subscribers are computed.
 
 What keeps it answering on a robot nobody watches:
 - each input's reliability follows its publishers (``input_reliability``),
@@ -15,6 +19,7 @@ What keeps it answering on a robot nobody watches:
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import sys
@@ -31,11 +36,12 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
                                 SetParametersResult)
 from rclpy.exceptions import ParameterException, ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSPolicyKind, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from stereo_msgs.msg import DisparityImage
 
@@ -52,6 +58,8 @@ SYNC_WARN_AFTER_S = 3.0
 ERROR_HOLD_S = 10.0
 #: How long shutdown waits for the frame in progress (it is cancelled at its next stage or iteration).
 SHUTDOWN_WAIT_S = 1.0
+#: How long a restart (activate after deactivate) or cleanup waits for a cancelled frame to leave the network.
+RESTART_WAIT_S = 10.0
 #: How often the inputs' publishers are looked up (their reliability decides the subscriptions').
 INPUT_QOS_CHECK_S = 0.25
 #: Pixels above which frames are downscaled before the network: a 4000 x 3000 frame at full size
@@ -62,15 +70,19 @@ DEFAULT_MAX_PIXELS = 2_500_000
 #: acknowledges late (a reliable writer overwrites unacknowledged samples once its history is full).
 OUTPUT_QOS = QoSProfile(depth=3, reliability=ReliabilityPolicy.RELIABLE)
 
-INPUTS = ("left/image_rect", "right/image_rect", "left/camera_info", "right/camera_info")
-INPUT_TYPES = (Image, Image, CameraInfo, CameraInfo)
+#: The inputs by their default names (images first); ``StereoWiring._resolve_inputs`` gives the topics.
+INPUT_NAMES = ("left/image_rect", "right/image_rect", "left/camera_info", "right/camera_info")
+IMAGE_TRANSPORTS = ("raw", "compressed")
+#: Outputs, relative to the node's namespace (README: Topics).
+OUTPUTS = {"disparity": DisparityImage, "points2": PointCloud2, "depth/image_rect": Image,
+           "depth/camera_info": CameraInfo, "confidence": Image, "disparity/color": Image}
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 INPUT_RELIABILITY = ("auto", *RELIABILITY)
 
 
 @dataclass
 class FrameStats:
-    received: list[int] = field(default_factory=lambda: [0] * len(INPUTS))  # messages per input
+    received: list[int] = field(default_factory=lambda: [0] * len(INPUT_NAMES))  # messages per input
     sets: int = 0  # synchronised sets formed
     processed: int = 0
     dropped: int = 0  # complete sets dropped as stale before inference could take them
@@ -83,18 +95,29 @@ class FrameStats:
     resolution: tuple[int, int] | None = None
 
 
-class StereoNode(Node):
-    def __init__(self, **kwargs) -> None:
-        super().__init__("sgru_stereo", **kwargs)
-        # Worker state first: destroy_node() must work even if the rest of __init__ fails.
+class StereoWiring:
+    """The node's ROS wiring, in the phases a managed (lifecycle) node goes through; mixed into
+    ``StereoNode`` (all phases at start-up) and ``StereoLifecycleNode`` (phase per transition):
+
+    - ``_setup``: parameters (at construction);
+    - ``_load``: the model, the publishers and the diagnostics timer (configure);
+    - ``_start``: the input subscriptions and the inference thread (activate);
+    - ``_stop``: unsubscribe and stop the thread, the frame in progress is cancelled (deactivate);
+    - ``_unload``: free the model and destroy the publishers (cleanup).
+    """
+
+    # -- phases --------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        # Worker state first: destroy_node() must work even if the rest fails.
         self._lock = threading.Condition()
         self._pending: deque[list] = deque()  # synchronised sets waiting for the worker, oldest first
-        self._frame_seconds = 0.0  # recent time per frame (moving average; 0: none yet), for the backlog
-        self._camera_period = 0.0  # recent stamp difference of consecutive sets (moving average)
-        self._last_set_stamp: int | None = None
-        self._running = True
-        self._cancel = threading.Event()  # set at shutdown: the frame in progress stops at its next stage
+        # One event per _start: set by _stop (deactivate, shutdown), the frame in progress stops at its next
+        # stage and that start's worker ends; a later _start gets a fresh one, so an old worker never resumes.
+        self._cancel = threading.Event()
+        self._cancel.set()
         self._worker: threading.Thread | None = None
+        self._timers: list = []
+        self.estimator: StereoEstimator | None = None
         self._declare_parameters()
         reason = self._invalid_combination({})
         if reason:
@@ -102,6 +125,10 @@ class StereoNode(Node):
         self.add_on_set_parameters_callback(self._validate_parameters)
         # SIGINT/SIGTERM shut the context down before spin() returns: stop publishing from that moment.
         self.context.on_shutdown(self._stop_worker)
+        self._input_topics = self._resolve_inputs()
+        self._inputs = [self._input_reliability_choice(topic) for topic in self._input_topics]
+
+    def _load(self) -> None:
         p = self._param
         max_width, max_pixels = p("max_width"), p("max_pixels")
         if p("threads"):
@@ -110,43 +137,68 @@ class StereoNode(Node):
             p("model") or None, device=p("device"), precision=p("precision"), max_disp=p("max_disp"),
             max_width=max_width or None, max_pixels=max_pixels or None)
         self.pipeline = StereoPipeline(self.estimator)
-
         overrides = QoSOverridingOptions.with_default_policies()
-        self.pub_disparity = self.create_publisher(DisparityImage, "disparity", OUTPUT_QOS,
-                                                   qos_overriding_options=overrides)
-        self.pub_points = self.create_publisher(PointCloud2, "points2", OUTPUT_QOS, qos_overriding_options=overrides)
-        self.pub_depth = self.create_publisher(Image, "depth", OUTPUT_QOS, qos_overriding_options=overrides)
-        self.pub_color = self.create_publisher(Image, "disparity/color", OUTPUT_QOS,
-                                               qos_overriding_options=overrides)
+        self.outputs = {name: self.create_publisher(msg_type, name, OUTPUT_QOS, qos_overriding_options=overrides)
+                        for name, msg_type in OUTPUTS.items()}
         self.pub_iterations: dict[int, object] = {}
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-
-        tolerance = p("approximate_sync_tolerance_seconds")
-        self.sync = StereoSynchronizer(len(INPUTS), p("queue_size"),
-                                       round(tolerance * 1e9) if p("approximate_sync") else None)
         self.stats = FrameStats()
-        self._last_input_time = [-float("inf")] * len(INPUTS)
-        self._last_set_time = time.monotonic()
-        self._received_at_last_set = [0] * len(INPUTS)
-        self._error_logged: dict[str, float] = {}
-        self._inputs = [self._input_reliability_choice(topic) for topic in INPUTS]
-        self._subscriptions_by_input: list = [None] * len(INPUTS)
-        self._input_reliability: list[ReliabilityPolicy | None] = [None] * len(INPUTS)
-        self._adapt_input_qos()
-        self.create_timer(INPUT_QOS_CHECK_S, self._adapt_input_qos)
-        self.create_timer(1.0, self._on_timer)
-        self._worker = threading.Thread(target=self._work, name="sgru_inference", daemon=True)
-        self._worker.start()
-
+        self._timers.append(self.create_timer(1.0, self._on_timer))
         model = p("model") or "bundled default"
         params = sum(t.numel() for t in self.estimator.model.parameters()) / 1e6
         self.get_logger().info(
             f"model {self.estimator.variant} ({model}, {params:.1f} M parameters), device {self.estimator.device}, "
             f"precision {self.estimator.precision}, iterations {p('iterations')}, max_width "
             f"{max_width or 'none'}, max_pixels {max_pixels or 'none'}, "
-            f"{'approximate' if p('approximate_sync') else 'exact'} sync, input reliability "
-            f"{p('input_reliability')}; "
-            f"resolution: from the first frame on {self.resolve_topic_name(INPUTS[0])}")
+            f"{'approximate' if p('approximate_sync') else 'exact'} sync, {p('image_transport')} images, input "
+            f"reliability {p('input_reliability')}; inputs {', '.join(self._input_topics)} (subscribed while an "
+            "output has a subscriber)")
+
+    def _start(self) -> None:
+        p = self._param
+        tolerance = p("approximate_sync_tolerance_seconds")
+        self.sync = StereoSynchronizer(len(INPUT_NAMES), p("queue_size"),
+                                       round(tolerance * 1e9) if p("approximate_sync") else None)
+        self._frame_seconds = 0.0  # recent time per frame (moving average; 0: none yet), for the backlog
+        self._camera_period = 0.0  # recent stamp difference of consecutive sets (moving average)
+        self._last_set_stamp: int | None = None
+        self._last_input_time = [-float("inf")] * len(INPUT_NAMES)
+        self._last_set_time = time.monotonic()
+        self._received_at_last_set = list(self.stats.received)
+        self._error_logged: dict[str, float] = {}
+        self._subscriptions_by_input: list = [None] * len(INPUT_NAMES)
+        self._input_reliability: list[ReliabilityPolicy | None] = [None] * len(INPUT_NAMES)
+        self._wait_for_worker(RESTART_WAIT_S)
+        if self.busy:
+            raise RuntimeError(f"the previous frame is still running after {RESTART_WAIT_S} s; try again")
+        self._cancel = threading.Event()
+        self._adapt_inputs()
+        self._input_timer = self.create_timer(INPUT_QOS_CHECK_S, self._adapt_inputs)
+        self._worker = threading.Thread(target=self._work, args=(self._cancel,), name="sgru_inference", daemon=True)
+        self._worker.start()
+
+    def _stop(self) -> None:
+        self._stop_worker()
+        self._wait_for_worker(SHUTDOWN_WAIT_S)
+        if self.busy:
+            self.get_logger().warning(f"frame in progress abandoned (not done after {SHUTDOWN_WAIT_S} s)")
+        if getattr(self, "_input_timer", None) is not None:
+            self.destroy_timer(self._input_timer)
+            self._input_timer = None
+        self._unsubscribe_inputs()
+        with self._lock:
+            self._pending.clear()
+
+    def _unload(self) -> None:
+        self._wait_for_worker(RESTART_WAIT_S)  # a cancelled frame still inside a network stage uses the model
+        for timer in self._timers:
+            self.destroy_timer(timer)
+        self._timers.clear()
+        for pub in [*self.outputs.values(), *self.pub_iterations.values(), self.pub_diagnostics]:
+            self.destroy_publisher(pub)
+        self.outputs, self.pub_iterations = {}, {}
+        self.pipeline = self.estimator = None
+        gc.collect()
 
     # -- parameters ---------------------------------------------------------------------------
     def _declare_parameters(self) -> None:
@@ -163,6 +215,9 @@ class StereoNode(Node):
         declare("backlog_seconds", 0.5, "Synchronised sets wait for inference while the node could work through "
                 "them within one camera period plus this time at its recent pace; older ones are dropped as stale",
                 float_range=(0.0, 10.0))
+        declare("image_transport", "raw", "raw: sensor_msgs/Image on <camera>/image_rect; compressed: "
+                "sensor_msgs/CompressedImage (JPEG/PNG) on <camera>/image_rect/compressed", read_only=True,
+                choices=IMAGE_TRANSPORTS)
         declare("use_color", True, "Colour the point cloud from the left image (rgb field)")
         declare("avoid_point_cloud_padding", False, "16-byte points (no padding after xyz) instead of 32")
         declare("model", "", "Checkpoint file (the authors' .pth or this package's); empty: bundled weights",
@@ -186,6 +241,9 @@ class StereoNode(Node):
         declare("max_pixels", DEFAULT_MAX_PIXELS, "Downscale frames with more pixels than this before the network "
                 "(memory budget; 0: never)", read_only=True, integer_range=(0, 1 << 30))
         geometry = GeometryOptions()
+        declare("confidence_threshold", geometry.confidence_threshold, "Disparities with a confidence below this "
+                "are invalid in disparity, depth/image_rect and points2 (0: off; see the confidence topic)",
+                float_range=(0.0, 1.0))
         declare("min_depth", geometry.min_depth, "Points nearer than this (m) are left out of points2 and depth",
                 float_range=(0.0, 1000.0))
         declare("max_depth", geometry.max_depth, "Points farther than this (m) are left out of points2 and depth",
@@ -222,11 +280,31 @@ class StereoNode(Node):
         reason = self._invalid_combination(new)
         return SetParametersResult(successful=not reason, reason=reason)
 
-    # -- input QoS -----------------------------------------------------------------------------
+    # -- inputs --------------------------------------------------------------------------------
+    def _resolve_inputs(self) -> list[str]:
+        """The four input topics, as image_transport's camera subscriber finds them: each camera_info
+        is the sibling of its image topic (``-r left/image_rect:=/cam/left/image_rect_color`` also moves
+        it to /cam/left/camera_info) unless camera_info is remapped itself; compressed images are on
+        ``<image>/compressed``."""
+        images = [self.resolve_topic_name(name) for name in INPUT_NAMES[:2]]
+        infos = []
+        for image, name in zip(images, INPUT_NAMES[2:]):
+            remapped = self.resolve_topic_name(name)
+            infos.append(remapped if remapped != self.resolve_topic_name(name, only_expand=True)
+                         else f"{image.rsplit('/', 1)[0]}/camera_info")
+        if self._param("image_transport") == "compressed":
+            images = [f"{image}/compressed" for image in images]
+        return images + infos
+
+    def _input_type(self, index: int):
+        if index >= 2:
+            return CameraInfo
+        return CompressedImage if self._param("image_transport") == "compressed" else Image
+
     def _input_reliability_choice(self, topic: str) -> str:
         """'auto', 'reliable' or 'best_effort' for one input: the standard QoS override parameter
         ``qos_overrides.<topic>.subscription.reliability`` when given, else ``input_reliability``."""
-        name = f"qos_overrides.{self.resolve_topic_name(topic)}.subscription.reliability"
+        name = f"qos_overrides.{topic}.subscription.reliability"
         value = self.declare_parameter(name, Parameter.Type.STRING, ParameterDescriptor(
             description=f"reliability of the {topic} subscription; unset: input_reliability decides",
             read_only=True)).value
@@ -240,17 +318,33 @@ class StereoNode(Node):
         """History of an input subscription: it must absorb a burst of messages that arrive while
         the executor is busy (reliable DDS repairs arrive in bursts). A camera_info is a few hundred
         bytes, so its history is deep; an image's is queue_size."""
-        return self._param("queue_size") * (10 if INPUT_TYPES[index] is CameraInfo else 1)
+        return self._param("queue_size") * (10 if index >= 2 else 1)
 
-    def _adapt_input_qos(self) -> None:
-        """(Re)subscribe each input whose wanted reliability changed. In 'auto' it is reliable when
-        every publisher of the topic is (a best-effort subscriber to a reliable publisher loses large
-        images whenever one DDS fragment is lost), else best-effort, which matches any publisher."""
-        for index, (topic, choice) in enumerate(zip(INPUTS, self._inputs)):
+    def _output_subscribers(self) -> int:
+        """Subscriptions to the outputs, disparity/iter_K of publish_iterations included (counted by
+        topic: their publishers are created with the first frame that has a subscriber)."""
+        return (sum(pub.get_subscription_count() for pub in self.outputs.values())
+                + sum(self.count_subscribers(f"disparity/iter_{k}") for k in self._param("publish_iterations")))
+
+    def _adapt_inputs(self) -> None:
+        """Subscribe the inputs while any output has a subscriber (as stereo_image_proc does: no
+        images are taken, decoded or run without a consumer), and (re)subscribe each input whose
+        wanted reliability changed. In 'auto' it is reliable when every publisher of the topic is (a
+        best-effort subscriber to a reliable publisher loses large images whenever one DDS fragment
+        is lost), else best-effort, which matches any publisher."""
+        if not self._output_subscribers():
+            if any(self._subscriptions_by_input):
+                self._unsubscribe_inputs()
+                self.get_logger().info("no subscriber to any output: inputs unsubscribed until one subscribes")
+            return
+        if not any(self._subscriptions_by_input):  # from idle: the sync-stall clock starts now, not at the last set
+            self._last_set_time = time.monotonic()
+            self._received_at_last_set = list(self.stats.received)
+        for index, (topic, choice) in enumerate(zip(self._input_topics, self._inputs)):
             if choice == "auto":
                 # With no publisher yet, reliable (the common camera-driver default) is kept; a
                 # best-effort publisher then switches the input over before it loses anything.
-                publishers = self.get_publishers_info_by_topic(self.resolve_topic_name(topic))
+                publishers = self.get_publishers_info_by_topic(topic)
                 reliable = all(info.qos_profile.reliability == ReliabilityPolicy.RELIABLE for info in publishers)
                 wanted = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
             else:
@@ -259,18 +353,23 @@ class StereoNode(Node):
                 continue
             if self._subscriptions_by_input[index] is not None:
                 self.destroy_subscription(self._subscriptions_by_input[index])
-                self.get_logger().info(f"{self.resolve_topic_name(topic)}: publishers changed, subscribing "
-                                       f"{wanted.name.lower()}")
+                self.get_logger().info(f"{topic}: publishers changed, subscribing {wanted.name.lower()}")
             qos = QoSProfile(history=qos_profile_sensor_data.history, durability=qos_profile_sensor_data.durability,
                              depth=self._input_depth(index), reliability=wanted)
             # History and depth stay overridable the standard way; reliability is handled above.
             overrides = QoSOverridingOptions([QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH])
             self._subscriptions_by_input[index] = self.create_subscription(
-                INPUT_TYPES[index], topic, lambda msg, i=index: self._on_input(i, msg), qos,
+                self._input_type(index), topic, lambda msg, i=index: self._on_input(i, msg), qos,
                 qos_overriding_options=overrides)
             self._input_reliability[index] = wanted
 
-    # -- input ---------------------------------------------------------------------------------
+    def _unsubscribe_inputs(self) -> None:
+        for index, subscription in enumerate(getattr(self, "_subscriptions_by_input", [])):
+            if subscription is not None:
+                self.destroy_subscription(subscription)
+            self._subscriptions_by_input[index] = None
+            self._input_reliability[index] = None
+
     def _on_input(self, index: int, msg) -> None:
         self.stats.received[index] += 1
         self._last_input_time[index] = time.monotonic()
@@ -298,22 +397,23 @@ class StereoNode(Node):
                 self.stats.dropped += 1
             self._lock.notify()
 
-    def _work(self) -> None:
+    def _work(self, cancel: threading.Event) -> None:
+        """The inference thread of one _start: frames until ``cancel`` is set."""
         try:
             while True:
                 with self._lock:
-                    while not self._pending and self._running:
+                    while not self._pending and not cancel.is_set():
                         self._lock.wait(timeout=0.5)
-                    if not self._running:
+                    if cancel.is_set():
                         return
                     frame = self._pending.popleft()
                 failure = ""
                 try:
-                    self._process(*frame)
+                    self._process(*frame, cancel=cancel)
                 except InferenceCancelled:
                     return
                 except Exception as err:  # noqa: BLE001 -- any failure of one frame must leave the node running
-                    if not self._running or not self.context.ok():
+                    if cancel.is_set() or not self.context.ok():
                         return  # shutting down: publishing into a closed context is expected to fail
                     failure = self._frame_failed(stamp_ns(frame[2].header), err)
                 if failure == "out_of_memory":  # after the except block: its traceback held the frame's tensors
@@ -336,54 +436,60 @@ class StereoNode(Node):
         return kind
 
     # -- processing ----------------------------------------------------------------------------
-    def _process(self, left_msg: Image, right_msg: Image, left_info: CameraInfo, right_info: CameraInfo) -> None:
+    def _process(self, left_msg, right_msg, left_info: CameraInfo, right_info: CameraInfo,
+                 cancel: threading.Event) -> None:
         """One synchronised set: messages -> ``StereoPipeline`` -> messages (only those subscribed)."""
         t0 = time.perf_counter()
         left, right = image_to_rgb(left_msg), image_to_rgb(right_msg)
         # Only what somebody subscribes to is computed (a cloud costs tens of ms per frame).
-        wanted = {name: pub.get_subscription_count() > 0 for name, pub in (
-            ("disparity", self.pub_disparity), ("depth", self.pub_depth), ("color", self.pub_color),
-            ("points", self.pub_points))}
+        wanted = {name: pub.get_subscription_count() > 0 for name, pub in self.outputs.items()}
         p, iterations = self._param, self._param("iterations")
         # Intermediate iterations too: the network upsamples only those somebody subscribes to.
         extra = [k for k in p("publish_iterations") if k < iterations
                  and self._iteration_publisher(k).get_subscription_count()]
         options = GeometryOptions(min_depth=p("min_depth"), max_depth=p("max_depth"),
                                   flying_pixel_threshold=p("flying_pixel_threshold") if p("filter_flying_pixels")
-                                  else None)
+                                  else None, confidence_threshold=p("confidence_threshold"))
         t1 = time.perf_counter()
         frame = self.pipeline.process(
             left, right, projection(left_info), projection(right_info), iterations=iterations,
-            extra_iterations=extra, depth=wanted["points"] or wanted["depth"], options=options,
-            calibrated_sizes=[(info.width, info.height) for info in (left_info, right_info)], cancel=self._cancel)
+            extra_iterations=extra, depth=wanted["points2"] or wanted["depth/image_rect"],
+            confidence=wanted["confidence"], options=options,
+            calibrated_sizes=[(info.width, info.height) for info in (left_info, right_info)], cancel=cancel)
         t2 = time.perf_counter()
         header = left_info.header
         cloud = None
-        if wanted["points"]:
+        if wanted["points2"]:
             layout = CloudLayout(color=p("use_color"), avoid_padding=p("avoid_point_cloud_padding"))
             cloud = cloud_message(frame.points, left, layout, header)
         t3 = time.perf_counter()
-        if not self._running:  # shutdown began during this frame: publish nothing
+        if cancel.is_set():  # deactivation or shutdown began during this frame: publish nothing
             return
-        self._publish(frame, cloud, header, wanted)
+        self._publish(frame, cloud, left_info, wanted)
         t4 = time.perf_counter()
         self._record(frame, left.shape[:2], iterations, {
             "convert_in": 1e3 * (t1 - t0) + frame.timings_ms["checks"], "inference": frame.timings_ms["inference"],
             "cloud": frame.timings_ms["geometry"] + 1e3 * (t3 - t2), "publish": 1e3 * (t4 - t3),
             "total": 1e3 * (t4 - t0)})
 
-    def _publish(self, frame: FrameResult, cloud: PointCloud2 | None, header: Header, wanted: dict[str, bool]) -> None:
+    def _publish(self, frame: FrameResult, cloud: PointCloud2 | None, left_info: CameraInfo,
+                 wanted: dict[str, bool]) -> None:
+        header, out = left_info.header, self.outputs
         if wanted["disparity"]:
-            self.pub_disparity.publish(disparity_message(frame.disparity, frame.geometry, header))
-        if frame.depth is not None and wanted["depth"]:
-            self.pub_depth.publish(array_to_image(frame.depth, "32FC1", header))
-        if wanted["color"]:
+            out["disparity"].publish(disparity_message(frame.disparity, frame.geometry, header))
+        if frame.depth is not None and wanted["depth/image_rect"]:
+            out["depth/image_rect"].publish(array_to_image(frame.depth, "32FC1", header))
+        if wanted["depth/camera_info"] or wanted["depth/image_rect"]:
+            out["depth/camera_info"].publish(left_info)  # REP 118: the depth image is in the left camera's pixels
+        if frame.confidence is not None and wanted["confidence"]:
+            out["confidence"].publish(array_to_image(frame.confidence, "32FC1", header))
+        if wanted["disparity/color"]:
             # Colour range from this frame's own values (1st..99th percentile): the search range is far wider.
             disparity = frame.disparity
             color = colorize_disparity(np.where(disparity.valid, disparity.disparity, np.nan))
-            self.pub_color.publish(array_to_image(color, "bgr8", header))
+            out["disparity/color"].publish(array_to_image(color, "bgr8", header))
         if cloud is not None:
-            self.pub_points.publish(cloud)
+            out["points2"].publish(cloud)
         for k, products in frame.intermediate.items():
             self._iteration_publisher(k).publish(disparity_message(products, frame.geometry, header))
 
@@ -413,24 +519,26 @@ class StereoNode(Node):
     # -- monitoring ----------------------------------------------------------------------------
     def _on_timer(self) -> None:
         now = time.monotonic()
-        inputs_flowing = now - max(self._last_input_time) < SYNC_WARN_AFTER_S
-        sync_stalled = inputs_flowing and now - self._last_set_time > SYNC_WARN_AFTER_S
-        if sync_stalled:
-            self.get_logger().warning(f"no synchronised set for {now - self._last_set_time:.1f} s while inputs arrive: "
-                                   f"{self._stall_reason(now)}", throttle_duration_sec=5.0)
+        sync_stalled = False
+        if self._running and any(self._subscriptions_by_input):  # idle or inactive: nothing is expected
+            inputs_flowing = now - max(self._last_input_time) < SYNC_WARN_AFTER_S
+            sync_stalled = inputs_flowing and now - self._last_set_time > SYNC_WARN_AFTER_S
+            if sync_stalled:
+                self.get_logger().warning(f"no synchronised set for {now - self._last_set_time:.1f} s while inputs "
+                                          f"arrive: {self._stall_reason()}", throttle_duration_sec=5.0)
         self.pub_diagnostics.publish(self._diagnostics(sync_stalled, now))
 
-    def _stall_reason(self, now: float) -> str:
+    def _stall_reason(self) -> str:
         """Which inputs are missing messages, or whose stamps differ, and what would help."""
+        topics = self._input_topics
         since = [n - m for n, m in zip(self.stats.received, self._received_at_last_set)]
-        counts = ", ".join(f"{self.resolve_topic_name(t)} {n}" for t, n in zip(INPUTS, since))
-        missing = [self.resolve_topic_name(t) for t, n in zip(INPUTS, since) if n == 0]
+        counts = ", ".join(f"{t} {n}" for t, n in zip(topics, since))
+        missing = [t for t, n in zip(topics, since) if n == 0]
         if missing:
             return (f"nothing received on {', '.join(missing)} (messages since the last set: {counts}); check that "
                     "they are published, with a compatible QoS, in this ROS_DOMAIN_ID")
         spread = self.sync.stamp_spread_ns()
-        stamps = ", ".join(f"{self.resolve_topic_name(t)} {s / 1e9:.6f}"
-                           for t, s in zip(INPUTS, self.sync.stats.last_stamps))
+        stamps = ", ".join(f"{t} {s / 1e9:.6f}" for t, s in zip(topics, self.sync.stats.last_stamps))
         tolerance = self._param("approximate_sync_tolerance_seconds")
         enough = math.ceil(spread / 1e6) / 1e3 if spread else 0.0  # seconds, rounded up to the millisecond
         if self._param("approximate_sync"):
@@ -449,21 +557,29 @@ class StereoNode(Node):
         s = self.stats
         recent_error = now - s.last_error_time < ERROR_HOLD_S
         worker_alive = self._worker is not None and self._worker.is_alive()
+        subscribers = self._output_subscribers()
         level, message = DiagnosticStatus.OK, "running"
+        if not self._running:
+            message = "inactive (lifecycle): not processing"
+        elif not subscribers:
+            message = "idle: no subscriber to any output, inputs not subscribed"
         if sync_stalled:
             level, message = DiagnosticStatus.WARN, "inputs arrive but do not synchronise"
         if recent_error:
             level, message = DiagnosticStatus.ERROR, f"frame skipped: {s.last_error.splitlines()[0]}"
         if not worker_alive and self._running:
             level, message = DiagnosticStatus.ERROR, f"inference thread stopped: {s.worker_error or 'unknown'}"
+        topics = self._input_topics
+        reliability = getattr(self, "_input_reliability", [None] * len(topics))
         values = {"frames_processed": s.processed, "frames_dropped_stale": s.dropped,
                   "frames_failed": sum(s.errors.values()),
                   **{f"frames_failed_{kind}": n for kind, n in sorted(s.errors.items())},
+                  "output_subscribers": subscribers,
                   "sets_formed": s.sets,
-                  **{f"received {self.resolve_topic_name(t)}": n for t, n in zip(INPUTS, s.received)},
-                  **{f"unmatched {self.resolve_topic_name(t)}": n for t, n in zip(INPUTS, self.sync.stats.unmatched)},
-                  **{f"reliability {self.resolve_topic_name(t)}": (r.name.lower() if r else "none")
-                     for t, r in zip(INPUTS, self._input_reliability)},
+                  **{f"received {t}": n for t, n in zip(topics, s.received)},
+                  **({f"unmatched {t}": n for t, n in zip(topics, self.sync.stats.unmatched)}
+                     if hasattr(self, "sync") else {}),
+                  **{f"reliability {t}": (r.name.lower() if r else "none") for t, r in zip(topics, reliability)},
                   "inference_thread": "running" if worker_alive else "stopped",
                   "iterations": self._param("iterations"),
                   "model": self.estimator.variant, "device": str(self.estimator.device),
@@ -477,23 +593,88 @@ class StereoNode(Node):
     def _stop_worker(self) -> None:
         """Publish nothing more and cancel the frame in progress at its next stage or iteration."""
         with self._lock:
-            self._running = False
             self._cancel.set()
             self._lock.notify()
 
-    def destroy_node(self) -> None:
-        """Stop publishing at once, cancel the frame in progress and wait briefly for it."""
-        self._stop_worker()
+    def _wait_for_worker(self, seconds: float) -> None:
         if self._worker is not None:
-            self._worker.join(timeout=SHUTDOWN_WAIT_S)
-            if self._worker.is_alive():
-                self.get_logger().warning(f"frame in progress abandoned at shutdown (not done after {SHUTDOWN_WAIT_S} s)")
-        super().destroy_node()
+            self._worker.join(timeout=seconds)
+
+    @property
+    def _running(self) -> bool:
+        """Started and not stopped (active, for the lifecycle node)."""
+        return not self._cancel.is_set()
 
     @property
     def busy(self) -> bool:
         """The inference thread is still inside a frame (after destroy_node: it was abandoned)."""
         return self._worker is not None and self._worker.is_alive()
+
+
+class StereoNode(StereoWiring, Node):
+    """The stereo node: configured and processing from construction on (``stereo_node``)."""
+
+    def __init__(self, **kwargs) -> None:
+        Node.__init__(self, "sgru_stereo", **kwargs)
+        self._setup()
+        self._load()
+        self._start()
+
+    def destroy_node(self) -> None:
+        """Stop publishing at once, cancel the frame in progress and wait briefly for it."""
+        self._stop()
+        super().destroy_node()
+
+
+class StereoLifecycleNode(StereoWiring, LifecycleNode):
+    """The managed variant (``stereo_lifecycle_node``) for stacks that bring nodes up with a
+    lifecycle manager: configure loads the model and creates the publishers, activate subscribes
+    and processes, deactivate stops processing, cleanup frees the model."""
+
+    def __init__(self, **kwargs) -> None:
+        LifecycleNode.__init__(self, "sgru_stereo", **kwargs)
+        self._setup()
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._load()
+        except (ValueError, OSError, RuntimeError) as err:  # a bad model or device: configure fails, one line
+            self.get_logger().error(f"configure failed: {str(err).splitlines()[0]}")
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._start()
+        except RuntimeError as err:  # the previous frame has not left the network yet
+            self.get_logger().error(f"activate failed: {err}")
+            return TransitionCallbackReturn.FAILURE
+        self.get_logger().info("active: processing")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop()
+        self.get_logger().info("inactive: not processing")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._unload()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop()
+        if self.estimator is not None:
+            self._unload()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """A transition raised: stop and free everything, so the node is unconfigured for real."""
+        self.get_logger().error(f"error in state {state.label}: stopping and unloading")
+        return self.on_shutdown(state)
+
+    def destroy_node(self) -> None:
+        self._stop()
+        super().destroy_node()
 
 
 def _moving_average(average: float, value: float) -> float:
@@ -557,6 +738,10 @@ def spin_node(node_factory, args: list[str] | None = None) -> int:
 
 def main(args: list[str] | None = None) -> int:
     return spin_node(StereoNode, args)
+
+
+def lifecycle_main(args: list[str] | None = None) -> int:
+    return spin_node(StereoLifecycleNode, args)
 
 
 if __name__ == "__main__":

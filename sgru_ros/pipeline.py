@@ -4,6 +4,7 @@
     frame = pipeline.process(left_rgb, right_rgb, p_left, p_right, iterations=8)
     frame.disparity.disparity   # H x W published disparity d' (stereo_msgs/DisparityImage)
     frame.depth, frame.points   # H x W metres and H x W x 3 points, NaN where invalid
+    frame.confidence            # H x W in [0, 1] when asked for (confidence=True)
 
 The one place where a frame is checked, run through the network and turned
 into disparity, depth and points: the node, the bag tool and the CLI call it
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .confidence import confidence_map, earlier_iteration
 from .geometry import DisparityProducts, StereoGeometry, depth_products, disparity_products
 from .inference import StereoEstimator, is_out_of_memory
 
@@ -27,11 +29,15 @@ from .inference import StereoEstimator, is_out_of_memory
 class GeometryOptions:
     """Which disparities become points (and depth pixels): depth within
     [min_depth, max_depth] metres, and, unless ``flying_pixel_threshold`` is
-    None, not on a depth edge (``geometry.flying_pixels``)."""
+    None, not on a depth edge (``geometry.flying_pixels``); with a
+    ``confidence_threshold``, only confident disparities are valid at all."""
 
     min_depth: float = 0.0
     max_depth: float = 100.0
     flying_pixel_threshold: float | None = 1.0
+    #: Disparities whose confidence (``confidence.confidence_map``) is below this are invalid
+    #: in the disparity, depth and points too (0: off).
+    confidence_threshold: float = 0.0
 
 
 @dataclass
@@ -43,6 +49,9 @@ class FrameResult:
     depth: float32 metres, NaN where no point; None when not asked for.
     points: H x W x 3 float32 in the left optical frame (x right, y down,
         z forward), NaN where invalid; None when depth was not asked for.
+    confidence: H x W float32 in [0, 1] (``confidence.confidence_map``), the
+        estimated probability that the disparity is within 2 px; None when not
+        asked for (and no confidence_threshold needed it).
     intermediate: the disparity after fewer iterations of the same pass.
     processed_size: (height, width) the network ran at (smaller when the
         estimator downscales large frames).
@@ -53,6 +62,7 @@ class FrameResult:
     disparity: DisparityProducts
     depth: np.ndarray | None
     points: np.ndarray | None
+    confidence: np.ndarray | None
     intermediate: dict[int, DisparityProducts]
     processed_size: tuple[int, int]
     timings_ms: dict[str, float]
@@ -98,7 +108,7 @@ class StereoPipeline:
 
     def process(self, left: np.ndarray, right: np.ndarray, p_left: np.ndarray, p_right: np.ndarray, *,
                 iterations: int, extra_iterations: Sequence[int] = (), depth: bool = True,
-                options: GeometryOptions = GeometryOptions(),
+                confidence: bool = False, options: GeometryOptions = GeometryOptions(),
                 calibrated_sizes: Sequence[tuple[int, int] | None] = (None, None),
                 cancel: threading.Event | None = None) -> FrameResult:
         """Check, run and turn one rectified pair into geometry.
@@ -107,26 +117,36 @@ class StereoPipeline:
         cameras' 3 x 4 rectified projection matrices (camera_info P).
         extra_iterations: also keep the disparity after these counts (< iterations).
         depth: also compute depth and points (skip when nobody wants them).
+        confidence: also compute the confidence (also done when options.confidence_threshold > 0).
         Raises ValueError for bad input, InferenceCancelled once ``cancel`` is set.
         """
         t0 = time.perf_counter()
         check_frame(left, right, calibrated_sizes)
         geometry = StereoGeometry.from_projections(p_left, p_right)
         extra = sorted({k for k in extra_iterations if 1 <= k < iterations})
+        confidence = confidence or options.confidence_threshold > 0
+        earlier = earlier_iteration(iterations) if confidence else None
         t1 = time.perf_counter()
-        result = self.estimator.estimate(left, right, iters=iterations, output_iters=extra, cancel=cancel)
+        result = self.estimator.estimate(left, right, iters=iterations, cancel=cancel,
+                                         output_iters=sorted(set(extra) | ({earlier} if earlier else set())))
         t2 = time.perf_counter()
         max_disp = self.max_disparity(left.shape[1])
+        disparity = result.disparity
+        confidence_values = None
+        if confidence:
+            confidence_values = confidence_map(left, right, disparity, result.intermediate.get(earlier))
+            if options.confidence_threshold > 0:
+                disparity = np.where(confidence_values >= options.confidence_threshold, disparity, np.nan)
         if depth:
-            products = depth_products(result.disparity, geometry, max_disparity=max_disp,
+            products = depth_products(disparity, geometry, max_disparity=max_disp,
                                       min_depth=options.min_depth, max_depth=options.max_depth,
                                       flying_threshold=options.flying_pixel_threshold)
             disparity, depth_map, points = products.disparity, products.depth, products.points
         else:
-            disparity, depth_map, points = disparity_products(result.disparity, geometry, max_disp), None, None
-        intermediate = {k: disparity_products(d, geometry, max_disp) for k, d in result.intermediate.items()}
+            disparity, depth_map, points = disparity_products(disparity, geometry, max_disp), None, None
+        intermediate = {k: disparity_products(result.intermediate[k], geometry, max_disp) for k in extra}
         t3 = time.perf_counter()
         return FrameResult(geometry=geometry, disparity=disparity, depth=depth_map, points=points,
-                           intermediate=intermediate, processed_size=result.processed_size,
+                           confidence=confidence_values, intermediate=intermediate, processed_size=result.processed_size,
                            timings_ms={"checks": 1e3 * (t1 - t0), "inference": 1e3 * (t2 - t1),
                                        "geometry": 1e3 * (t3 - t2)})

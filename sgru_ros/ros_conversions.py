@@ -16,8 +16,6 @@ from stereo_msgs.msg import DisparityImage
 
 from .geometry import CloudLayout, DisparityProducts, StereoGeometry, pack_cloud
 
-#: DisparityImage.delta_d as stereo_image_proc sets it (its matcher's 1/16 px).
-DELTA_D = 1.0 / 16.0
 
 #: encoding -> (channels, dtype, channel order to get RGB)
 _ENCODINGS = {
@@ -65,6 +63,18 @@ def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def compressed_image(rgb: np.ndarray, header: Header, image_format: str = "jpeg") -> CompressedImage:
+    """H x W x 3 RGB uint8 -> sensor_msgs/CompressedImage as image_transport's compressed plugin
+    writes it (format "rgb8; jpeg compressed bgr8"; "png" is lossless)."""
+    ok, data = cv2.imencode(f".{'jpg' if image_format == 'jpeg' else image_format}",
+                            cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"could not encode a {rgb.shape} image as {image_format}")
+    msg = CompressedImage(header=header, format=f"rgb8; {image_format} compressed bgr8")
+    msg.data = byte_array(data)
+    return msg
+
+
 def array_to_image(values: np.ndarray, encoding: str, header: Header) -> Image:
     """H x W float32 ('32FC1') or H x W x 3 uint8 ('bgr8'/'rgb8') -> sensor_msgs/Image."""
     expected = {"32FC1": (np.float32, 2), "bgr8": (np.uint8, 3), "rgb8": (np.uint8, 3)}
@@ -98,13 +108,23 @@ def cloud_message(points: np.ndarray, rgb: np.ndarray | None, layout: CloudLayou
 
 
 def disparity_message(products: DisparityProducts, geometry: StereoGeometry, header: Header) -> DisparityImage:
-    """stereo_msgs/DisparityImage as stereo_image_proc fills it (f, T, valid window, range, delta_d)."""
+    """stereo_msgs/DisparityImage as stereo_image_proc fills it (f, T, valid window, range), with the
+    delta_d of a float32 output (``disparity_increment``)."""
     x, y, w, h = products.window
     return DisparityImage(header=header, image=array_to_image(products.disparity, "32FC1", header),
                           f=float(geometry.focal), t=float(geometry.baseline),
                           valid_window=RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h),
                           min_disparity=products.min_disparity, max_disparity=products.max_disparity,
-                          delta_d=DELTA_D)
+                          delta_d=disparity_increment(products))
+
+
+def disparity_increment(products: DisparityProducts) -> float:
+    """DisparityImage.delta_d, "the smallest allowed disparity increment": stereo_image_proc's
+    block matcher gives 1/16 px steps, the network a continuous float32 disparity, whose smallest
+    step is float32's spacing at the largest magnitude in the range (1.5e-5 px at 192 px). It
+    says nothing about accuracy (docs/model_card.md has the errors)."""
+    largest = max(abs(products.min_disparity), abs(products.max_disparity))
+    return float(np.spacing(np.float32(largest)))
 
 
 def projection(info: CameraInfo) -> np.ndarray:

@@ -11,7 +11,10 @@ All four messages of a frame carry the same stamp. The first frame waits
 until every topic has a subscriber (frames sent before DDS discovery has
 matched a subscriber are lost to it). Frames loop; with ``frames`` > 0 the
 source stops after that many (and exits). ``reliability``
-(reliable, the default, or best_effort) emulates either kind of camera driver.
+(reliable, the default, or best_effort) emulates either kind of camera driver;
+``image_transport`` ``compressed`` publishes JPEG sensor_msgs/CompressedImage
+on ``<camera>/image_rect/compressed`` as image_transport's compressed plugin
+does (a camera on a wireless link).
 """
 
 from __future__ import annotations
@@ -24,13 +27,13 @@ import cv2
 import numpy as np
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
 from .calibration import MOTORCYCLE, StereoCalibration, motorcycle_pair
 from .io import read_image
 from .node import declare_checked, spin_node
-from .ros_conversions import array_to_image
+from .ros_conversions import array_to_image, compressed_image
 
 SOURCES = ("motorcycle", "folder", "video")
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", ".tif", ".tiff"}
@@ -83,6 +86,8 @@ class SampleSource(Node):
                         integer_range=(0, 1 << 31))
         declare_checked(self, "reliability", "reliable", "QoS reliability of the published topics", read_only=True,
                         choices=("reliable", "best_effort"))
+        declare_checked(self, "image_transport", "raw", "raw images, or JPEG on <camera>/image_rect/compressed",
+                        read_only=True, choices=("raw", "compressed"))
         declare_checked(self, "left_frame_id", "stereo_left_optical_frame", "frame_id of the left camera",
                         read_only=True)
         declare_checked(self, "right_frame_id", "stereo_right_optical_frame", "frame_id of the right camera",
@@ -105,10 +110,14 @@ class SampleSource(Node):
         # A reliable writer overwrites unacknowledged messages once its history is full, and a busy
         # subscriber can take a second to acknowledge: 20 images, 50 camera_infos (they are small).
         reliability = ReliabilityPolicy[self.get_parameter("reliability").value.upper()]
-        self.pubs = {name: self.create_publisher(msg_type, name, QoSProfile(depth=depth, reliability=reliability))
-                     for name, msg_type, depth in (
-                         ("left/image_rect", Image, 20), ("right/image_rect", Image, 20),
-                         ("left/camera_info", CameraInfo, 50), ("right/camera_info", CameraInfo, 50))}
+        self.compressed = self.get_parameter("image_transport").value == "compressed"
+        image_type, suffix = (CompressedImage, "/compressed") if self.compressed else (Image, "")
+        self.pubs = {name: self.create_publisher(msg_type, topic, QoSProfile(depth=depth, reliability=reliability))
+                     for name, topic, msg_type, depth in (
+                         ("left/image_rect", "left/image_rect" + suffix, image_type, 20),
+                         ("right/image_rect", "right/image_rect" + suffix, image_type, 20),
+                         ("left/camera_info", "left/camera_info", CameraInfo, 50),
+                         ("right/camera_info", "right/camera_info", CameraInfo, 50))}
         self.published = 0
         self.matched_since: float | None = None
         self.frame_limit = self.get_parameter("frames").value
@@ -143,8 +152,9 @@ class SampleSource(Node):
         h, w = left.shape[:2]
         self.pubs["left/camera_info"].publish(camera_info(self.calibration, False, w, h, left_header))
         self.pubs["right/camera_info"].publish(camera_info(self.calibration, True, w, h, right_header))
-        self.pubs["left/image_rect"].publish(array_to_image(left, "rgb8", left_header))
-        self.pubs["right/image_rect"].publish(array_to_image(right, "rgb8", right_header))
+        for side, image, header in (("left", left, left_header), ("right", right, right_header)):
+            self.pubs[f"{side}/image_rect"].publish(compressed_image(image, header) if self.compressed
+                                                    else array_to_image(image, "rgb8", header))
         self.published += 1
 
 

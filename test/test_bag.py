@@ -18,7 +18,7 @@ from std_msgs.msg import Header  # noqa: E402
 from stereo_msgs.msg import DisparityImage  # noqa: E402
 
 from sgru_ros.calibration import MOTORCYCLE, StereoCalibration, motorcycle_pair  # noqa: E402
-from sgru_ros.ros_conversions import array_to_image, stamp_ns  # noqa: E402
+from sgru_ros.ros_conversions import array_to_image, compressed_image, stamp_ns  # noqa: E402
 from sgru_ros.sample_source import camera_info  # noqa: E402
 
 from conftest import run_cli  # noqa: E402
@@ -35,7 +35,6 @@ def write_stereo_bag(path, pair, calibration: StereoCalibration, seconds: list[i
     """A rosbag2 folder with one calibrated pair per entry of ``seconds`` (its header stamp), like a
     camera driver records it; in the seconds of ``bad_right_info`` the right camera_info is one
     pixel too wide. Returns the left stamps (ns)."""
-    import cv2
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
@@ -53,11 +52,7 @@ def write_stereo_bag(path, pair, calibration: StereoCalibration, seconds: list[i
             for side, image, delay in (("left", pair[0], 0), ("right", pair[1], right_delay_ns)):
                 header = Header(frame_id=f"stereo_{side}_optical")
                 header.stamp.sec, header.stamp.nanosec = sec, delay
-                if compressed:
-                    ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-                    msg = CompressedImage(header=header, format="rgb8; png compressed bgr8", data=png.tobytes())
-                else:
-                    msg = array_to_image(image, "rgb8", header)
+                msg = compressed_image(image, header, "png") if compressed else array_to_image(image, "rgb8", header)
                 log_time = sec * 1_000_000_000 + delay
                 writer.write(conns[f"{side}/{suffix}"], log_time, serialize_message(msg))
                 wrong = side == "right" and sec in bad_right_info

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sgru_ros.calibration import MOTORCYCLE
-from sgru_ros.geometry import (CloudLayout, StereoGeometry, depth_products, flying_pixels, pack_cloud,
+from sgru_ros.geometry import (CloudLayout, StereoGeometry, depth_products, flying_pixels, invalid_disparity, pack_cloud,
                                valid_window, write_ply)
 
 # Middlebury 2014 Motorcycle at quarter size, by hand: f = 3979.911/4, cx = 1244.772/4,
@@ -63,8 +63,10 @@ def test_products_validity_rules():
     # Columns x < d have no match in the right image: invalid, marked below min_disparity.
     disp = products.disparity
     assert not disp.valid[:, :10].any() and disp.valid[:, 10:].all()
-    assert (disp.disparity[:, :10] == disp.min_disparity - 1).all()
-    assert disp.min_disparity == pytest.approx(DOFFS)
+    assert disp.min_disparity == pytest.approx(DOFFS) and DOFFS > 1  # cx_r > cx_l: min_disparity - 1 > 0
+    # Invalid is below min_disparity (the message's rule) and below zero (no d' > 0 consumer reads a wall).
+    assert (disp.disparity[:, :10] == -1.0).all()
+    assert invalid_disparity(-5.0) == -6.0 and invalid_disparity(0.0) == -1.0
     assert disp.max_disparity == pytest.approx(192 + DOFFS)
     assert disp.window == (10, 0, 30, 6)
     # Flying pixels next to the edge have no depth, the rest do.

@@ -38,7 +38,7 @@ def test_installed_layout_for_ros2_run_and_launch():
     assert (prefix / "share/ament_index/resource_index/packages/sgru_ros").is_file()
     for name in ("launch/stereo.launch.py", "config/stereo.yaml", "config/stereo.rviz", "package.xml"):
         assert (prefix / "share/sgru_ros" / name).is_file(), name
-    for name in ("stereo_node", "sample_source"):
+    for name in ("stereo_node", "stereo_lifecycle_node", "sample_source"):
         exe = prefix / "lib/sgru_ros" / name
         assert exe.is_file() and os.access(exe, os.X_OK), exe
     from ament_index_python.packages import get_package_share_directory
@@ -60,7 +60,9 @@ def test_launch_description_builds():
     description = module.generate_launch_description()
     names = {getattr(a, "name", None) for a in description.entities}
     assert {"namespace", "left_namespace", "right_namespace", "model", "iterations", "device", "precision",
-            "use_sample_source", "use_rviz"} <= names
+            "image_transport", "confidence_threshold", "approximate_sync", "approximate_sync_tolerance_seconds",
+            "use_color", "avoid_point_cloud_padding", "use_lifecycle", "lifecycle_autostart", "use_sample_source",
+            "use_rviz", "rviz_fixed_frame"} <= names
 
 
 # Import name -> (pip distribution, package.xml exec_depend key) for every third-party module that the
@@ -78,6 +80,7 @@ RUNTIME_MODULES = {
     "stereo_msgs": ("ros-stereo-msgs", "stereo_msgs"),
     "std_msgs": ("ros-std-msgs", "std_msgs"),
     "diagnostic_msgs": ("ros-diagnostic-msgs", "diagnostic_msgs"),
+    "lifecycle_msgs": ("ros-lifecycle-msgs", "lifecycle_msgs"),
     "rcl_interfaces": ("ros-rcl-interfaces", "rcl_interfaces"),
     "ament_index_python": ("ros-ament-index-python", "ament_index_python"),
     "launch": (None, "launch"),
@@ -167,7 +170,7 @@ def test_console_scripts_go_to_bin_and_lib_wrappers_hand_over():
     config.read(REPO / "setup.cfg")
     assert not config.has_option("develop", "script_dir") and not config.has_option("develop", "script-dir")
     assert not config.has_option("install", "install_scripts") and not config.has_option("install", "install-scripts")
-    for name in ("stereo_node", "sample_source"):
+    for name in ("stereo_node", "stereo_lifecycle_node", "sample_source"):
         wrapper = REPO / "bin" / name
         assert os.access(wrapper, os.X_OK), wrapper
         text = wrapper.read_text()
@@ -237,3 +240,44 @@ def test_lib_sample_source_reports_a_bad_rate_in_one_line():
     assert proc.returncode == 1, output
     assert "Traceback" not in output and "No module named" not in output, output
     assert len([line for line in output.splitlines() if "rate" in line]) == 1, output
+
+
+def _launch_module():
+    pytest.importorskip("launch_ros", reason="launch_ros is not installable here; runs in a ROS 2 workspace")
+    spec = importlib.util.spec_from_file_location("stereo_launch", REPO / "launch/stereo.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_launch_arguments_override_the_params_file_only_when_given():
+    module = _launch_module()
+    from launch import LaunchContext
+    from launch.actions import DeclareLaunchArgument
+
+    context = LaunchContext()
+    context.launch_configurations.update({"iterations": "16", "approximate_sync": "true",
+                                          "approximate_sync_tolerance_seconds": "1", "model": "/m/s.pth"})
+    for action in module.generate_launch_description().entities:
+        if isinstance(action, DeclareLaunchArgument):
+            action.visit(context)  # the defaults of the arguments not given
+    overrides = module._node_overrides(context)
+    assert isinstance(overrides["approximate_sync_tolerance_seconds"], float)  # rclpy rejects 1 for a double
+    assert overrides == {"iterations": 16, "approximate_sync": True,
+                                               "approximate_sync_tolerance_seconds": 1.0, "model": "/m/s.pth"}
+
+
+def test_rviz_view_follows_the_namespace_and_the_fixed_frame():
+    import yaml
+
+    from sgru_ros.rviz_config import rviz_config
+
+    template = (REPO / "config/stereo.rviz").read_text()
+    for namespace, prefix in (("stereo", "/stereo"), ("/robot/stereo/", "/robot/stereo"), ("", "")):
+        config = yaml.safe_load(rviz_config(template, namespace, "camera_left_optical"))
+        manager = config["Visualization Manager"]
+        topics = {d["Topic"]["Value"] for d in manager["Displays"] if "Topic" in d}
+        assert topics == {f"{prefix}/points2", f"{prefix}/disparity/color", f"{prefix}/confidence"}
+        assert manager["Global Options"]["Fixed Frame"] == "camera_left_optical"
+    with pytest.raises(ValueError, match="rviz_fixed_frame is empty"):
+        rviz_config(template, "stereo", " ")

@@ -26,6 +26,8 @@ from conftest import REPO  # noqa: E402
 from ros_helpers import STEP_PX, Observer, known_answer_checkpoint, remapped_inputs, start_process, stop_process  # noqa: E402,E501
 
 NAMESPACE = "/rig"
+OUTPUT_TYPES = {"disparity": DisparityImage, "points2": PointCloud2, "depth/image_rect": Image,
+                "depth/camera_info": CameraInfo, "confidence": Image}
 CAMERA = "/cam"  # the node's inputs are remapped here
 CALIBRATION = StereoCalibration(focal_length=200.0, cx=80.0, cy=60.0, cx_right=86.0, baseline=0.12)
 
@@ -50,8 +52,8 @@ class Rig(Observer):
         self.pubs = {t: self.create_publisher(m, f"{CAMERA}/{t}", qos) for t, m in (
             ("left/image_rect", Image), ("right/image_rect", Image),
             ("left/camera_info", CameraInfo), ("right/camera_info", CameraInfo))}
-        self.outputs: dict[str, dict[int, object]] = {"disparity": {}, "points2": {}, "depth": {}}
-        for name, msg_type in (("disparity", DisparityImage), ("points2", PointCloud2), ("depth", Image)):
+        self.outputs: dict[str, dict[int, object]] = {name: {} for name in OUTPUT_TYPES}
+        for name, msg_type in OUTPUT_TYPES.items():
             self.create_subscription(msg_type, f"{NAMESPACE}/{name}",
                                      lambda msg, n=name: self.outputs[n].__setitem__(stamp_ns(msg.header), msg), qos)
         self.param_client = self.create_client(SetParameters, f"{NAMESPACE}/sgru_stereo/set_parameters")
@@ -85,6 +87,8 @@ class Rig(Observer):
         assert self.param_client.wait_for_service(timeout_sec=30.0), "parameter service not found"
         if isinstance(value, list):
             pv = ParameterValue(type=ParameterType.PARAMETER_INTEGER_ARRAY, integer_array_value=value)
+        elif isinstance(value, float):
+            pv = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
         else:
             pv = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
         future = self.param_client.call_async(SetParameters.Request(parameters=[ParameterMsg(name=name, value=pv)]))
@@ -117,7 +121,7 @@ def test_pair_in_disparity_and_cloud_out_with_consistent_geometry(rig):
     left, right = textured_pair()
     out = rig.frame(left, right, sec=100)
     disparity_msg, cloud = out["disparity"], out["points2"]
-    for msg in (disparity_msg, cloud, out["depth"]):
+    for msg in out.values():
         assert msg.header.frame_id == "rig_left_optical" and msg.header.stamp.sec == 100
     assert disparity_msg.f == pytest.approx(CALIBRATION.focal_length)
     assert disparity_msg.t == pytest.approx(CALIBRATION.baseline)
@@ -143,10 +147,45 @@ def test_pair_in_disparity_and_cloud_out_with_consistent_geometry(rig):
     v, u = np.nonzero(finite)
     np.testing.assert_allclose(xyz[..., 0][finite], (u - CALIBRATION.cx) * expected_z / CALIBRATION.focal_length,
                                rtol=1e-3, atol=1e-6)
-    depth = as_array(out["depth"])
+    # REP 118: depth/image_rect in metres, NaN where no point, with the left camera_info beside it.
+    depth = as_array(out["depth/image_rect"])
     np.testing.assert_allclose(depth[finite], expected_z, rtol=1e-3)
+    assert np.isnan(depth[~finite]).all()
+    info = out["depth/camera_info"]
+    assert (info.width, info.height) == (160, 120) and list(info.p) == list(camera_info(CALIBRATION, False, 160, 120,
+                                                                                         Header()).p)
     rgb = raw[..., 16:19][..., ::-1]
     assert np.array_equal(rgb[finite], left[finite])
+    # Invalid pixels (x < d) read as invalid also to a consumer that takes d' > 0 as valid.
+    assert (published[~valid] < 0).all() and (published[~valid] < disparity_msg.min_disparity).all()
+    assert 0 < disparity_msg.delta_d < 1e-4  # float32 output: its spacing at the range's end, not 1/16 px
+
+
+def test_confidence_is_the_pipelines_and_its_threshold_invalidates_pixels(rig, tmp_path):
+    from sgru_ros.inference import StereoEstimator
+    from sgru_ros.pipeline import StereoPipeline
+    from sgru_ros.sample_source import camera_info as info_of
+
+    left, right = textured_pair()
+    out = rig.frame(left, right, sec=150)
+    confidence = as_array(out["confidence"])
+    # The same frame through the ROS-free pipeline in this process: the node publishes exactly that.
+    pipeline = StereoPipeline(StereoEstimator.from_checkpoint(known_answer_checkpoint(tmp_path / "k.pth"),
+                                                              device="cpu"))
+    p = [np.asarray(info_of(CALIBRATION, right_side, 160, 120, Header()).p).reshape(3, 4)
+         for right_side in (False, True)]
+    expected = pipeline.process(left, right, *p, iterations=3, confidence=True).confidence
+    np.testing.assert_allclose(confidence, expected, atol=1e-6)
+    assert ((confidence >= 0) & (confidence <= 1)).all() and confidence.std() > 0
+    valid_before = as_array(out["disparity"].image) >= out["disparity"].min_disparity
+    threshold = float(np.median(confidence[valid_before]))
+    assert rig.set_parameter("confidence_threshold", threshold) == (True, "")
+    masked = rig.frame(left, right, sec=151)
+    valid = as_array(masked["disparity"].image) >= masked["disparity"].min_disparity
+    assert np.array_equal(valid, valid_before & (as_array(masked["confidence"]) >= threshold))
+    assert 0 < valid.sum() < valid_before.sum()
+    assert np.isnan(as_array(masked["depth/image_rect"])[~valid]).all()
+    assert rig.set_parameter("confidence_threshold", 0.0) == (True, "")
 
 
 def test_every_parameter_of_the_config_file_is_declared(rig):

@@ -1,0 +1,166 @@
+"""How the node meets a robot stack, over real rclpy with the node in its own process: no work
+without subscribers, compressed input whose camera_info follows the image topic, and the managed
+(lifecycle) variant."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
+from lifecycle_msgs.msg import Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import CameraInfo, CompressedImage  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+from stereo_msgs.msg import DisparityImage  # noqa: E402
+
+from sgru_ros.calibration import StereoCalibration  # noqa: E402
+from sgru_ros.ros_conversions import compressed_image, stamp_ns  # noqa: E402
+from sgru_ros.sample_source import camera_info  # noqa: E402
+
+from ros_helpers import (STEP_PX, CameraRig, Observer, known_answer_checkpoint, remapped_inputs,  # noqa: E402
+                         start_process, stop_process)
+
+CALIBRATION = StereoCalibration(focal_length=200.0, cx=80.0, cy=60.0, cx_right=86.0, baseline=0.12)
+ITERATIONS = 3
+
+
+@pytest.fixture(scope="module")
+def ros():
+    rclpy.init()
+    yield
+    rclpy.shutdown()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return known_answer_checkpoint(tmp_path_factory.mktemp("model") / "known_answer.pth")
+
+
+def textured_pair(shift: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(3)
+    texture = rng.integers(0, 255, size=(120, 160 + shift, 3), dtype=np.uint8)
+    return np.ascontiguousarray(texture[:, :160]), np.ascontiguousarray(texture[:, shift:])
+
+
+def disparity_array(msg: DisparityImage) -> np.ndarray:
+    return np.frombuffer(msg.image.data, np.float32).reshape(msg.image.height, msg.image.width)
+
+
+def node_args(checkpoint, *extra: str) -> list[str]:
+    return ["-p", f"model:={checkpoint}", "-p", "device:=cpu", "-p", f"iterations:={ITERATIONS}", *extra]
+
+
+def test_without_subscribers_no_input_is_taken_and_diagnostics_say_idle(ros, checkpoint):
+    proc = start_process("run", "-r", "__ns:=/lazy", *node_args(checkpoint), *remapped_inputs("/lazy_cam"))
+    camera = CameraRig("/unwatched", "/lazy_cam", CALIBRATION, name="lazy_camera")  # watches another namespace
+    try:
+        camera.spin_until(lambda: camera.last_status("/lazy/sgru_stereo") is not None, 60.0, "diagnostics")
+        camera.spin_for(1.5)
+        status = camera.last_status("/lazy/sgru_stereo")
+        assert status.level == DiagnosticStatus.OK and "idle: no subscriber to any output" in status.message
+        assert {kv.key: kv.value for kv in status.values}["output_subscribers"] == "0"
+        assert not any(pub.get_subscription_count() for pub in camera.pubs.values())  # inputs not even subscribed
+        camera.publish_pair(*textured_pair(), sec=1)
+        # A consumer appears: the node subscribes its inputs and answers.
+        answers = {}
+        camera.create_subscription(DisparityImage, "/lazy/disparity", lambda m: answers.__setitem__(stamp_ns(m.header),
+                                                                                                    m), QoSProfile(depth=5))
+        camera.wait_connected()
+        stamp = camera.publish_pair(*textured_pair(), sec=2)
+        camera.spin_until(lambda: stamp in answers, 60.0, "an answer once somebody subscribes")
+        values = lambda: {kv.key: kv.value for kv in camera.last_status("/lazy/sgru_stereo").values}  # noqa: E731
+        camera.spin_until(lambda: values()["frames_processed"] == "1", 5.0, "diagnostics counting the frame")
+        assert camera.last_status("/lazy/sgru_stereo").message == "running" and values()["output_subscribers"] == "1"
+    finally:
+        camera.destroy_node()
+        output = stop_process(proc)
+    assert "Traceback" not in output
+
+
+def test_compressed_images_and_camera_info_found_beside_the_remapped_image_topic(ros, checkpoint):
+    """One remap per camera, as image_transport's camera subscriber: the camera_info next to the
+    image topic, the images on <image>/compressed (PNG here, so the known answer stays exact)."""
+    proc = start_process("run", "-r", "__ns:=/packed", *node_args(checkpoint, "-p", "image_transport:=compressed"),
+                         "-r", "left/image_rect:=/wifi_cam/left/image_rect_color",
+                         "-r", "right/image_rect:=/wifi_cam/right/image_rect_color")
+    observer = Observer("/packed", name="packed_observer")
+    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    pubs = {name: observer.create_publisher(msg_type, f"/wifi_cam/{name}", qos) for name, msg_type in (
+        ("left/image_rect_color/compressed", CompressedImage), ("right/image_rect_color/compressed", CompressedImage),
+        ("left/camera_info", CameraInfo), ("right/camera_info", CameraInfo))}
+    try:
+        observer.spin_until(lambda: all(p.get_subscription_count() for p in pubs.values()), 60.0,
+                            "the node subscribing to the compressed images and the camera_infos beside them")
+        observer.spin_for(0.5)
+        left, right = textured_pair()
+        header = Header(frame_id="wifi_left_optical")
+        header.stamp.sec = 7
+        for side, image in (("left", left), ("right", right)):
+            pubs[f"{side}/camera_info"].publish(camera_info(CALIBRATION, side == "right", 160, 120, header))
+            pubs[f"{side}/image_rect_color/compressed"].publish(compressed_image(image, header, "png"))
+        observer.spin_until(lambda: stamp_ns(header) in observer.disparities, 60.0, "the disparity")
+        published = disparity_array(observer.disparities[stamp_ns(header)])
+        np.testing.assert_allclose(published[4:-4, 8:-4], ITERATIONS * STEP_PX + 6.0, atol=1e-3)
+    finally:
+        observer.destroy_node()
+        output = stop_process(proc)
+    assert "inputs /wifi_cam/left/image_rect_color/compressed, /wifi_cam/right/image_rect_color/compressed, " \
+           "/wifi_cam/left/camera_info, /wifi_cam/right/camera_info" in output
+
+
+class LifecycleClient(Observer):
+    def __init__(self, node: str) -> None:
+        super().__init__("/managed", name="lifecycle_client")
+        self.change = self.create_client(ChangeState, f"{node}/change_state")
+        self.get = self.create_client(GetState, f"{node}/get_state")
+
+    def state(self) -> str:
+        assert self.get.wait_for_service(timeout_sec=30.0)
+        future = self.get.call_async(GetState.Request())
+        self.spin_until(future.done, 10.0, "get_state")
+        return future.result().current_state.label
+
+    def transition(self, transition_id: int) -> bool:
+        assert self.change.wait_for_service(timeout_sec=30.0)
+        future = self.change.call_async(ChangeState.Request(transition=Transition(id=transition_id)))
+        self.spin_until(future.done, 60.0, f"transition {transition_id}")
+        return future.result().success
+
+
+def test_lifecycle_node_loads_on_configure_processes_only_while_active_and_frees_on_cleanup(ros, checkpoint):
+    proc = start_process("run-lifecycle", "-r", "__ns:=/managed", *node_args(checkpoint),
+                         *remapped_inputs("/managed_cam"))
+    client = LifecycleClient("/managed/sgru_stereo")
+    camera = CameraRig("/managed", "/managed_cam", CALIBRATION, name="managed_camera")
+    try:
+        assert client.state() == "unconfigured"
+        assert client.count_publishers("/managed/disparity") == 0  # nothing loaded yet
+        assert client.transition(Transition.TRANSITION_CONFIGURE) and client.state() == "inactive"
+        assert client.count_publishers("/managed/disparity") == 1
+        camera.spin_for(1.0)
+        assert not any(pub.get_subscription_count() for pub in camera.pubs.values())  # configured, not processing
+        assert client.transition(Transition.TRANSITION_ACTIVATE) and client.state() == "active"
+        camera.wait_connected()
+        stamp = camera.publish_pair(*textured_pair(), sec=11)
+        camera.spin_until(lambda: stamp in camera.disparities, 60.0, "an answer while active")
+        assert client.transition(Transition.TRANSITION_DEACTIVATE) and client.state() == "inactive"
+        camera.spin_until(lambda: not any(pub.get_subscription_count() for pub in camera.pubs.values()), 10.0,
+                          "inputs unsubscribed when inactive")
+        camera.spin_until(lambda: "inactive" in camera.last_status("/managed/sgru_stereo").message, 5.0,
+                          "diagnostics saying inactive")
+        assert client.transition(Transition.TRANSITION_CLEANUP) and client.state() == "unconfigured"
+        client.spin_until(lambda: client.count_publishers("/managed/disparity") == 0, 10.0, "publishers destroyed")
+        # And up again: configure and activate a second time work.
+        assert client.transition(Transition.TRANSITION_CONFIGURE) and client.transition(Transition.TRANSITION_ACTIVATE)
+        camera.wait_connected()
+        stamp = camera.publish_pair(*textured_pair(), sec=12)
+        camera.spin_until(lambda: stamp in camera.disparities, 60.0, "an answer after a second activation")
+    finally:
+        camera.destroy_node()
+        client.destroy_node()
+        output = stop_process(proc)
+    assert proc.returncode == 0 and "Traceback" not in output, output
