@@ -113,12 +113,12 @@ def _launch_setup(context):
                             namespace=namespace, parameters=[{'image_transport': transport}],
                             remappings=_camera_remappings(context, publisher=True), output='screen'))
     if _is_true(context, 'use_rviz'):
+        frame = LaunchConfiguration('rviz_fixed_frame').perform(context)
         with open(os.path.join(share, 'config', 'stereo.rviz')) as f:
-            config = rviz_config(f.read(), namespace, LaunchConfiguration('rviz_fixed_frame').perform(context))
+            config = rviz_config(f.read(), namespace, frame)
         fd, path = tempfile.mkstemp(prefix='sgru_ros_', suffix='.rviz')
         with os.fdopen(fd, 'w') as f:
             f.write(config)
-        frame = LaunchConfiguration('rviz_fixed_frame').perform(context)
         actions.append(Node(package='rviz2', executable='rviz2', name='rviz2', namespace=namespace,
                             arguments=['-d', path, '-f', frame]))
     return actions

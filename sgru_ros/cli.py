@@ -64,24 +64,22 @@ def _int_type(low: int, high: int | None = None, multiple: int = 1) -> Callable[
     return parse
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number in 0..1")
-    return value
+def _float_type(accept: Callable[[float], bool], allowed: str) -> Callable[[str], float]:
+    """An argparse type: a float for which ``accept`` holds (NaN never does), else 'TEXT is not ALLOWED'."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and accept(value)):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {allowed}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number > 0")
-    return value
+_positive_float = _float_type(lambda v: v > 0, "a finite number > 0")
+_fraction = _float_type(lambda v: 0.0 <= v <= 1.0, "a number in 0..1")
 
 
 def _duration(text: str) -> float:
