@@ -4,45 +4,59 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sgru_ros.model import ConvGRU, RaftConfig, SelectiveConvGRU, SelectiveRAFT
 from sgru_ros.model.base import output_schedule
 
 
-def test_conv_gru_follows_the_equations():
-    torch.manual_seed(0)
-    gru = ConvGRU(hidden_dim=4, input_dim=3, kernel_size=1)
-    h, x = torch.randn(2, 4, 5, 6), torch.randn(2, 3, 5, 6)
-
-    def conv1x1(conv, inp):  # the 1x1 convolution written as a matrix product per pixel
-        return torch.einsum("oc,bchw->bohw", conv.weight[:, :, 0, 0], inp) + conv.bias.view(1, -1, 1, 1)
-
+def _gru_equations(gru: ConvGRU, h, x):
+    """The ConvGRU as the paper writes it, one convolution per gate over all inputs."""
+    def conv(c, inp):
+        return F.conv2d(inp, c.weight, c.bias, padding=c.padding)
     hx = torch.cat([h, x], 1)
-    z = torch.sigmoid(conv1x1(gru.convz, hx))
-    r = torch.sigmoid(conv1x1(gru.convr, hx))
-    q = torch.tanh(conv1x1(gru.convq, torch.cat([r * h, x], 1)))
-    assert torch.allclose(gru(h, x), (1 - z) * h + z * q, atol=1e-6)
+    z = torch.sigmoid(conv(gru.convz, hx))
+    r = torch.sigmoid(conv(gru.convr, hx))
+    q = torch.tanh(conv(gru.convq, torch.cat([r * h, x], 1)))
+    return (1 - z) * h + z * q
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_conv_gru_with_its_context_folded_in_follows_the_equations(kernel_size):
+    torch.manual_seed(0)
+    gru = ConvGRU(hidden_dim=4, input_dim=5, kernel_size=kernel_size, context_dim=2)
+    h, c, y = torch.randn(2, 4, 5, 6), torch.randn(2, 2, 5, 6), torch.randn(2, 3, 5, 6)
+    step = gru.prepare(c)
+    expected = _gru_equations(gru, h, torch.cat([c, y], 1))
+    assert torch.allclose(step(h, y, torch.cat([h, y], 1)), expected, atol=1e-6)
+    # the folded context is reused: a second iteration from the new state still follows the equations
+    h2 = expected
+    assert torch.allclose(step(h2, y, torch.cat([h2, y], 1)), _gru_equations(gru, h2, torch.cat([c, y], 1)),
+                          atol=1e-6)
 
 
 def test_selective_gru_blends_by_attention():
     torch.manual_seed(0)
-    gru = SelectiveConvGRU(hidden_dim=4, input_dim=5)
-    h, a, b = torch.randn(1, 4, 6, 7), torch.randn(1, 2, 6, 7), torch.randn(1, 3, 6, 7)
-    x = torch.cat([a, b], 1)
+    gru = SelectiveConvGRU(hidden_dim=4, input_dim=6, context_dim=1)
+    h, c, a, b = torch.randn(1, 4, 6, 7), torch.randn(1, 1, 6, 7), torch.randn(1, 2, 6, 7), torch.randn(1, 3, 6, 7)
+    x = torch.cat([c, a, b], 1)
     ones, zeros = torch.ones(1, 1, 6, 7), torch.zeros(1, 1, 6, 7)
-    assert torch.allclose(gru(ones, h, a, b), gru.small_gru(h, x))
-    assert torch.allclose(gru(zeros, h, a, b), gru.large_gru(h, x))
-    half = gru(0.5 * ones, h, a, b)
-    assert torch.allclose(half, 0.5 * (gru.small_gru(h, x) + gru.large_gru(h, x)), atol=1e-6)
+    small, large = _gru_equations(gru.small_gru, h, x), _gru_equations(gru.large_gru, h, x)
+    assert torch.allclose(gru.prepare(c, ones)(h, a, b), small, atol=1e-6)
+    assert torch.allclose(gru.prepare(c, zeros)(h, a, b), large, atol=1e-6)
+    assert torch.allclose(gru.prepare(c, 0.5 * ones)(h, a, b), 0.5 * (small + large), atol=1e-6)
 
 
 def test_selective_gru_rejects_wrong_shapes():
-    gru = SelectiveConvGRU(hidden_dim=4, input_dim=5)
+    gru = SelectiveConvGRU(hidden_dim=4, input_dim=5, context_dim=1)
     h = torch.zeros(1, 4, 6, 7)
-    with pytest.raises(ValueError, match="expects 5 input channels, got 4"):
-        gru(torch.zeros(1, 1, 6, 7), h, torch.zeros(1, 4, 6, 7))
+    step = gru.prepare(torch.zeros(1, 1, 6, 7), torch.zeros(1, 1, 6, 7))
+    with pytest.raises(ValueError, match="expects 4 per-iteration input channels, got 3"):
+        step(h, torch.zeros(1, 3, 6, 7))
+    with pytest.raises(ValueError, match="expects 1 context channels, got 2"):
+        gru.prepare(torch.zeros(1, 2, 6, 7), torch.zeros(1, 1, 6, 7))
     with pytest.raises(ValueError, match="attention must be B x 1"):
-        gru(torch.zeros(1, 1, 3, 7), h, torch.zeros(1, 5, 6, 7))
+        gru.prepare(torch.zeros(1, 1, 6, 7), torch.zeros(1, 1, 3, 7))
 
 
 def test_model_input_checks():

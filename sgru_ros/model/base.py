@@ -11,6 +11,16 @@ from torch import nn
 
 from .update import SelectiveUpdateBlock
 
+#: The stages of a forward pass, as ``torch.profiler`` ranges named ``sgru.<stage>``
+#: (``sgru_ros.bench`` reads them; without a profiler running they cost nothing measurable).
+STAGES = ("features", "cost_volume", "context", "gru_iteration", "upsampling")
+
+
+def stage(name: str) -> torch.profiler.record_function:
+    """A profiler range for one of ``STAGES``."""
+    return torch.profiler.record_function(f"sgru.{name}")
+
+
 #: Inputs must be multiples of this: IGEV's MobileNetV2 reaches 1/32 and
 #: RAFT's context encoder 1/(4 * 2**n_downsample); the inference API pads to it.
 SIZE_MULTIPLE = 32
@@ -68,6 +78,10 @@ def output_schedule(iters: int, output_iters: Sequence[int] | None) -> list[int]
     return wanted
 
 
+#: ``stop(iteration, delta)``: end the refinement after this iteration (see ``SelectiveStereo.refine``).
+StopRule = Callable[[int, torch.Tensor], bool]
+
+
 class SelectiveStereo(nn.Module):
     """Base class: the GRU refinement loop shared by Selective-RAFT and -IGEV."""
 
@@ -89,21 +103,32 @@ class SelectiveStereo(nn.Module):
     def refine(self, state: torch.Tensor, net: list[torch.Tensor], inp: list[torch.Tensor],
                att: list[torch.Tensor], lookup: Callable[[torch.Tensor], torch.Tensor],
                upsample: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-               iters: int, outputs: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Run ``iters`` updates of ``state`` (B x 1 x h x w, the model's own disparity sign).
+               iters: int, outputs: list[int], stop: StopRule | None = None,
+               ) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
+        """Run up to ``iters`` updates of ``state`` (B x 1 x h x w, the model's own disparity sign).
 
         lookup(state) samples the matching volume; upsample(state, features)
-        returns a full-resolution positive disparity. Gradients do not flow
-        from one iteration's state into the next (the state is detached, as
-        released), only through each iteration's own update.
-        Returns (final state, full-resolution predictions at ``outputs``).
+        returns a full-resolution positive disparity. ``stop(k, delta)`` is asked
+        after update k < iters (delta: that update, B x 1 x h x w); when it says
+        True the loop ends there and iteration k is upsampled as the final one.
+        Gradients do not flow from one iteration's state into the next (the
+        state is detached, as released), only through each iteration's own update.
+        Returns (final state, full-resolution predictions, the iterations they belong to).
         """
-        predictions = []
+        predictions, done = [], []
+        with stage("context"):
+            steps = self.update_block.prepare(inp, att)
         for itr in range(1, iters + 1):
-            state = state.detach()
-            corr = lookup(state)
-            net, up_features, delta = self.update_block(net, inp, corr, state, att)
-            state = state + delta.float()
-            if itr in outputs:
-                predictions.append(upsample(state, up_features))
-        return state, predictions
+            with stage("gru_iteration"):
+                state = state.detach()
+                corr = lookup(state)
+                net, delta = self.update_block(net, steps, corr, state)
+                state = state + delta.float()
+            last = itr == iters or (stop is not None and stop(itr, delta))
+            if itr in outputs or last:
+                with stage("upsampling"):
+                    predictions.append(upsample(state, self.update_block.upsample_features(net[0])))
+                done.append(itr)
+            if last:
+                break
+        return state, predictions, done

@@ -10,42 +10,87 @@ ones in the authors' released checkpoints and must not change.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 class ConvGRU(nn.Module):
     """A convolutional GRU cell with a square kernel.
 
-        z  = sigmoid(Conv_z([h, x]))
-        r  = sigmoid(Conv_r([h, x]))
-        q  = tanh(Conv_q([r * h, x]))
+        z  = sigmoid(Conv_z([h, c, y]))
+        r  = sigmoid(Conv_r([h, c, y]))
+        q  = tanh(Conv_q([r * h, c, y]))
         h' = (1 - z) * h + z * q
+
+    c is the frame's context (fixed while a frame is refined), y the inputs
+    that change every iteration. A convolution is linear in its input
+    channels, Conv_g([h, c, y]) = W_g^h * h + W_g^c * c + W_g^y * y + b_g,
+    so ``prepare`` computes the context's share W_g^c * c + b_g of z, r and q
+    once per frame and each iteration convolves only [h, y] (RAFT-Stereo
+    precomputes it the same way; Selective-Stereo as released does not).
+    z and r read the same input, so they are one convolution with stacked weights.
 
     Args:
         hidden_dim: channels of h.
-        input_dim: channels of x (all inputs concatenated).
+        input_dim: channels of [c, y] (the context first).
         kernel_size: odd kernel size; "same" padding keeps the resolution.
+        context_dim: channels of c.
     """
 
-    def __init__(self, hidden_dim: int, input_dim: int, kernel_size: int) -> None:
+    def __init__(self, hidden_dim: int, input_dim: int, kernel_size: int, context_dim: int) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        if not 0 <= context_dim <= input_dim:
+            raise ValueError(f"context_dim must lie in 0..{input_dim}, got {context_dim}")
         self.hidden_dim = hidden_dim
         self.input_dim = input_dim
+        self.context_dim = context_dim
         pad = kernel_size // 2
         self.convz = nn.Conv2d(hidden_dim + input_dim, hidden_dim, kernel_size, padding=pad)
         self.convr = nn.Conv2d(hidden_dim + input_dim, hidden_dim, kernel_size, padding=pad)
         self.convq = nn.Conv2d(hidden_dim + input_dim, hidden_dim, kernel_size, padding=pad)
 
-    def forward(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """h: B x hidden_dim x H x W, x: B x input_dim x H x W -> B x hidden_dim x H x W."""
-        hx = torch.cat([h, x], dim=1)
-        z = torch.sigmoid(self.convz(hx))
-        r = torch.sigmoid(self.convr(hx))
-        q = torch.tanh(self.convq(torch.cat([r * h, x], dim=1)))
-        return (1 - z) * h + z * q
+    def prepare(self, context: torch.Tensor) -> GRUStep:
+        """context: B x context_dim x H x W -> the step function for this frame."""
+        if context.shape[1] != self.context_dim:
+            raise ValueError(f"ConvGRU expects {self.context_dim} context channels, got {context.shape[1]}")
+        h, c = self.hidden_dim, self.context_dim
+        convs = (self.convz, self.convr, self.convq)
+        share = F.conv2d(context, torch.cat([conv.weight[:, h:h + c] for conv in convs]),
+                         torch.cat([conv.bias for conv in convs]), padding=self.convz.padding)
+        without_context = [torch.cat([conv.weight[:, :h], conv.weight[:, h + c:]], dim=1) for conv in convs]
+        return GRUStep(zr_weight=torch.cat(without_context[:2]), q_weight=without_context[2],
+                       share=share, padding=self.convz.padding)
+
+
+@dataclass
+class GRUStep:
+    """One ConvGRU with one frame's context folded in (``ConvGRU.prepare``).
+
+    zr_weight: 2*hidden x (hidden + |y|) x k x k, the z and r convolutions
+    without their context channels, stacked; q_weight: hidden x (hidden + |y|)
+    x k x k; share: B x 3*hidden x H x W, the context's share and the biases
+    of z, r and q.
+    """
+
+    zr_weight: torch.Tensor
+    q_weight: torch.Tensor
+    share: torch.Tensor
+    padding: tuple[int, int]
+
+    def __call__(self, h: torch.Tensor, y: torch.Tensor, hy: torch.Tensor) -> torch.Tensor:
+        """h: B x hidden x H x W, y: B x |y| x H x W, hy: [h, y] concatenated (the
+        caller's two GRUs share it) -> the new h, B x hidden x H x W."""
+        hidden = h.shape[1]
+        zr = torch.sigmoid(F.conv2d(hy, self.zr_weight, padding=self.padding) + self.share[:, :2 * hidden])
+        z, r = zr[:, :hidden], zr[:, hidden:]
+        q = torch.tanh(F.conv2d(torch.cat([r * h, y], dim=1), self.q_weight, padding=self.padding)
+                       + self.share[:, 2 * hidden:])
+        return h + z * (q - h)
 
 
 class SelectiveConvGRU(nn.Module):
@@ -60,25 +105,45 @@ class SelectiveConvGRU(nn.Module):
 
     The released code feeds the concatenated inputs straight into both GRUs:
     there is no extra 3x3 conv on [x, h] before them (see docs/architecture.md).
+    x is [context, per-iteration inputs]; ``prepare`` folds a frame's context
+    and attention in once (see ``ConvGRU``).
     """
 
-    def __init__(self, hidden_dim: int, input_dim: int, small_kernel_size: int = 1,
+    def __init__(self, hidden_dim: int, input_dim: int, context_dim: int, small_kernel_size: int = 1,
                  large_kernel_size: int = 3) -> None:
         super().__init__()
-        self.small_gru = ConvGRU(hidden_dim, input_dim, small_kernel_size)
-        self.large_gru = ConvGRU(hidden_dim, input_dim, large_kernel_size)
+        self.small_gru = ConvGRU(hidden_dim, input_dim, small_kernel_size, context_dim)
+        self.large_gru = ConvGRU(hidden_dim, input_dim, large_kernel_size, context_dim)
 
-    def forward(self, attention: torch.Tensor, h: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
-        """attention: B x 1 x H x W; h: B x hidden x H x W; inputs: B x C_i x H x W with
-        sum(C_i) == input_dim. Returns the new hidden state, B x hidden x H x W."""
-        x = torch.cat(inputs, dim=1)
-        expected = self.small_gru.input_dim
-        if x.shape[1] != expected:
-            raise ValueError(f"SelectiveConvGRU expects {expected} input channels, got {x.shape[1]}")
-        if attention.shape[1] != 1 or attention.shape[-2:] != h.shape[-2:]:
+    def prepare(self, context: torch.Tensor, attention: torch.Tensor) -> SelectiveGRUStep:
+        """context: B x context_dim x H x W; attention: B x 1 x H x W -> this frame's step function."""
+        if attention.shape[1] != 1 or attention.shape[-2:] != context.shape[-2:]:
             raise ValueError(
-                f"attention must be B x 1 x {tuple(h.shape[-2:])}, got {tuple(attention.shape)}")
-        return self.small_gru(h, x) * attention + self.large_gru(h, x) * (1 - attention)
+                f"attention must be B x 1 x {tuple(context.shape[-2:])}, got {tuple(attention.shape)}")
+        small = self.small_gru
+        return SelectiveGRUStep(small.prepare(context), self.large_gru.prepare(context), attention,
+                                small.input_dim - small.context_dim)
+
+
+@dataclass
+class SelectiveGRUStep:
+    """A SelectiveConvGRU with one frame's context and attention folded in."""
+
+    small: GRUStep
+    large: GRUStep
+    attention: torch.Tensor
+    input_dim: int
+
+    def __call__(self, h: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        """h: B x hidden x H x W; inputs: the per-iteration inputs B x C_i x H x W with
+        sum(C_i) == input_dim. Returns the new hidden state, B x hidden x H x W."""
+        y = torch.cat(inputs, dim=1) if len(inputs) > 1 else inputs[0]
+        if y.shape[1] != self.input_dim:
+            raise ValueError(f"SelectiveConvGRU expects {self.input_dim} per-iteration input channels, "
+                             f"got {y.shape[1]}")
+        hy = torch.cat([h, y], dim=1)  # read by both GRUs' z and r
+        a = self.attention
+        return self.small(h, y, hy) * a + self.large(h, y, hy) * (1 - a)
 
 
 class ChannelAttention(nn.Module):

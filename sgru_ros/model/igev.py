@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import SelectiveStereo, StereoPrediction, check_pair, normalize_image, output_schedule
+from .base import SelectiveStereo, StereoPrediction, check_pair, normalize_image, output_schedule, stage, StopRule
 from .config import IGEVConfig
 from .corr import GeometryEncodingVolume, groupwise_correlation_volume
 from .encoders import ContextEncoder, MobileNetV2Pyramid
 from .gru import ChannelAttention, SpatialAttention, apply_context_attention
-from .layers import BasicConv, FeatureAttention, UpConcat
+from .layers import BasicConv, Conv3d, FeatureAttention, UpConcat
 from .update import IGEVUpdateBlock
 
 #: Group-wise correlation groups (IGEV-Stereo, Xu et al. 2023, Sec. 3.2).
@@ -116,7 +116,7 @@ class SelectiveIGEV(SelectiveStereo):
         self.corr_stem = BasicConv(8, 8, is_3d=True, kernel_size=3, stride=1, padding=1)
         self.corr_feature_att = FeatureAttention(8, 96)
         self.cost_agg = Hourglass(8)
-        self.classifier = nn.Conv3d(8, 1, 3, 1, 1, bias=False)
+        self.classifier = Conv3d(8, 1, 3, 1, 1, bias=False)
 
     @property
     def downsample_factor(self) -> int:
@@ -134,14 +134,15 @@ class SelectiveIGEV(SelectiveStereo):
 
     def forward(self, left: torch.Tensor, right: torch.Tensor, iters: int = 12,
                 output_iters: Sequence[int] | None = None, disp_init: torch.Tensor | None = None,
-                max_disp: int = 192, return_init: bool = False) -> StereoPrediction:
+                max_disp: int = 192, return_init: bool = False, stop: StopRule | None = None) -> StereoPrediction:
         """left, right: B x 3 x H x W RGB in 0..255, H and W multiples of 32.
 
         max_disp: disparity range of the cost volume in input pixels (multiple
         of 32; the hourglass halves its 1/4-resolution depth three times).
         disp_init: optional B x 1 x H/4 x W/4 disparity replacing the
         volume's initial estimate (warm start). return_init: also upsample
-        and return the initial disparity (for its training loss).
+        and return the initial disparity (for its training loss). stop: ends
+        the refinement early (``SelectiveStereo.refine``).
         """
         check_pair(left, right)
         if max_disp < 32 or max_disp % 32:
@@ -150,32 +151,35 @@ class SelectiveIGEV(SelectiveStereo):
         c = self.config
         batch = left.shape[0]
         images = normalize_image(torch.cat([left, right], dim=0))
-        features = self.feature(images)
-        stem_2 = self.stem_2(images)
-        stem_4 = self.stem_4(stem_2)
-        features[0] = torch.cat((features[0], stem_4), 1)
-        match = self.desc(self.conv(features[0]))
-        match_left, match_right = match.split(batch, dim=0)
-        features_left = [f[:batch] for f in features]
-        stem_2x = stem_2[:batch]
+        with stage("features"):
+            features = self.feature(images)
+            stem_2 = self.stem_2(images)
+            stem_4 = self.stem_4(stem_2)
+            features[0] = torch.cat((features[0], stem_4), 1)
+            match = self.desc(self.conv(features[0]))
+            match_left, match_right = match.split(batch, dim=0)
+            features_left = [f[:batch] for f in features]
+            stem_2x = stem_2[:batch]
 
-        cost = groupwise_correlation_volume(match_left, match_right, max_disp // 4, GWC_GROUPS)
-        cost = self.corr_feature_att(self.corr_stem(cost), features_left[0])
-        geo_volume = self.cost_agg(cost, features_left)
-        prob = F.softmax(self.classifier(geo_volume).squeeze(1), dim=1)
-        levels = torch.arange(max_disp // 4, dtype=prob.dtype, device=prob.device).view(1, -1, 1, 1)
-        init_disp = torch.sum(prob * levels, 1, keepdim=True)  # soft-argmin, 1/4-res pixels
+        with stage("cost_volume"):
+            cost = groupwise_correlation_volume(match_left, match_right, max_disp // 4, GWC_GROUPS)
+            cost = self.corr_feature_att(self.corr_stem(cost), features_left[0])
+            geo_volume = self.cost_agg(cost, features_left)
+            prob = F.softmax(self.classifier(geo_volume).squeeze(1), dim=1)
+            levels = torch.arange(max_disp // 4, dtype=prob.dtype, device=prob.device).view(1, -1, 1, 1)
+            init_disp = torch.sum(prob * levels, 1, keepdim=True)  # soft-argmin, 1/4-res pixels
+            geo_fn = GeometryEncodingVolume(match_left, match_right, geo_volume, c.corr_levels, c.corr_radius)
 
         init_full = None
         if return_init:
             spx = self.spx(self.spx_2(self.spx_4(features_left[0]), stem_2x))
             init_full = context_upsample(init_disp.float() * 4.0, F.softmax(spx, 1).float())
 
-        cnet_levels = self.cnet(images[:batch])
-        net = [torch.tanh(hidden) for hidden, _ in cnet_levels]
-        inp, att = apply_context_attention(self.cam, self.sam, [torch.relu(ctx) for _, ctx in cnet_levels])
+        with stage("context"):
+            cnet_levels = self.cnet(images[:batch])
+            net = [torch.tanh(hidden) for hidden, _ in cnet_levels]
+            inp, att = apply_context_attention(self.cam, self.sam, [torch.relu(ctx) for _, ctx in cnet_levels])
 
-        geo_fn = GeometryEncodingVolume(match_left, match_right, geo_volume, c.corr_levels, c.corr_radius)
         disp = init_disp.float()
         if disp_init is not None:
             if disp_init.shape != disp.shape:
@@ -183,8 +187,8 @@ class SelectiveIGEV(SelectiveStereo):
                                  f"got {tuple(disp_init.shape)}")
             disp = disp_init.float()
 
-        disp, preds = self.refine(
+        disp, preds, done = self.refine(
             disp, net, inp, att, lookup=geo_fn,
             upsample=lambda d, feats: self._upsample(d, feats, stem_2x),
-            iters=iters, outputs=outputs)
-        return StereoPrediction(disparities=preds, iterations=outputs, low_res=disp, init_disp=init_full)
+            iters=iters, outputs=outputs, stop=stop)
+        return StereoPrediction(disparities=preds, iterations=done, low_res=disp, init_disp=init_full)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .base import SelectiveStereo, StereoPrediction, check_pair, normalize_image, output_schedule
+from .base import SelectiveStereo, StereoPrediction, check_pair, normalize_image, output_schedule, stage, StopRule
 from .config import RaftConfig
 from .corr import CorrPyramid1D
 from .encoders import ContextEncoder, FeatureEncoder
@@ -54,24 +54,28 @@ class SelectiveRAFT(SelectiveStereo):
 
     def forward(self, left: torch.Tensor, right: torch.Tensor, iters: int = 22,
                 output_iters: Sequence[int] | None = None, disp_init: torch.Tensor | None = None,
-                ) -> StereoPrediction:
+                stop: StopRule | None = None) -> StereoPrediction:
         """left, right: B x 3 x H x W RGB in 0..255, H and W multiples of 32.
 
         iters: GRU iterations. output_iters: which iterations to upsample and
         return (default: the last). disp_init: optional B x 1 x H/f x W/f
         positive disparity at the working resolution to start from (warm start).
+        stop: ends the refinement early (``SelectiveStereo.refine``).
         """
         check_pair(left, right)
         outputs = output_schedule(iters, output_iters)
         c = self.config
         image1, image2 = normalize_image(left), normalize_image(right)
-        fmaps = self.fnet(torch.cat([image1, image2], dim=0))
-        fmap1, fmap2 = fmaps.split(left.shape[0], dim=0)
-        corr_fn = CorrPyramid1D(fmap1, fmap2, c.corr_levels, c.corr_radius)
+        with stage("features"):
+            fmaps = self.fnet(torch.cat([image1, image2], dim=0))
+            fmap1, fmap2 = fmaps.split(left.shape[0], dim=0)
+        with stage("cost_volume"):
+            corr_fn = CorrPyramid1D(fmap1, fmap2, c.corr_levels, c.corr_radius)
 
-        levels = self.cnet(image1)
-        net = [torch.tanh(hidden) for hidden, _ in levels]
-        inp, att = apply_context_attention(self.cam, self.sam, [torch.relu(ctx) for _, ctx in levels])
+        with stage("context"):
+            levels = self.cnet(image1)
+            net = [torch.tanh(hidden) for hidden, _ in levels]
+            inp, att = apply_context_attention(self.cam, self.sam, [torch.relu(ctx) for _, ctx in levels])
 
         b, _, h, w = net[0].shape
         x = torch.arange(w, device=left.device, dtype=torch.float32).view(1, 1, 1, w).expand(b, 1, h, w)
@@ -82,9 +86,9 @@ class SelectiveRAFT(SelectiveStereo):
                                  f"got {tuple(disp_init.shape)}")
             flow = -disp_init.float()
 
-        flow, preds = self.refine(
+        flow, preds, done = self.refine(
             flow, net, inp, att,
             lookup=lambda f: corr_fn(x + f),
             upsample=lambda f, mask: -convex_upsample(f, mask.float(), c.downsample_factor),
-            iters=iters, outputs=outputs)
-        return StereoPrediction(disparities=preds, iterations=outputs, low_res=-flow)
+            iters=iters, outputs=outputs, stop=stop)
+        return StereoPrediction(disparities=preds, iterations=done, low_res=-flow)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gru import SelectiveConvGRU
+from .gru import SelectiveConvGRU, SelectiveGRUStep
 from .layers import DispHead
 
 
@@ -64,38 +64,48 @@ class SelectiveUpdateBlock(nn.Module):
         self.encoder = MotionEncoder(corr_planes, h, disp_prefix)
         # Inputs: own context + the neighbour levels' hidden states (+ motion at 1/4).
         if n_gru_layers == 3:
-            self.gru16 = SelectiveConvGRU(h, 2 * h)
+            self.gru16 = SelectiveConvGRU(h, 2 * h, context_dim=h)
         if n_gru_layers >= 2:
-            self.gru08 = SelectiveConvGRU(h, 2 * h + h * (n_gru_layers == 3))
-        self.gru04 = SelectiveConvGRU(h, 2 * h + h * (n_gru_layers > 1))
+            self.gru08 = SelectiveConvGRU(h, 2 * h + h * (n_gru_layers == 3), context_dim=h)
+        self.gru04 = SelectiveConvGRU(h, 2 * h + h * (n_gru_layers > 1), context_dim=h)
         self.disp_head = DispHead(h, 2 * h)
 
     def upsample_features(self, net04: torch.Tensor) -> torch.Tensor:
+        """B x h x H x W finest hidden state -> the features the network's upsampling reads.
+        Only iterations whose prediction is returned need them."""
         raise NotImplementedError
 
-    def forward(self, net: list[torch.Tensor], inp: list[torch.Tensor], corr: torch.Tensor,
-                disp: torch.Tensor, att: list[torch.Tensor]
-                ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    def grus(self) -> list[SelectiveConvGRU]:
+        """The GRUs, finest level first."""
+        return [getattr(self, name) for name in ("gru04", "gru08", "gru16")[:self.n_gru_layers]]
+
+    def prepare(self, inp: list[torch.Tensor], att: list[torch.Tensor]) -> list[SelectiveGRUStep]:
+        """Fold one frame's context features and fusion maps (per level, finest first,
+        B x h x H_l x W_l and B x 1 x H_l x W_l) into each level's GRU, once per frame."""
+        return [gru.prepare(context, attention) for gru, context, attention in zip(self.grus(), inp, att)]
+
+    def forward(self, net: list[torch.Tensor], steps: list[SelectiveGRUStep], corr: torch.Tensor,
+                disp: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """One refinement step.
 
-        net, inp, att: per level (finest first) B x h x H_l x W_l hidden states,
-        context features and B x 1 x H_l x W_l fusion maps; corr: B x P x H x W
-        sampled cost; disp: B x 1 x H x W current estimate (the model's sign).
-        Returns (new hidden states, upsampling features, disparity update B x 1 x H x W).
+        net: per level (finest first) B x h x H_l x W_l hidden states; steps:
+        ``prepare``'s GRUs of this frame; corr: B x P x H x W sampled cost;
+        disp: B x 1 x H x W current estimate (the model's sign).
+        Returns (new hidden states, disparity update B x 1 x H x W).
         """
         net = list(net)
         n = self.n_gru_layers
         if n == 3:
-            net[2] = self.gru16(att[2], net[2], inp[2], pool2x(net[1]))
-            net[1] = self.gru08(att[1], net[1], inp[1], pool2x(net[0]), resize_to(net[2], net[1]))
+            net[2] = steps[2](net[2], pool2x(net[1]))
+            net[1] = steps[1](net[1], pool2x(net[0]), resize_to(net[2], net[1]))
         elif n == 2:
-            net[1] = self.gru08(att[1], net[1], inp[1], pool2x(net[0]))
-        motion = torch.cat([inp[0], self.encoder(disp, corr)], dim=1)
+            net[1] = steps[1](net[1], pool2x(net[0]))
+        motion = self.encoder(disp, corr)
         if n > 1:
-            net[0] = self.gru04(att[0], net[0], motion, resize_to(net[1], net[0]))
+            net[0] = steps[0](net[0], motion, resize_to(net[1], net[0]))
         else:
-            net[0] = self.gru04(att[0], net[0], motion)
-        return net, self.upsample_features(net[0]), self.disp_head(net[0])
+            net[0] = steps[0](net[0], motion)
+        return net, self.disp_head(net[0])
 
 
 class RaftUpdateBlock(SelectiveUpdateBlock):
