@@ -31,6 +31,8 @@ setup(
         "ros": ["ros-rclpy", "ros-sensor-msgs", "ros-stereo-msgs", "ros-std-msgs", "ros-diagnostic-msgs",
                 "ros-lifecycle-msgs", "ros-rcl-interfaces", "ros-ament-index-python", "ros-rmw-fastrtps-cpp"],
         "test": ["pytest"],
+        # `sgru-stereo export` and the onnxruntime engine (onnxscript: PyTorch's ONNX exporter).
+        "onnx": ["onnx", "onnxruntime", "onnxscript"],
         # `sgru-stereo train` (progress bar) and its learning curves (scripts/plot_training.py); the
         # generator's photos come with scikit-image (and Debian's mate-backgrounds, when installed).
         "train": ["tqdm", "matplotlib"],

@@ -12,7 +12,7 @@ fi
 installed() {
   .venv/bin/python - <<'PY' >/dev/null 2>&1
 import importlib.metadata as m
-for dist in ("sgru_ros", "torch", "rclpy", "pytest", "scikit-image", "tqdm"):
+for dist in ("sgru_ros", "torch", "rclpy", "pytest", "scikit-image", "tqdm", "onnxruntime"):
     m.version(dist)
 PY
 }
@@ -25,7 +25,7 @@ if ! installed; then
   .venv/bin/python -m pip install -q --upgrade pip
   # Pinned: on this project's machines torch==2.13.0 is a CPU build already on disk.
   .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q ".[ros,test,train,bag]"
+  .venv/bin/python -m pip install -q ".[ros,test,train,bag,onnx]"
 elif [ "${1:-}" = "--refresh" ] || stale; then
   .venv/bin/python -m pip install -q --no-deps --force-reinstall .
 fi

@@ -22,10 +22,12 @@ from typing import NoReturn
 
 import cv2
 import numpy as np
+import torch
 
-from .inference import MAX_ITERATIONS, PRECISIONS, StereoEstimator, StereoResult, is_out_of_memory
+from .inference import ENGINES, MAX_ITERATIONS, PRECISIONS, StereoEstimator, StereoResult, is_out_of_memory
 from .io import DISPARITY_FORMATS, IMAGE_FORMATS, read_image, write_disparity, write_image
 from .model import SIZE_MULTIPLE, CheckpointError
+from .model.base import SelectiveStereo
 from .model.checkpoint import VARIANTS
 from .bag import DEFAULT_OUTPUTS, OUTPUTS
 from .confidence import SPARSIFICATION_FRACTIONS, confidence_map, earlier_iteration, sparsification
@@ -107,12 +109,22 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-width", type=_int_type(SIZE_MULTIPLE), default=None,
                         help=f"downscale wider inputs to this width first, >= {SIZE_MULTIPLE} "
                              "(disparity is scaled back)")
+    parser.add_argument("--threads", type=_int_type(1), default=None,
+                        help=f"CPU threads for the network (default: PyTorch's, here {torch.get_num_threads()})")
+    parser.add_argument("--engine", choices=ENGINES, default="torch",
+                        help="torch (default) or onnxruntime: an ONNX export per image size, built on first "
+                             "use and cached (see docs/performance.md)")
 
 
-def estimator_from_args(args: argparse.Namespace) -> StereoEstimator:
-    return StereoEstimator.from_checkpoint(args.checkpoint, variant=args.variant, device=args.device,
-                                           precision=args.precision, max_disp=args.max_disp,
-                                           max_width=args.max_width)
+def estimator_from_args(args: argparse.Namespace, model: SelectiveStereo | None = None) -> StereoEstimator:
+    """The estimator the model arguments describe (``model``: use this network instead of --checkpoint)."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    options = dict(device=args.device, precision=args.precision, max_disp=args.max_disp, max_width=args.max_width,
+                   engine=args.engine)
+    if model is not None:
+        return StereoEstimator(model, **options)
+    return StereoEstimator.from_checkpoint(args.checkpoint, variant=args.variant, **options)
 
 
 def _estimate(estimator: StereoEstimator, source: str | Path, left: np.ndarray, right: np.ndarray,
@@ -467,6 +479,68 @@ def cmd_demo(args: argparse.Namespace) -> None:
         raise CommandError("the demo did not complete")
 
 
+def _bench_model(args: argparse.Namespace) -> tuple[SelectiveStereo | None, str]:
+    """--random-weights: the released architecture of --variant, seeded; else None (--checkpoint)."""
+    if not args.random_weights:
+        return None, Path(args.checkpoint).name if args.checkpoint else "bundled"
+    from .model import IGEVConfig, RaftConfig, build_model
+
+    if args.variant is None or args.checkpoint:
+        raise CommandError("--random-weights needs --variant raft|igev and no --checkpoint")
+    torch.manual_seed(0)
+    model = build_model(IGEVConfig() if args.variant == "igev" else RaftConfig())
+    return model, f"selective-{args.variant} (random weights)"
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    import json
+
+    from .bench import BenchConfig, format_result, run_bench
+
+    model, name = _bench_model(args)
+    estimator = estimator_from_args(args, model)
+    results = []
+    for height, width in args.size or [(256, 384)]:
+        for iters in args.iters:
+            config = BenchConfig(height=height, width=width, iters=iters, repeats=args.repeats, warmup=args.warmup)
+            results.append(run_bench(estimator, config, model_name=name))
+            print(format_result(results[-1]), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.as_dict() for r in results], indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .onnx_engine import export_onnx
+
+    estimator = estimator_from_args(args)
+    model = estimator.model.cpu()
+    extra = sorted(set(args.output_iters))
+    if extra and (extra[0] < 1 or extra[-1] >= args.iters):
+        raise CommandError(f"--output-iters must lie in 1..{args.iters - 1}")
+    start = time.perf_counter()
+    names = export_onnx(model, args.onnx, args.height, args.width, args.iters, extra, args.max_disp)
+    print(f"wrote {args.onnx} ({Path(args.onnx).stat().st_size / 2**20:.1f} MB, outputs {', '.join(names)}) "
+          f"in {time.perf_counter() - start:.0f} s")
+    if args.no_check:
+        return
+    import onnxruntime as ort
+
+    from .bench import bench_pair
+    from .inference import to_image_tensor
+
+    left, right = (to_image_tensor(image) for image in bench_pair(args.height, args.width))
+    session = ort.InferenceSession(args.onnx, providers=["CPUExecutionProvider"])
+    got = session.run(names, {"left": left.numpy(), "right": right.numpy()})
+    kwargs = {"max_disp": args.max_disp} if estimator.variant == "igev" else {}
+    with torch.inference_mode():
+        expected = model(left, right, iters=args.iters, output_iters=extra + [args.iters], **kwargs).disparities
+    for name, ours, theirs in zip(names, got, expected):
+        diff = np.abs(ours - theirs.numpy())
+        print(f"onnxruntime (CPU) vs PyTorch on the Motorcycle pair at {args.width}x{args.height}, {name}: "
+              f"max |difference| {diff.max():.2e} px, mean {diff.mean():.2e} px")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sgru-stereo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -488,6 +562,30 @@ def build_parser() -> argparse.ArgumentParser:
                                             "(a folder for glob patterns; see docs/confidence.md)")
     infer.add_argument("--no-progress", action="store_true", help="no progress bar for glob patterns")
     infer.set_defaults(func=cmd_infer)
+
+    bench = sub.add_parser("bench", help="per-stage milliseconds, frames per second and peak memory of the network")
+    add_model_arguments(bench)
+    bench.add_argument("--random-weights", action="store_true",
+                       help="time the released architecture of --variant with random weights (no checkpoint)")
+    bench.add_argument("--size", type=_int_type(32, multiple=32), nargs=2, action="append", metavar=("H", "W"),
+                       help="input size, multiples of 32 (repeatable; default 256 384)")
+    bench.add_argument("--iters", type=_iterations, nargs="+", default=[8], help="GRU iterations (default 8)")
+    bench.add_argument("--repeats", type=_int_type(1), default=3, help="timed passes per configuration (default 3)")
+    bench.add_argument("--warmup", type=_int_type(0), default=1, help="untimed passes first (default 1)")
+    bench.add_argument("--json", help="also write the figures to this JSON file")
+    bench.set_defaults(func=cmd_bench)
+
+    export = sub.add_parser("export", help="write the network as ONNX for one input size and iteration count, "
+                                           "checked against PyTorch with onnxruntime")
+    add_model_arguments(export)
+    export.add_argument("--onnx", required=True, help="output .onnx file")
+    export.add_argument("--height", type=_int_type(32, multiple=32), required=True, help="input height (multiple of 32)")
+    export.add_argument("--width", type=_int_type(32, multiple=32), required=True, help="input width (multiple of 32)")
+    export.add_argument("--iters", type=_iterations, default=8, help="GRU iterations, fixed in the graph (default 8)")
+    export.add_argument("--output-iters", type=_iterations, nargs="+", default=[],
+                        help="also output the disparity after these iteration counts (< --iters)")
+    export.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
+    export.set_defaults(func=cmd_export)
 
     evaluate = sub.add_parser("eval", help="errors against ground truth, side by side with OpenCV SGBM")
     add_model_arguments(evaluate)

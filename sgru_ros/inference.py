@@ -19,6 +19,7 @@ from __future__ import annotations
 import gc
 import math
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from .model import SIZE_MULTIPLE, SelectiveIGEV, load_model
-from .model.base import SelectiveStereo
+from .model.base import SelectiveStereo, StopRule
 from .weights import default_checkpoint
 
 Precision = Literal["fp32", "fp16", "bf16"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "bf16")
+#: ``torch``: PyTorch eager (every feature); ``onnxruntime``: an ONNX export per input size
+#: (``onnx_engine``), fixed iterations (no warm start, early stop or mid-pass cancel).
+ENGINES = ("torch", "onnxruntime")
 #: The largest GRU iteration count the node, the CLI and the API accept.
 MAX_ITERATIONS = 64
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -127,12 +131,40 @@ class Padding:
 @dataclass
 class StereoResult:
     """disparity: H x W float32 in input pixels (left image's frame, positive).
-    intermediate: the same pass after fewer iterations, {iterations: H x W}.
+    intermediate: the same pass after fewer iterations, {iterations: H x W}
+    (those not reached when the pass stopped early are absent).
     processed_size: (height, width) the network ran at, before padding."""
 
     disparity: np.ndarray
     intermediate: dict[int, np.ndarray] = field(default_factory=dict)
     processed_size: tuple[int, int] = (0, 0)
+    #: GRU iterations run (fewer than asked when a latency budget or the convergence test stopped early).
+    iterations: int = 0
+
+
+def iteration_stop(start: float, budget_ms: float | None, converged_px: float | None, scale: float,
+                   device: torch.device) -> StopRule | None:
+    """The rule that ends a pass early (``SelectiveStereo.refine``): after an update, stop when
+    another one (timed as the last) would end past ``start`` + ``budget_ms`` (perf_counter
+    seconds, milliseconds), or when the update's mean |change| x ``scale`` (working ->
+    input pixels) is below ``converged_px``. None when neither is set."""
+    if not budget_ms and not converged_px:
+        return None
+    previous = [start]
+
+    def stop(iteration: int, delta: torch.Tensor) -> bool:
+        if converged_px and float(delta.abs().mean()) * scale < converged_px:  # .item() waits for the GPU
+            return True
+        if budget_ms:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            now = time.perf_counter()
+            last = now - previous[0] if iteration > 1 else 0.0  # the first includes encoders and volumes
+            previous[0] = now
+            return (now + last - start) * 1e3 > budget_ms
+        return False
+
+    return stop
 
 
 class StereoEstimator:
@@ -148,11 +180,17 @@ class StereoEstimator:
         max_pixels: if set, inputs with more pixels are downscaled (aspect kept)
             to at most this many first: the network's memory grows with the
             pixel count (a 4000 x 3000 frame needs about 6 GB at full size).
+        engine: 'torch' or 'onnxruntime' (see ``ENGINES``).
     """
 
     def __init__(self, model: SelectiveStereo, device: str = "auto", precision: str = "fp32",
-                 max_disp: int = 192, max_width: int | None = None, max_pixels: int | None = None) -> None:
+                 max_disp: int = 192, max_width: int | None = None, max_pixels: int | None = None,
+                 engine: str = "torch") -> None:
         self.device = resolve_device(device)
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+        if engine == "onnxruntime" and precision == "bf16":
+            raise ValueError("engine onnxruntime runs fp32 (or fp16 with TensorRT); bf16 is for the torch engine")
         self.precision = check_precision(precision, self.device)
         if max_width is not None and max_width < SIZE_MULTIPLE:
             raise ValueError(f"max_width must be at least {SIZE_MULTIPLE}, got {max_width}")
@@ -161,6 +199,12 @@ class StereoEstimator:
         if isinstance(model, SelectiveIGEV) and (max_disp < 32 or max_disp % 32):
             raise ValueError(f"max_disp must be a positive multiple of 32, got {max_disp}")
         self.model = model.to(self.device).eval()
+        self.engine = engine
+        self._onnx = None
+        if engine == "onnxruntime":
+            from .onnx_engine import OnnxEngine
+
+            self._onnx = OnnxEngine(self.model, self.device, max_disp, fp16=self.precision == "fp16")
         self.max_disp = max_disp
         self.max_width = max_width
         self.max_pixels = max_pixels
@@ -204,17 +248,26 @@ class StereoEstimator:
 
     def estimate(self, left: ImageLike, right: ImageLike, iters: int = 16,
                  output_iters: Sequence[int] = (), disp_init: ImageLike | None = None,
-                 cancel: threading.Event | None = None) -> StereoResult:
+                 cancel: threading.Event | None = None, budget_ms: float | None = None,
+                 converged_px: float | None = None) -> StereoResult:
         """Disparity of the left image.
 
         left, right: H x W x 3 RGB (or H x W mono), uint8 or float in 0..255.
-        iters: GRU iterations. output_iters: further iteration counts (< iters)
-        whose predictions of the same pass are returned in ``intermediate``.
+        iters: GRU iterations (the most that run). output_iters: further
+        iteration counts (< iters) whose predictions of the same pass are
+        returned in ``intermediate``.
         disp_init: H x W disparity in input pixels to start from (e.g. the
         previous frame's), or None to start from the model's own initial state.
         cancel: when this event is set, the pass stops at the next stage or GRU
         iteration with ``InferenceCancelled``.
+        budget_ms: stop iterating once another GRU iteration would end the pass
+        later than this many milliseconds after it began (at least one runs;
+        the final upsampling comes after). converged_px: stop once an
+        iteration changes the disparity by less than this on average (input
+        pixels). Both are torch-engine features; ``result.iterations`` says
+        how many ran.
         """
+        start = time.perf_counter()
         left_t, right_t = to_image_tensor(left), to_image_tensor(right)
         if left_t.shape != right_t.shape:
             raise ValueError(f"left and right images differ in size: {tuple(left_t.shape[-2:])} vs "
@@ -224,6 +277,8 @@ class StereoEstimator:
         extra = sorted(set(int(k) for k in output_iters))
         if extra and (extra[0] < 1 or extra[-1] >= iters):
             raise ValueError(f"intermediate iterations must lie in 1..{iters - 1}, got {list(output_iters)}")
+        if self._onnx is not None and (disp_init is not None or budget_ms or converged_px):
+            raise ValueError("warm start, latency budget and convergence stop need the torch engine")
         padding = Padding.for_size(proc_h, proc_w, minimum=self.model.min_input_size(self.max_disp))
 
         self._cancel = cancel
@@ -233,19 +288,27 @@ class StereoEstimator:
                 pair = F.interpolate(pair, size=(proc_h, proc_w), mode="bilinear", align_corners=False,
                                      antialias=True)
             pair = padding.pad(pair)
-            kwargs = {"max_disp": self.max_disp} if isinstance(self.model, SelectiveIGEV) else {}
-            if disp_init is not None:
-                kwargs["disp_init"] = self._working_resolution(disp_init, (height, width), (proc_h, proc_w),
-                                                               padding)
             try:
-                with self._autocast():
-                    prediction = self.model(pair[:1], pair[1:], iters=iters, output_iters=extra + [iters], **kwargs)
+                if self._onnx is not None:
+                    self._check_cancel()
+                    disparities, done = self._onnx.run(pair[:1], pair[1:], iters, extra), extra + [iters]
+                else:
+                    kwargs = {"max_disp": self.max_disp} if isinstance(self.model, SelectiveIGEV) else {}
+                    if disp_init is not None:
+                        kwargs["disp_init"] = self._working_resolution(disp_init, (height, width), (proc_h, proc_w),
+                                                                       padding)
+                    # working-resolution pixels -> input pixels
+                    scale = self.model.downsample_factor * width / proc_w
+                    stop = iteration_stop(start, budget_ms, converged_px, scale, self.device)
+                    with self._autocast():
+                        prediction = self.model(pair[:1], pair[1:], iters=iters, output_iters=extra + [iters],
+                                                stop=stop, **kwargs)
+                    disparities, done = prediction.disparities, prediction.iterations
             finally:
                 self._cancel = None
-            outputs = [self._to_input_pixels(d, padding, (height, width), proc_w)
-                       for d in prediction.disparities]
-        return StereoResult(disparity=outputs[-1], intermediate=dict(zip(extra, outputs[:-1])),
-                            processed_size=(proc_h, proc_w))
+            outputs = [self._to_input_pixels(d, padding, (height, width), proc_w) for d in disparities]
+        return StereoResult(disparity=outputs[-1], intermediate=dict(zip(done[:-1], outputs[:-1])),
+                            processed_size=(proc_h, proc_w), iterations=done[-1])
 
     def _to_input_pixels(self, disp: torch.Tensor, padding: Padding, size: tuple[int, int],
                          proc_w: int) -> np.ndarray:

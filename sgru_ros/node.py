@@ -46,7 +46,7 @@ from std_msgs.msg import Header
 from stereo_msgs.msg import DisparityImage
 
 from .geometry import CloudLayout
-from .inference import MAX_ITERATIONS, PRECISIONS, InferenceCancelled, StereoEstimator, release_memory
+from .inference import ENGINES, MAX_ITERATIONS, PRECISIONS, InferenceCancelled, StereoEstimator, release_memory
 from .pipeline import FrameResult, GeometryOptions, StereoPipeline, failure_kind
 from .ros_conversions import array_to_image, cloud_message, disparity_message, image_to_rgb, projection, stamp_ns
 from .sync import StereoSynchronizer
@@ -135,7 +135,7 @@ class StereoWiring:
             torch.set_num_threads(p("threads"))
         self.estimator = StereoEstimator.from_checkpoint(
             p("model") or None, device=p("device"), precision=p("precision"), max_disp=p("max_disp"),
-            max_width=max_width or None, max_pixels=max_pixels or None)
+            max_width=max_width or None, max_pixels=max_pixels or None, engine=p("engine"))
         self.pipeline = StereoPipeline(self.estimator)
         overrides = QoSOverridingOptions.with_default_policies()
         self.outputs = {name: self.create_publisher(msg_type, name, OUTPUT_QOS, qos_overriding_options=overrides)
@@ -148,11 +148,18 @@ class StereoWiring:
         params = sum(t.numel() for t in self.estimator.model.parameters()) / 1e6
         self.get_logger().info(
             f"model {self.estimator.variant} ({model}, {params:.1f} M parameters), device {self.estimator.device}, "
-            f"precision {self.estimator.precision}, iterations {p('iterations')}, max_width "
+            f"precision {self.estimator.precision}, engine {p('engine')}, iterations {p('iterations')}"
+            f"{self._iteration_limits()}, max_width "
             f"{max_width or 'none'}, max_pixels {max_pixels or 'none'}, "
             f"{'approximate' if p('approximate_sync') else 'exact'} sync, {p('image_transport')} images, input "
             f"reliability {p('input_reliability')}; inputs {', '.join(self._input_topics)} (subscribed while an "
             "output has a subscriber)")
+
+    def _iteration_limits(self) -> str:
+        p = self._param
+        limits = [f"budget {p('latency_budget_ms'):g} ms" if p("latency_budget_ms") else "",
+                  f"converged below {p('convergence_threshold_px'):g} px" if p("convergence_threshold_px") else ""]
+        return f" (at most; {', '.join(x for x in limits if x)})" if any(limits) else ""
 
     def _start(self) -> None:
         p = self._param
@@ -232,6 +239,13 @@ class StereoWiring:
         self.declare_parameter("publish_iterations", Parameter.Type.INTEGER_ARRAY, ParameterDescriptor(
             description="Also publish disparity/iter_K for these K < iterations (same pass)",
             type=ParameterType.PARAMETER_INTEGER_ARRAY))
+        declare("latency_budget_ms", 0.0, "Stop the GRU iterations of a frame once another would end its network "
+                "pass later than this after it began (at least one runs; 0: off; torch engine)",
+                float_range=(0.0, 60000.0))
+        declare("convergence_threshold_px", 0.0, "Stop the GRU iterations once one changes the disparity by less "
+                "than this on average, in pixels (0: off; torch engine)", float_range=(0.0, 100.0))
+        declare("engine", "torch", "torch, or onnxruntime (an ONNX file per camera resolution, built on first use "
+                "and cached; fixed iterations)", read_only=True, choices=ENGINES)
         declare("device", "auto", "auto, cpu, cuda or cuda:N", read_only=True)
         declare("precision", "fp32", "fp32, fp16 (CUDA) or bf16", read_only=True, choices=PRECISIONS)
         declare("threads", 0, "CPU threads of the network (0: PyTorch's default, one per core); fewer leave "
@@ -269,13 +283,16 @@ class StereoWiring:
             return f"publish_iterations {bad} must lie in 1..{iterations - 1} (below iterations {iterations})"
         if not get("min_depth") < get("max_depth"):
             return f"min_depth {get('min_depth')} must be below max_depth {get('max_depth')}"
+        if get("engine") == "onnxruntime" and (get("latency_budget_ms") or get("convergence_threshold_px")):
+            return "latency_budget_ms and convergence_threshold_px need engine torch (onnxruntime runs fixed iterations)"
         return ""
 
     def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Run-time changes: ranges are checked by rclpy from the descriptors, combinations here
         (only when a parameter of one is being set, so unrelated declarations never fail)."""
         new = {p.name: p.value for p in params}
-        if not new.keys() & {"iterations", "publish_iterations", "min_depth", "max_depth"}:
+        if not new.keys() & {"iterations", "publish_iterations", "min_depth", "max_depth", "latency_budget_ms",
+                             "convergence_threshold_px"}:
             return SetParametersResult(successful=True)
         reason = self._invalid_combination(new)
         return SetParametersResult(successful=not reason, reason=reason)
@@ -455,7 +472,8 @@ class StereoWiring:
             left, right, projection(left_info), projection(right_info), iterations=iterations,
             extra_iterations=extra, depth=wanted["points2"] or wanted["depth/image_rect"],
             confidence=wanted["confidence"], options=options,
-            calibrated_sizes=[(info.width, info.height) for info in (left_info, right_info)], cancel=cancel)
+            calibrated_sizes=[(info.width, info.height) for info in (left_info, right_info)], cancel=cancel,
+            budget_ms=p("latency_budget_ms") or None, converged_px=p("convergence_threshold_px") or None)
         t2 = time.perf_counter()
         header = left_info.header
         cloud = None
@@ -467,7 +485,7 @@ class StereoWiring:
             return
         self._publish(frame, cloud, left_info, wanted)
         t4 = time.perf_counter()
-        self._record(frame, left.shape[:2], iterations, {
+        self._record(frame, left.shape[:2], {
             "convert_in": 1e3 * (t1 - t0) + frame.timings_ms["checks"], "inference": frame.timings_ms["inference"],
             "cloud": frame.timings_ms["geometry"] + 1e3 * (t3 - t2), "publish": 1e3 * (t4 - t3),
             "total": 1e3 * (t4 - t0)})
@@ -493,7 +511,7 @@ class StereoWiring:
         for k, products in frame.intermediate.items():
             self._iteration_publisher(k).publish(disparity_message(products, frame.geometry, header))
 
-    def _record(self, frame: FrameResult, size: tuple[int, int], iterations: int, stages_ms: dict[str, float]) -> None:
+    def _record(self, frame: FrameResult, size: tuple[int, int], stages_ms: dict[str, float]) -> None:
         """Statistics for /diagnostics, and one log line whenever the input resolution changes."""
         if self.stats.resolution != size:
             h, w = frame.processed_size
@@ -505,7 +523,7 @@ class StereoWiring:
                     f"(max_pixels {self.estimator.max_pixels or 'none'}, max_width {self.estimator.max_width or 'none'});"
                     " the disparity is scaled back")
             self.stats.resolution = size
-        self.stats.last_iterations = iterations
+        self.stats.last_iterations = frame.iterations
         self.stats.processed += 1
         self.stats.stages_ms = stages_ms  # one assignment: the diagnostics timer (executor thread) reads it
         self._frame_seconds = _moving_average(self._frame_seconds, stages_ms["total"] / 1e3)

@@ -55,6 +55,8 @@ class FrameResult:
     intermediate: the disparity after fewer iterations of the same pass.
     processed_size: (height, width) the network ran at (smaller when the
         estimator downscales large frames).
+    iterations: GRU iterations run (fewer than asked when a latency budget or
+        the convergence stop ended the pass early).
     timings_ms: 'checks', 'inference' and 'geometry' in milliseconds.
     """
 
@@ -65,6 +67,7 @@ class FrameResult:
     confidence: np.ndarray | None
     intermediate: dict[int, DisparityProducts]
     processed_size: tuple[int, int]
+    iterations: int
     timings_ms: dict[str, float]
 
     @property
@@ -110,7 +113,8 @@ class StereoPipeline:
                 iterations: int, extra_iterations: Sequence[int] = (), depth: bool = True,
                 confidence: bool = False, options: GeometryOptions = GeometryOptions(),
                 calibrated_sizes: Sequence[tuple[int, int] | None] = (None, None),
-                cancel: threading.Event | None = None) -> FrameResult:
+                cancel: threading.Event | None = None, budget_ms: float | None = None,
+                converged_px: float | None = None) -> FrameResult:
         """Check, run and turn one rectified pair into geometry.
 
         left, right: H x W x 3 RGB uint8 (or H x W mono). p_left, p_right: the
@@ -118,6 +122,7 @@ class StereoPipeline:
         extra_iterations: also keep the disparity after these counts (< iterations).
         depth: also compute depth and points (skip when nobody wants them).
         confidence: also compute the confidence (also done when options.confidence_threshold > 0).
+        budget_ms, converged_px: end the GRU iterations early (``StereoEstimator.estimate``).
         Raises ValueError for bad input, InferenceCancelled once ``cancel`` is set.
         """
         t0 = time.perf_counter()
@@ -127,7 +132,8 @@ class StereoPipeline:
         confidence = confidence or options.confidence_threshold > 0
         earlier = earlier_iteration(iterations) if confidence else None
         t1 = time.perf_counter()
-        result = self.estimator.estimate(left, right, iters=iterations, cancel=cancel,
+        result = self.estimator.estimate(left, right, iters=iterations, cancel=cancel, budget_ms=budget_ms,
+                                         converged_px=converged_px,
                                          output_iters=sorted(set(extra) | ({earlier} if earlier else set())))
         t2 = time.perf_counter()
         max_disp = self.max_disparity(left.shape[1])
@@ -144,9 +150,11 @@ class StereoPipeline:
             disparity, depth_map, points = products.disparity, products.depth, products.points
         else:
             disparity, depth_map, points = disparity_products(disparity, geometry, max_disp), None, None
-        intermediate = {k: disparity_products(result.intermediate[k], geometry, max_disp) for k in extra}
+        intermediate = {k: disparity_products(result.intermediate[k], geometry, max_disp)
+                        for k in extra if k in result.intermediate}
         t3 = time.perf_counter()
         return FrameResult(geometry=geometry, disparity=disparity, depth=depth_map, points=points,
                            confidence=confidence_values, intermediate=intermediate, processed_size=result.processed_size,
+                           iterations=result.iterations,
                            timings_ms={"checks": 1e3 * (t1 - t0), "inference": 1e3 * (t2 - t1),
                                        "geometry": 1e3 * (t3 - t2)})

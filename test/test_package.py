@@ -85,6 +85,8 @@ RUNTIME_MODULES = {
     "ament_index_python": ("ros-ament-index-python", "ament_index_python"),
     "launch": (None, "launch"),
     "launch_ros": (None, "launch_ros"),
+    # Optional (setup.py extra "onnx"): only the onnxruntime engine imports it, when it is chosen.
+    "onnxruntime": (None, None),
 }
 
 

@@ -227,6 +227,23 @@ def test_iterations_change_at_run_time(rig):
     assert final[60, 80] == pytest.approx(6 * STEP_PX + 6.0)
 
 
+def test_a_latency_budget_or_convergence_ends_the_iterations_early(rig):
+    left, right = textured_pair()  # iterations 6 (previous test); the known-answer net adds STEP_PX each
+    assert rig.set_parameter("latency_budget_ms", 0.001) == (True, "")
+    budget = as_array(rig.frame(left, right, sec=250)["disparity"].image)
+    rig.spin_until(lambda: rig.last_diagnostics().get("last_frame_iterations") == "1", 10.0, "diagnostics")
+    assert budget[60, 80] == pytest.approx(1 * STEP_PX + 6.0)
+    assert rig.set_parameter("latency_budget_ms", 0.0) == (True, "")
+    assert rig.set_parameter("convergence_threshold_px", 2 * STEP_PX) == (True, "")  # every update is STEP_PX
+    converged = as_array(rig.frame(left, right, sec=251)["disparity"].image)
+    assert converged[60, 80] == pytest.approx(1 * STEP_PX + 6.0)
+    assert rig.set_parameter("convergence_threshold_px", STEP_PX / 2) == (True, "")
+    moving = as_array(rig.frame(left, right, sec=252)["disparity"].image)
+    rig.spin_until(lambda: rig.last_diagnostics().get("last_frame_iterations") == "6", 10.0, "diagnostics")
+    assert moving[60, 80] == pytest.approx(6 * STEP_PX + 6.0)
+    assert rig.set_parameter("convergence_threshold_px", 0.0) == (True, "")
+
+
 def test_bad_parameter_values_are_rejected_with_a_reason(rig):
     ok, reason = rig.set_parameter("iterations", 0)
     assert not ok and reason

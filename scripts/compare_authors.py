@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""`sgru-stereo infer` against the authors' own code on one sequence, whole processes, on the CPU.
+
+    python scripts/compare_authors.py --authors /path/to/Selective-Stereo --authors-python /path/to/python \
+        --checkpoint official_igev.pth --variant igev [--frames 2 6 --iters 8 --height 256 --width 384]
+
+Both sides read the same PNG sequence (the Motorcycle pair resized to --width x --height, repeated) and write
+each disparity to a .npy file. Each side runs as a separate process twice, with the two --frames counts; the
+steady-state time per frame is (T_long - T_short) / (frames_long - frames_short), so start-up, imports and
+model loading cancel out. The authors' side is a small driver that does what their demo_imgs.py does per
+frame (PIL load, InputPadder, model(test_mode=True), unpad, save) on the CPU; their repository is not part of
+this package (fetch https://github.com/Windsrain/Selective-Stereo). Its interpreter needs torch and, for
+Selective-IGEV, timm. Prints both times, the ratio, and the largest difference between the disparities.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from sgru_ros.calibration import motorcycle_pair
+from sgru_ros.io import write_image_rgb
+
+# Runs in the authors' interpreter. torch._dynamo is imported before the torchvision stand-in (when one is
+# given) so it does not probe it; timm's pretrained download is switched off (the checkpoint has the weights).
+AUTHORS_DRIVER = textwrap.dedent("""
+    import sys, glob, os
+    authors, variant, ckpt, left_glob, right_glob, out, iters, threads, stub = sys.argv[1:10]
+    import torch, torch._dynamo, numpy as np
+    from PIL import Image
+    torch.set_num_threads(int(threads))
+    if stub:
+        sys.path.insert(0, os.path.dirname(stub)); __import__(os.path.basename(stub)[:-3])
+    root = os.path.join(authors, "Selective-IGEV" if variant == "igev" else "Selective-RAFT")
+    sys.path[:0] = [root, os.path.join(root, "core")]
+    os.chdir(root)
+    import argparse
+    if variant == "igev":
+        import timm
+        create = timm.create_model
+        timm.create_model = lambda *a, **k: create(*a, **{**k, "pretrained": False})
+        from core.igev_stereo import IGEVStereo as Net
+        args = argparse.Namespace(hidden_dims=[128] * 3, corr_implementation="reg", shared_backbone=False,
+                                  corr_levels=2, corr_radius=4, n_downsample=2, slow_fast_gru=False,
+                                  n_gru_layers=3, max_disp=192, mixed_precision=False, precision_dtype="float32")
+    else:
+        from core.raft import RAFT as Net
+        args = argparse.Namespace(hidden_dims=[128] * 3, hidden_dim=128, corr_implementation="reg",
+                                  shared_backbone=False, corr_levels=4, corr_radius=4, n_downsample=2,
+                                  slow_fast_gru=False, n_gru_layers=3, mixed_precision=False,
+                                  precision_dtype="float32")
+    from core.utils.utils import InputPadder
+    model = torch.nn.DataParallel(Net(args))
+    model.load_state_dict(torch.load(ckpt, map_location="cpu"))
+    model = model.module.eval()
+    def load(path):
+        img = np.array(Image.open(path)).astype(np.uint8)[..., :3]
+        return torch.from_numpy(img).permute(2, 0, 1).float()[None]
+    with torch.no_grad():
+        for i, (l, r) in enumerate(zip(sorted(glob.glob(left_glob)), sorted(glob.glob(right_glob)))):
+            image1, image2 = load(l), load(r)
+            padder = InputPadder(image1.shape, divis_by=32)
+            image1, image2 = padder.pad(image1, image2)
+            disp = model(image1, image2, iters=int(iters), test_mode=True)
+            disp = disp[-1] if isinstance(disp, tuple) else disp  # Selective-RAFT: (low-res, full-res)
+            disp = padder.unpad(disp).cpu().numpy().squeeze()
+            np.save(os.path.join(out, os.path.basename(l)[:-4] + ".npy"), disp)
+""")
+
+
+def write_sequence(folder: Path, frames: int, height: int, width: int) -> tuple[str, str]:
+    left, right, _ = motorcycle_pair()
+    for side, image in (("left", left), ("right", right)):
+        (folder / side).mkdir(parents=True)
+        small = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+        for i in range(frames):
+            write_image_rgb(folder / side / f"{i:04d}.png", small)
+    return str(folder / "left" / "*.png"), str(folder / "right" / "*.png")
+
+
+def timed(command: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--authors", required=True, help="checkout of github.com/Windsrain/Selective-Stereo")
+    parser.add_argument("--authors-python", default=sys.executable, help="interpreter for the authors' code")
+    parser.add_argument("--torchvision-stub", default="",
+                        help="a .py module imported before timm in the authors' process (when the available "
+                             "torchvision wheel does not load with a CPU-only torch)")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint in the authors' format")
+    parser.add_argument("--variant", choices=("igev", "raft"), required=True)
+    parser.add_argument("--frames", type=int, nargs=2, default=[2, 6], help="short and long sequence lengths")
+    parser.add_argument("--iters", type=int, default=8)
+    parser.add_argument("--height", type=int, default=256)
+    parser.add_argument("--width", type=int, default=384)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    short, long = args.frames
+    times: dict[str, dict[int, float]] = {"authors": {}, "sgru-stereo infer": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for frames in (short, long):
+            left_glob, right_glob = write_sequence(Path(tmp) / f"seq{frames}", frames, args.height, args.width)
+            outs = {name: Path(tmp) / f"{name.split()[0]}{frames}" for name in times}
+            for out in outs.values():
+                out.mkdir()
+            times["authors"][frames] = timed(
+                [args.authors_python, "-c", AUTHORS_DRIVER, args.authors, args.variant, args.checkpoint,
+                 left_glob, right_glob, str(outs["authors"]), str(args.iters), str(args.threads),
+                 args.torchvision_stub], env)
+            times["sgru-stereo infer"][frames] = timed(
+                [sys.executable, "-m", "sgru_ros.cli", "infer", "--checkpoint", args.checkpoint,
+                 "--variant", args.variant, "--device", "cpu", "--threads", str(args.threads), "--left", left_glob,
+                 "--right", right_glob, "--out", str(outs["sgru-stereo infer"]), "--format", "npy",
+                 "--iters", str(args.iters), "--no-progress"], env)
+            sign = -1.0 if args.variant == "raft" else 1.0  # the authors' Selective-RAFT returns x-flow
+            diffs = [np.abs(np.load(ours) - sign * np.load(outs["authors"] / ours.name)).max()
+                     for ours in sorted(outs["sgru-stereo infer"].glob("*.npy"))]
+            if len(diffs) != frames:
+                raise SystemExit(f"expected {frames} disparities from each side, compared {len(diffs)}")
+    per_frame = {name: (t[long] - t[short]) / (long - short) for name, t in times.items()}
+    print(f"Selective-{args.variant.upper()}, {args.width}x{args.height}, {args.iters} iterations, fp32, "
+          f"CPU, {args.threads} threads; whole processes over {short} and {long} frames")
+    for name, t in times.items():
+        print(f"  {name:18s} {t[short]:7.2f} s / {t[long]:7.2f} s  ->  {per_frame[name]:6.3f} s per frame")
+    print(f"  ratio (ours / authors'): {per_frame['sgru-stereo infer'] / per_frame['authors']:.2f}")
+    print(f"  largest |difference| between the disparities: {max(diffs):.2e} px")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""The speed tools: the bench command (a smoke run, no timing assertion), the ONNX export and the
+onnxruntime engine, and the iteration controls (latency budget, convergence stop)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sgru_ros.calibration import motorcycle_pair
+from sgru_ros.inference import StereoEstimator
+from sgru_ros.model import RaftConfig, SelectiveRAFT, save_checkpoint
+
+from conftest import SMALL_RAFT, run_cli
+
+onnxruntime = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("speed") / "small.pth"
+    save_checkpoint(SelectiveRAFT(RaftConfig(**SMALL_RAFT)), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pair():
+    left, right, _ = motorcycle_pair()
+    return left[100:200, 200:390], right[100:200, 200:390]  # 190 x 100: padded to 192 x 128
+
+
+def test_bench_prints_stages_and_writes_json(tmp_path, small_checkpoint):
+    out = tmp_path / "bench.json"
+    result = run_cli("bench", "--checkpoint", str(small_checkpoint), "--device", "cpu", "--size", "64", "128",
+                     "--iters", "2", "3", "--repeats", "1", "--warmup", "0", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "ms/frame" in result.stdout and "gru_iteration" in result.stdout
+    figures = json.loads(out.read_text())
+    assert [f["iters"] for f in figures] == [2, 3]
+    for f in figures:
+        assert (f["height"], f["width"], f["engine"], f["memory"]) == (64, 128, "torch", "rss")
+        assert len(f["iterations_ms"]) == f["iters"]
+        assert set(f["stages_ms"]) == {"features", "cost_volume", "context", "gru_iteration", "upsampling"}
+        assert all(ms > 0 for ms in f["stages_ms"].values())
+        assert f["total_ms"] > 0 and f["fps"] == pytest.approx(1e3 / f["total_ms"])
+        assert f["peak_memory_mb"] > 50  # the process holds torch: tens of MB at least
+
+
+def test_bench_rejects_random_weights_without_a_variant():
+    result = run_cli("bench", "--random-weights", "--size", "64", "128")
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("sgru-stereo bench: error: --random-weights needs --variant raft|igev "
+                                     "and no --checkpoint")
+
+
+def test_export_checks_onnxruntime_against_pytorch(tmp_path, small_checkpoint):
+    onnx = tmp_path / "small.onnx"
+    result = run_cli("export", "--checkpoint", str(small_checkpoint), "--onnx", str(onnx), "--height", "64",
+                     "--width", "128", "--iters", "3", "--output-iters", "1")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("onnxruntime (CPU) vs PyTorch")]
+    assert [line.split(",")[1].split(":")[0].strip() for line in lines] == ["disparity_1", "disparity_3"]
+    for line in lines:
+        assert float(line.split("max |difference| ")[1].split(" px")[0]) < 1e-3
+    session = onnxruntime.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["disparity_1", "disparity_3"]
+    assert session.get_inputs()[0].shape == [1, 3, 64, 128]
+
+
+def test_onnxruntime_engine_matches_torch_and_caches_per_resolution(tmp_path, monkeypatch, small_checkpoint,
+                                                                     pair):
+    monkeypatch.setenv("SGRU_ROS_CACHE", str(tmp_path / "cache"))
+    torch_engine = StereoEstimator.from_checkpoint(small_checkpoint, device="cpu")
+    onnx_engine = StereoEstimator.from_checkpoint(small_checkpoint, device="cpu", engine="onnxruntime")
+    left, right = pair
+    expected = torch_engine.estimate(left, right, iters=3, output_iters=[2])
+    got = onnx_engine.estimate(left, right, iters=3, output_iters=[2])
+    assert got.disparity.shape == left.shape[:2]
+    assert np.abs(got.disparity - expected.disparity).max() < 1e-3
+    assert np.abs(got.intermediate[2] - expected.intermediate[2]).max() < 1e-3
+    assert got.iterations == 3
+    files = sorted(p.name for p in (tmp_path / "cache").glob("*.onnx"))
+    assert len(files) == 1 and "-192x128-3it-2-" in files[0]  # the padded size and the schedule
+    # a second estimator (another process, in practice) reuses the file
+    mtime = (tmp_path / "cache" / files[0]).stat().st_mtime_ns
+    StereoEstimator.from_checkpoint(small_checkpoint, device="cpu", engine="onnxruntime").estimate(
+        left, right, iters=3, output_iters=[2])
+    assert (tmp_path / "cache" / files[0]).stat().st_mtime_ns == mtime
+    with pytest.raises(ValueError, match="need the torch engine"):
+        onnx_engine.estimate(left, right, iters=3, budget_ms=100.0)
+    with pytest.raises(ValueError, match="bf16 is for the torch engine"):
+        StereoEstimator.from_checkpoint(small_checkpoint, device="cpu", engine="onnxruntime", precision="bf16")
+
+
+def test_a_latency_budget_cuts_the_iterations_and_the_time(small_checkpoint, pair):
+    estimator = StereoEstimator.from_checkpoint(small_checkpoint, device="cpu")
+    left, right = pair
+    full = estimator.estimate(left, right, iters=40, output_iters=[5])
+    assert full.iterations == 40
+    import time
+
+    start = time.perf_counter()
+    estimator.estimate(left, right, iters=40)
+    whole_ms = (time.perf_counter() - start) * 1e3
+    budget = whole_ms / 4
+    cut = estimator.estimate(left, right, iters=40, output_iters=[5], budget_ms=budget)
+    assert 1 <= cut.iterations < 40
+    # the stop is exact: the pass just ended at that iteration count
+    same = estimator.estimate(left, right, iters=cut.iterations)
+    assert np.abs(cut.disparity - same.disparity).max() < 1e-4
+    assert set(cut.intermediate) == ({5} if cut.iterations > 5 else set())
+
+
+def test_the_convergence_stop_ends_when_updates_are_small(small_checkpoint, pair):
+    estimator = StereoEstimator.from_checkpoint(small_checkpoint, device="cpu")
+    left, right = pair
+    never = estimator.estimate(left, right, iters=6, converged_px=1e-12)
+    assert never.iterations == 6
+    at_once = estimator.estimate(left, right, iters=6, converged_px=1e9)
+    assert at_once.iterations == 1
+    first = estimator.estimate(left, right, iters=1)
+    assert np.abs(at_once.disparity - first.disparity).max() < 1e-4
