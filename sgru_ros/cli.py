@@ -121,7 +121,7 @@ def estimator_from_args(args: argparse.Namespace, model: SelectiveStereo | None 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     options = dict(device=args.device, precision=args.precision, max_disp=args.max_disp, max_width=args.max_width,
-                   engine=args.engine)
+                   engine=args.engine, log=lambda line: print(f"sgru-stereo {args.command}: {line}", file=sys.stderr))
     if model is not None:
         return StereoEstimator(model, **options)
     return StereoEstimator.from_checkpoint(args.checkpoint, variant=args.variant, **options)

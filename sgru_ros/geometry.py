@@ -75,13 +75,11 @@ class StereoGeometry:
     def points(self, depth: np.ndarray) -> np.ndarray:
         """H x W depth (NaN = invalid) -> H x W x 3 float32 points (x right, y down, z forward)."""
         h, w = depth.shape
-        points = np.empty((h, w, 3), dtype=np.float32)
+        depth = np.asarray(depth, dtype=np.float32)
         u = (np.arange(w, dtype=np.float32) - np.float32(self.cx)) / np.float32(self.fx)
         v = (np.arange(h, dtype=np.float32) - np.float32(self.cy)) / np.float32(self.fy)
-        np.multiply(depth, u[None, :], out=points[..., 0])
-        np.multiply(depth, v[:, None], out=points[..., 1])
-        points[..., 2] = depth
-        return points
+        # cv2.merge interleaves the three planes in one pass (strided numpy writes take three).
+        return cv2.merge([depth * u[None, :], depth * v[:, None], depth])
 
 
 def flying_pixels(disparity: np.ndarray, threshold: float) -> np.ndarray:
@@ -145,13 +143,20 @@ def pack_cloud(points: np.ndarray, rgb: np.ndarray | None, layout: CloudLayout) 
     h, w, _ = points.shape
     if layout.color and (rgb is None or rgb.shape[:2] != (h, w)):
         raise ValueError("a coloured cloud needs an H x W x 3 RGB image of the same size")
-    # Every field is 4 bytes at a multiple of 4: fill the points as rows of float32 words.
-    words = np.zeros((h, w, layout.point_step // 4), dtype="<f4")
-    words[..., :3] = points
+    # Every field is 4 bytes at a multiple of 4: the point is a row of float32 words, built as
+    # planes and interleaved by cv2.merge in one pass.
+    planes = [None] * (layout.point_step // 4)
+    planes[:3] = cv2.split(np.ascontiguousarray(points, dtype=np.float32))
     if layout.color:
-        r, g, b = (rgb[..., c].astype(np.uint32) for c in range(3))
-        words[..., dict(layout.fields)["rgb"] // 4] = ((r << 16) | (g << 8) | b).view("<f4")  # 0x00RRGGBB
-    return words.view(np.uint8).reshape(-1)
+        # BGRA bytes read as a little-endian uint32 are 0xAARRGGBB; PCL's rgb is 0x00RRGGBB.
+        bgra = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGRA).view("<u4")[..., 0]
+        planes[dict(layout.fields)["rgb"] // 4] = np.bitwise_and(bgra, 0x00FFFFFF).view("<f4")
+    zeros = None
+    for i, plane in enumerate(planes):
+        if plane is None:
+            zeros = np.zeros((h, w), np.float32) if zeros is None else zeros
+            planes[i] = zeros
+    return cv2.merge(planes).view(np.uint8).reshape(-1)
 
 
 def write_ply(path: str, points: np.ndarray, rgb: np.ndarray | None = None) -> int:
@@ -210,14 +215,22 @@ def invalid_disparity(min_disparity: float) -> float:
 def disparity_products(disparity: np.ndarray, geometry: StereoGeometry, max_disparity: float) -> DisparityProducts:
     """The network's disparity d (H x W, left image pixels) as published. A disparity is valid
     when its match x - d lies inside the right image and d' > 0."""
-    columns = np.arange(disparity.shape[1], dtype=np.float32)[None, :]
-    published = geometry.published_disparity(disparity)
-    valid = np.isfinite(disparity) & (columns - disparity >= 0) & (published > 0)
+    return _disparity_products(np.asarray(disparity, dtype=np.float32), geometry, max_disparity)[0]
+
+
+def _disparity_products(d: np.ndarray, geometry: StereoGeometry,
+                        max_disparity: float) -> tuple[DisparityProducts, np.ndarray]:
+    """``disparity_products`` of float32 ``d``, and d' everywhere (for the depth)."""
+    columns = np.arange(d.shape[1], dtype=np.float32)[None, :]
+    published = geometry.published_disparity(d)
+    # NaN and infinities fail one of the two comparisons, so no isfinite pass is needed.
+    with np.errstate(invalid="ignore"):
+        valid = (d <= columns) & (published > 0)
     min_d = -geometry.principal_offset
-    return DisparityProducts(disparity=np.where(valid, published, invalid_disparity(min_d)).astype(np.float32),
-                             valid=valid,
-                             window=valid_window(valid), min_disparity=float(min_d),
-                             max_disparity=float(max_disparity - geometry.principal_offset))
+    products = DisparityProducts(disparity=np.where(valid, published, np.float32(invalid_disparity(min_d))),
+                                 valid=valid, window=valid_window(valid), min_disparity=float(min_d),
+                                 max_disparity=float(max_disparity - geometry.principal_offset))
+    return products, published
 
 
 @dataclass
@@ -236,11 +249,12 @@ def depth_products(disparity: np.ndarray, geometry: StereoGeometry, max_disparit
     """From the network's disparity to every published product. A point (and depth) is valid
     when its disparity is, its depth is within [min_depth, max_depth], and it is not a flying
     pixel (when ``flying_threshold`` is not None)."""
-    disp = disparity_products(disparity, geometry, max_disparity)
-    depth = geometry.depth(np.where(disp.valid, disp.disparity, np.nan))
-    with np.errstate(invalid="ignore"):
+    d = np.asarray(disparity, dtype=np.float32)
+    disp, published = _disparity_products(d, geometry, max_disparity)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        depth = np.float32(geometry.focal * geometry.baseline) / published  # f t / d', valid where disp.valid
         point_ok = disp.valid & (depth >= min_depth) & (depth <= max_depth)
     if flying_threshold is not None:
-        point_ok &= ~flying_pixels(np.where(disp.valid, disparity, np.nan), flying_threshold)
-    depth = np.where(point_ok, depth, np.nan).astype(np.float32)
+        point_ok &= ~flying_pixels(np.where(disp.valid, d, np.float32(0.0)), flying_threshold)
+    depth = np.where(point_ok, depth, np.float32(np.nan))
     return DepthProducts(disparity=disp, depth=depth, points=geometry.points(depth))

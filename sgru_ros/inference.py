@@ -20,7 +20,7 @@ import gc
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -181,11 +181,12 @@ class StereoEstimator:
             to at most this many first: the network's memory grows with the
             pixel count (a 4000 x 3000 frame needs about 6 GB at full size).
         engine: 'torch' or 'onnxruntime' (see ``ENGINES``).
+        log: where the onnxruntime engine announces an ONNX export (minutes long).
     """
 
     def __init__(self, model: SelectiveStereo, device: str = "auto", precision: str = "fp32",
                  max_disp: int = 192, max_width: int | None = None, max_pixels: int | None = None,
-                 engine: str = "torch") -> None:
+                 engine: str = "torch", log: Callable[[str], None] | None = None) -> None:
         self.device = resolve_device(device)
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
@@ -204,7 +205,7 @@ class StereoEstimator:
         if engine == "onnxruntime":
             from .onnx_engine import OnnxEngine
 
-            self._onnx = OnnxEngine(self.model, self.device, max_disp, fp16=self.precision == "fp16")
+            self._onnx = OnnxEngine(self.model, self.device, max_disp, fp16=self.precision == "fp16", log=log)
         self.max_disp = max_disp
         self.max_width = max_width
         self.max_pixels = max_pixels

@@ -135,7 +135,8 @@ class StereoWiring:
             torch.set_num_threads(p("threads"))
         self.estimator = StereoEstimator.from_checkpoint(
             p("model") or None, device=p("device"), precision=p("precision"), max_disp=p("max_disp"),
-            max_width=max_width or None, max_pixels=max_pixels or None, engine=p("engine"))
+            max_width=max_width or None, max_pixels=max_pixels or None, engine=p("engine"),
+            log=self.get_logger().info)
         self.pipeline = StereoPipeline(self.estimator)
         overrides = QoSOverridingOptions.with_default_policies()
         self.outputs = {name: self.create_publisher(msg_type, name, OUTPUT_QOS, qos_overriding_options=overrides)
@@ -143,6 +144,7 @@ class StereoWiring:
         self.pub_iterations: dict[int, object] = {}
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.stats = FrameStats()
+        self._previous_disparity: np.ndarray | None = None  # for warm_start
         self._timers.append(self.create_timer(1.0, self._on_timer))
         model = p("model") or "bundled default"
         params = sum(t.numel() for t in self.estimator.model.parameters()) / 1e6
@@ -244,6 +246,8 @@ class StereoWiring:
                 float_range=(0.0, 60000.0))
         declare("convergence_threshold_px", 0.0, "Stop the GRU iterations once one changes the disparity by less "
                 "than this on average, in pixels (0: off; torch engine)", float_range=(0.0, 100.0))
+        declare("warm_start", False, "Start each frame's GRU iterations from the previous frame's disparity "
+                "(video: fewer iterations for the same accuracy when the view changes little; torch engine)")
         declare("engine", "torch", "torch, or onnxruntime (an ONNX file per camera resolution, built on first use "
                 "and cached; fixed iterations)", read_only=True, choices=ENGINES)
         declare("device", "auto", "auto, cpu, cuda or cuda:N", read_only=True)
@@ -283,8 +287,10 @@ class StereoWiring:
             return f"publish_iterations {bad} must lie in 1..{iterations - 1} (below iterations {iterations})"
         if not get("min_depth") < get("max_depth"):
             return f"min_depth {get('min_depth')} must be below max_depth {get('max_depth')}"
-        if get("engine") == "onnxruntime" and (get("latency_budget_ms") or get("convergence_threshold_px")):
-            return "latency_budget_ms and convergence_threshold_px need engine torch (onnxruntime runs fixed iterations)"
+        if get("engine") == "onnxruntime" and (get("latency_budget_ms") or get("convergence_threshold_px")
+                                               or get("warm_start")):
+            return ("latency_budget_ms, convergence_threshold_px and warm_start need engine torch (onnxruntime "
+                    "runs fixed iterations from the network's own start)")
         return ""
 
     def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:
@@ -292,7 +298,7 @@ class StereoWiring:
         (only when a parameter of one is being set, so unrelated declarations never fail)."""
         new = {p.name: p.value for p in params}
         if not new.keys() & {"iterations", "publish_iterations", "min_depth", "max_depth", "latency_budget_ms",
-                             "convergence_threshold_px"}:
+                             "convergence_threshold_px", "warm_start"}:
             return SetParametersResult(successful=True)
         reason = self._invalid_combination(new)
         return SetParametersResult(successful=not reason, reason=reason)
@@ -473,7 +479,8 @@ class StereoWiring:
             extra_iterations=extra, depth=wanted["points2"] or wanted["depth/image_rect"],
             confidence=wanted["confidence"], options=options,
             calibrated_sizes=[(info.width, info.height) for info in (left_info, right_info)], cancel=cancel,
-            budget_ms=p("latency_budget_ms") or None, converged_px=p("convergence_threshold_px") or None)
+            budget_ms=p("latency_budget_ms") or None, converged_px=p("convergence_threshold_px") or None,
+            warm_start=self._warm_start_from(left.shape[:2]))
         t2 = time.perf_counter()
         header = left_info.header
         cloud = None
@@ -524,9 +531,17 @@ class StereoWiring:
                     " the disparity is scaled back")
             self.stats.resolution = size
         self.stats.last_iterations = frame.iterations
+        self._previous_disparity = frame.network_disparity if self._param("warm_start") else None
         self.stats.processed += 1
         self.stats.stages_ms = stages_ms  # one assignment: the diagnostics timer (executor thread) reads it
         self._frame_seconds = _moving_average(self._frame_seconds, stages_ms["total"] / 1e3)
+
+    def _warm_start_from(self, size: tuple[int, int]) -> np.ndarray | None:
+        """The previous frame's disparity when warm_start is on and the resolution is unchanged."""
+        previous = self._previous_disparity
+        if previous is None or not self._param("warm_start") or previous.shape != size:
+            return None
+        return previous
 
     def _iteration_publisher(self, k: int):
         if k not in self.pub_iterations:

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -129,10 +130,12 @@ class OnnxEngine:
         fp16: TensorRT half precision (CUDA with TensorRT only).
         threads: onnxruntime's intra-op threads (default: PyTorch's thread count).
         cache: folder for the ONNX files (default ``cache_dir()``).
+        log: called with a line before and after an export (it takes minutes).
     """
 
     def __init__(self, model: SelectiveStereo, device: torch.device, max_disp: int = 192, fp16: bool = False,
-                 threads: int | None = None, cache: str | Path | None = None) -> None:
+                 threads: int | None = None, cache: str | Path | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
@@ -145,6 +148,7 @@ class OnnxEngine:
         self.threads = threads
         self.cache = Path(cache) if cache is not None else cache_dir()
         self.digest = weights_digest(model)
+        self.log = log or (lambda line: None)
         self._sessions: dict[tuple, object] = {}
 
     def onnx_path(self, height: int, width: int, iters: int, output_iters: Sequence[int]) -> Path:
@@ -160,7 +164,11 @@ class OnnxEngine:
         if key not in self._sessions:
             path = self.onnx_path(height, width, iters, output_iters)
             if not path.exists():
+                self.log(f"exporting the network to ONNX for {width}x{height}, {iters} iterations "
+                         f"(once per size; takes minutes): {path}")
+                start = time.perf_counter()
                 export_onnx(self.model, path, height, width, iters, output_iters, self.max_disp)
+                self.log(f"ONNX export done in {time.perf_counter() - start:.0f} s")
             options = ort.SessionOptions()
             options.intra_op_num_threads = self.threads or torch.get_num_threads()
             options.inter_op_num_threads = 1

@@ -57,6 +57,8 @@ class FrameResult:
         estimator downscales large frames).
     iterations: GRU iterations run (fewer than asked when a latency budget or
         the convergence stop ended the pass early).
+    network_disparity: H x W float32, the network's disparity d before any
+        check or threshold (what a next frame can warm start from).
     timings_ms: 'checks', 'inference' and 'geometry' in milliseconds.
     """
 
@@ -68,6 +70,7 @@ class FrameResult:
     intermediate: dict[int, DisparityProducts]
     processed_size: tuple[int, int]
     iterations: int
+    network_disparity: np.ndarray
     timings_ms: dict[str, float]
 
     @property
@@ -114,7 +117,7 @@ class StereoPipeline:
                 confidence: bool = False, options: GeometryOptions = GeometryOptions(),
                 calibrated_sizes: Sequence[tuple[int, int] | None] = (None, None),
                 cancel: threading.Event | None = None, budget_ms: float | None = None,
-                converged_px: float | None = None) -> FrameResult:
+                converged_px: float | None = None, warm_start: np.ndarray | None = None) -> FrameResult:
         """Check, run and turn one rectified pair into geometry.
 
         left, right: H x W x 3 RGB uint8 (or H x W mono). p_left, p_right: the
@@ -123,6 +126,7 @@ class StereoPipeline:
         depth: also compute depth and points (skip when nobody wants them).
         confidence: also compute the confidence (also done when options.confidence_threshold > 0).
         budget_ms, converged_px: end the GRU iterations early (``StereoEstimator.estimate``).
+        warm_start: H x W disparity to start from (a previous frame's ``network_disparity``).
         Raises ValueError for bad input, InferenceCancelled once ``cancel`` is set.
         """
         t0 = time.perf_counter()
@@ -133,7 +137,7 @@ class StereoPipeline:
         earlier = earlier_iteration(iterations) if confidence else None
         t1 = time.perf_counter()
         result = self.estimator.estimate(left, right, iters=iterations, cancel=cancel, budget_ms=budget_ms,
-                                         converged_px=converged_px,
+                                         converged_px=converged_px, disp_init=warm_start,
                                          output_iters=sorted(set(extra) | ({earlier} if earlier else set())))
         t2 = time.perf_counter()
         max_disp = self.max_disparity(left.shape[1])
@@ -155,6 +159,6 @@ class StereoPipeline:
         t3 = time.perf_counter()
         return FrameResult(geometry=geometry, disparity=disparity, depth=depth_map, points=points,
                            confidence=confidence_values, intermediate=intermediate, processed_size=result.processed_size,
-                           iterations=result.iterations,
+                           iterations=result.iterations, network_disparity=result.disparity,
                            timings_ms={"checks": 1e3 * (t1 - t0), "inference": 1e3 * (t2 - t1),
                                        "geometry": 1e3 * (t3 - t2)})

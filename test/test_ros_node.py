@@ -89,6 +89,8 @@ class Rig(Observer):
             pv = ParameterValue(type=ParameterType.PARAMETER_INTEGER_ARRAY, integer_array_value=value)
         elif isinstance(value, float):
             pv = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
+        elif isinstance(value, bool):
+            pv = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value)
         else:
             pv = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
         future = self.param_client.call_async(SetParameters.Request(parameters=[ParameterMsg(name=name, value=pv)]))
@@ -227,7 +229,7 @@ def test_iterations_change_at_run_time(rig):
     assert final[60, 80] == pytest.approx(6 * STEP_PX + 6.0)
 
 
-def test_a_latency_budget_or_convergence_ends_the_iterations_early(rig):
+def test_latency_budget_convergence_stop_and_warm_start(rig):
     left, right = textured_pair()  # iterations 6 (previous test); the known-answer net adds STEP_PX each
     assert rig.set_parameter("latency_budget_ms", 0.001) == (True, "")
     budget = as_array(rig.frame(left, right, sec=250)["disparity"].image)
@@ -242,6 +244,17 @@ def test_a_latency_budget_or_convergence_ends_the_iterations_early(rig):
     rig.spin_until(lambda: rig.last_diagnostics().get("last_frame_iterations") == "6", 10.0, "diagnostics")
     assert moving[60, 80] == pytest.approx(6 * STEP_PX + 6.0)
     assert rig.set_parameter("convergence_threshold_px", 0.0) == (True, "")
+    # warm start: each frame continues from the previous processed frame's disparity, 6 more steps
+    # (the rig re-sends a pair the node has not answered within 2 s, so more than one may run)
+    assert rig.set_parameter("warm_start", True) == (True, "")
+    first = as_array(rig.frame(left, right, sec=253)["disparity"].image)
+    second = as_array(rig.frame(left, right, sec=254)["disparity"].image)
+    assert first[60, 80] == pytest.approx(6 * STEP_PX + 6.0)
+    runs = (second[60, 80] - 6.0) / (6 * STEP_PX)
+    assert runs >= 2 and runs == pytest.approx(round(runs), abs=1e-4)
+    assert rig.set_parameter("warm_start", False) == (True, "")
+    cold = as_array(rig.frame(left, right, sec=255)["disparity"].image)
+    assert cold[60, 80] == pytest.approx(6 * STEP_PX + 6.0)
 
 
 def test_bad_parameter_values_are_rejected_with_a_reason(rig):
