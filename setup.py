@@ -32,7 +32,7 @@ setup(
                 "ros-lifecycle-msgs", "ros-rcl-interfaces", "ros-ament-index-python", "ros-rmw-fastrtps-cpp"],
         "test": ["pytest"],
         # `sgru-stereo export` and the onnxruntime engine (onnxscript: PyTorch's ONNX exporter).
-        "onnx": ["onnx", "onnxruntime", "onnxscript"],
+        "onnx": ["onnx", "onnxruntime", "onnxscript", "torch>=2.5"],  # torch.onnx.export(dynamo=True)
         # `sgru-stereo train` (progress bar) and its learning curves (scripts/plot_training.py); the
         # generator's photos come with scikit-image (and Debian's mate-backgrounds, when installed).
         "train": ["tqdm", "matplotlib"],

@@ -117,7 +117,8 @@ def _stage_times(estimator: StereoEstimator, left, right, iters: int) -> tuple[d
     stages = dict.fromkeys(STAGES, 0.0)
     iterations = []
     for event in profile.events():
-        if not event.name.startswith("sgru."):
+        # The CPU-side range; on CUDA its device_time_total sums the kernels it launched.
+        if not event.name.startswith("sgru.") or event.device_type != torch.autograd.DeviceType.CPU:
             continue
         ms = (event.device_time_total if cuda else event.cpu_time_total) / 1e3
         name = event.name[len("sgru."):]

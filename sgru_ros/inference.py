@@ -143,16 +143,19 @@ class StereoResult:
 
 
 def iteration_stop(start: float, budget_ms: float | None, converged_px: float | None, scale: float,
-                   device: torch.device) -> StopRule | None:
+                   device: torch.device, at_least: int = 1) -> StopRule | None:
     """The rule that ends a pass early (``SelectiveStereo.refine``): after an update, stop when
     another one (timed as the last) would end past ``start`` + ``budget_ms`` (perf_counter
     seconds, milliseconds), or when the update's mean |change| x ``scale`` (working ->
-    input pixels) is below ``converged_px``. None when neither is set."""
+    input pixels) is below ``converged_px``; never before ``at_least`` iterations. None when
+    neither is set."""
     if not budget_ms and not converged_px:
         return None
     previous = [start]
 
     def stop(iteration: int, delta: torch.Tensor) -> bool:
+        if iteration < at_least:
+            return False
         if converged_px and float(delta.abs().mean()) * scale < converged_px:  # .item() waits for the GPU
             return True
         if budget_ms:
@@ -265,8 +268,8 @@ class StereoEstimator:
         later than this many milliseconds after it began (at least one runs;
         the final upsampling comes after). converged_px: stop once an
         iteration changes the disparity by less than this on average (input
-        pixels). Both are torch-engine features; ``result.iterations`` says
-        how many ran.
+        pixels). Both are torch-engine features and never stop before the
+        ``output_iters`` asked for; ``result.iterations`` says how many ran.
         """
         start = time.perf_counter()
         left_t, right_t = to_image_tensor(left), to_image_tensor(right)
@@ -300,7 +303,8 @@ class StereoEstimator:
                                                                        padding)
                     # working-resolution pixels -> input pixels
                     scale = self.model.downsample_factor * width / proc_w
-                    stop = iteration_stop(start, budget_ms, converged_px, scale, self.device)
+                    stop = iteration_stop(start, budget_ms, converged_px, scale, self.device,
+                                          at_least=max(extra, default=0) + 1)
                     with self._autocast():
                         prediction = self.model(pair[:1], pair[1:], iters=iters, output_iters=extra + [iters],
                                                 stop=stop, **kwargs)

@@ -297,6 +297,10 @@ class StereoWiring:
         """Run-time changes: ranges are checked by rclpy from the descriptors, combinations here
         (only when a parameter of one is being set, so unrelated declarations never fail)."""
         new = {p.name: p.value for p in params}
+        if self._param("engine") == "onnxruntime" and new.keys() & {"iterations", "publish_iterations"}:
+            return SetParametersResult(successful=False, reason=(
+                "iterations and publish_iterations are fixed in the ONNX graph under engine onnxruntime; "
+                "restart the node to change them"))
         if not new.keys() & {"iterations", "publish_iterations", "min_depth", "max_depth", "latency_budget_ms",
                              "convergence_threshold_px", "warm_start"}:
             return SetParametersResult(successful=True)

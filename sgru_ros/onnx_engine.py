@@ -16,8 +16,10 @@ this onnxruntime build has), with CPU as the fallback for unsupported nodes.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -74,17 +76,21 @@ def export_onnx(model: SelectiveStereo, path: str | Path, height: int, width: in
     if height % 32 or width % 32 or height < min_h or width < min_w:
         raise ValueError(f"export size {height}x{width} must be multiples of 32 and at least {min_h}x{min_w}")
     names = output_names(iters, output_iters)
-    wrapper = _FixedPass(model.eval(), iters, output_iters, max_disp).cpu()
+    # A CPU copy: the caller's network stays where it is (on CUDA, say) and in its mode.
+    wrapper = _FixedPass(copy.deepcopy(model).cpu().eval(), iters, output_iters, max_disp)
     example = (torch.zeros(1, 3, height, width), torch.zeros(1, 3, height, width))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + f".{os.getpid()}.partial")
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(wrapper, example, input_names=["left", "right"], output_names=names,
-                                    opset_version=OPSET, dynamo=True, verbose=False)
-        program.save(str(partial))
-    partial.replace(path)  # atomic: a concurrent reader never sees half a file
+    partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(wrapper, example, input_names=["left", "right"], output_names=names,
+                                        opset_version=OPSET, dynamo=True, verbose=False)
+            program.save(str(partial))
+        partial.replace(path)  # atomic: a concurrent reader never sees half a file
+    finally:
+        partial.unlink(missing_ok=True)
     return names
 
 
@@ -97,8 +103,9 @@ def weights_digest(model: nn.Module) -> str:
     return digest.hexdigest()[:12]
 
 
-def providers_for(device: torch.device, fp16: bool = False) -> list:
-    """onnxruntime execution providers for ``device``, best first, among those this build has."""
+def providers_for(device: torch.device, fp16: bool = False, cache: Path | None = None) -> list:
+    """onnxruntime execution providers for ``device``, best first, among those this build has
+    (TensorRT keeps its engines under ``cache``/trt)."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -108,12 +115,14 @@ def providers_for(device: torch.device, fp16: bool = False) -> list:
         if "TensorrtExecutionProvider" in available:
             wanted.append(("TensorrtExecutionProvider", {"device_id": index, "trt_fp16_enable": fp16,
                                                          "trt_engine_cache_enable": True,
-                                                         "trt_engine_cache_path": str(cache_dir() / "trt")}))
+                                                         "trt_engine_cache_path": str((cache or cache_dir()) / "trt")}))
         if "CUDAExecutionProvider" in available:
             wanted.append(("CUDAExecutionProvider", {"device_id": index}))
         if not wanted:
             raise ValueError("engine onnxruntime on a CUDA device needs onnxruntime-gpu "
                              "(this onnxruntime has only " + ", ".join(available) + ")")
+        if fp16 and "TensorrtExecutionProvider" not in available:
+            raise ValueError("fp16 on the onnxruntime engine needs its TensorRT execution provider")
     elif fp16:
         raise ValueError("fp16 on the onnxruntime engine needs TensorRT on a CUDA device")
     return wanted + ["CPUExecutionProvider"]
@@ -121,7 +130,7 @@ def providers_for(device: torch.device, fp16: bool = False) -> list:
 
 class OnnxEngine:
     """Runs a network through onnxruntime, building and caching one ONNX file per input size
-    and iteration schedule.
+    and iteration schedule (iteration count and intermediate outputs).
 
     Args:
         model: the loaded network (exported on first use of each size).
@@ -144,9 +153,9 @@ class OnnxEngine:
         self.model = model
         self.device = device
         self.max_disp = max_disp
-        self.providers = providers_for(device, fp16)
-        self.threads = threads
         self.cache = Path(cache) if cache is not None else cache_dir()
+        self.providers = providers_for(device, fp16, self.cache)
+        self.threads = threads
         self.digest = weights_digest(model)
         self.log = log or (lambda line: None)
         self._sessions: dict[tuple, object] = {}

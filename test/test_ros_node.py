@@ -231,14 +231,19 @@ def test_iterations_change_at_run_time(rig):
 
 def test_latency_budget_convergence_stop_and_warm_start(rig):
     left, right = textured_pair()  # iterations 6 (previous test); the known-answer net adds STEP_PX each
+    # Neither stop ends a pass before an intermediate output somebody wants: publish_iterations
+    # (cleared here) and, with the confidence subscriber of an earlier test, iteration 6 // 2 = 3.
+    assert rig.set_parameter("publish_iterations", []) == (True, "")
     assert rig.set_parameter("latency_budget_ms", 0.001) == (True, "")
     budget = as_array(rig.frame(left, right, sec=250)["disparity"].image)
-    rig.spin_until(lambda: rig.last_diagnostics().get("last_frame_iterations") == "1", 10.0, "diagnostics")
-    assert budget[60, 80] == pytest.approx(1 * STEP_PX + 6.0)
+    rig.spin_until(lambda: rig.last_diagnostics().get("last_frame_iterations") not in (None, "6"), 10.0,
+                   "diagnostics")
+    cut = int(rig.last_diagnostics()["last_frame_iterations"])
+    assert 1 <= cut <= 4 and budget[60, 80] == pytest.approx(cut * STEP_PX + 6.0)
     assert rig.set_parameter("latency_budget_ms", 0.0) == (True, "")
     assert rig.set_parameter("convergence_threshold_px", 2 * STEP_PX) == (True, "")  # every update is STEP_PX
     converged = as_array(rig.frame(left, right, sec=251)["disparity"].image)
-    assert converged[60, 80] == pytest.approx(1 * STEP_PX + 6.0)
+    assert converged[60, 80] == pytest.approx(cut * STEP_PX + 6.0)  # the first iteration allowed to stop
     assert rig.set_parameter("convergence_threshold_px", STEP_PX / 2) == (True, "")
     moving = as_array(rig.frame(left, right, sec=252)["disparity"].image)
     rig.spin_until(lambda: rig.last_diagnostics().get("last_frame_iterations") == "6", 10.0, "diagnostics")
@@ -249,12 +254,13 @@ def test_latency_budget_convergence_stop_and_warm_start(rig):
     assert rig.set_parameter("warm_start", True) == (True, "")
     first = as_array(rig.frame(left, right, sec=253)["disparity"].image)
     second = as_array(rig.frame(left, right, sec=254)["disparity"].image)
-    assert first[60, 80] == pytest.approx(6 * STEP_PX + 6.0)
-    runs = (second[60, 80] - 6.0) / (6 * STEP_PX)
-    assert runs >= 2 and runs == pytest.approx(round(runs), abs=1e-4)
+    runs = [(image[60, 80] - 6.0) / (6 * STEP_PX) for image in (first, second)]  # passes chained so far
+    assert all(n == pytest.approx(round(n), abs=1e-4) for n in runs), runs
+    assert 1 <= round(runs[0]) < round(runs[1]), runs
     assert rig.set_parameter("warm_start", False) == (True, "")
     cold = as_array(rig.frame(left, right, sec=255)["disparity"].image)
     assert cold[60, 80] == pytest.approx(6 * STEP_PX + 6.0)
+    assert rig.set_parameter("publish_iterations", [2, 4]) == (True, "")  # as the next test expects
 
 
 def test_bad_parameter_values_are_rejected_with_a_reason(rig):

@@ -110,7 +110,7 @@ class SelectiveStereo(nn.Module):
         lookup(state) samples the matching volume; upsample(state, features)
         returns a full-resolution positive disparity. ``stop(k, delta)`` is asked
         after update k < iters (delta: that update, B x 1 x h x w); when it says
-        True the loop ends there and iteration k is upsampled as the final one.
+        True the loop ends there and iteration k is upsampled as the last prediction.
         Gradients do not flow from one iteration's state into the next (the
         state is detached, as released), only through each iteration's own update.
         Returns (final state, full-resolution predictions, the iterations they belong to).
@@ -124,11 +124,11 @@ class SelectiveStereo(nn.Module):
                 corr = lookup(state)
                 net, delta = self.update_block(net, steps, corr, state)
                 state = state + delta.float()
-            last = itr == iters or (stop is not None and stop(itr, delta))
-            if itr in outputs or last:
+            stopped = itr < iters and stop is not None and stop(itr, delta)
+            if itr in outputs or stopped:
                 with stage("upsampling"):
                     predictions.append(upsample(state, self.update_block.upsample_features(net[0])))
                 done.append(itr)
-            if last:
+            if stopped:
                 break
         return state, predictions, done

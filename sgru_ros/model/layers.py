@@ -25,6 +25,18 @@ def norm2d(kind: Norm, channels: int) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r}; expected 'batch', 'instance' or 'none'")
 
 
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # PyTorch before 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+def _compiling() -> bool:
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)  # PyTorch 2.3+
+    return bool(is_compiling and is_compiling())
+
+
 class Conv3d(nn.Conv3d):
     """``nn.Conv3d`` that takes oneDNN's kernel for every float32 CPU inference.
 
@@ -37,8 +49,8 @@ class Conv3d(nn.Conv3d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32 and not torch.is_grad_enabled()
-                and not torch.is_autocast_enabled("cpu") and torch.backends.mkldnn.is_available()
-                and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling()
+                and not _cpu_autocast() and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+                and not torch.onnx.is_in_onnx_export() and not _compiling()
                 and self.padding_mode == "zeros" and not isinstance(self.padding, str)):
             return torch.ops.aten.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride,
                                                       self.dilation, self.groups)
