@@ -511,7 +511,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .onnx_engine import export_onnx
+    from .onnx_engine import FixedPass, export_onnx
 
     estimator = estimator_from_args(args)
     model = estimator.model.cpu()
@@ -532,9 +532,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     left, right = (to_image_tensor(image) for image in bench_pair(args.height, args.width))
     session = ort.InferenceSession(args.onnx, providers=["CPUExecutionProvider"])
     got = session.run(names, {"left": left.numpy(), "right": right.numpy()})
-    kwargs = {"max_disp": args.max_disp} if estimator.variant == "igev" else {}
     with torch.inference_mode():
-        expected = model(left, right, iters=args.iters, output_iters=extra + [args.iters], **kwargs).disparities
+        expected = FixedPass(model, args.iters, extra, args.max_disp)(left, right)
     for name, ours, theirs in zip(names, got, expected):
         diff = np.abs(ours - theirs.numpy())
         print(f"onnxruntime (CPU) vs PyTorch on the Motorcycle pair at {args.width}x{args.height}, {name}: "

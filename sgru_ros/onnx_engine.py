@@ -44,8 +44,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sgru_ros"
 
 
-class _FixedPass(nn.Module):
-    """model(left, right) with the iteration schedule fixed, returning a tuple of disparities."""
+class FixedPass(nn.Module):
+    """model(left, right) with the iteration schedule fixed, returning a tuple of disparities
+    (``output_names`` order): what ``export_onnx`` writes."""
 
     def __init__(self, model: SelectiveStereo, iters: int, output_iters: Sequence[int], max_disp: int) -> None:
         super().__init__()
@@ -72,12 +73,12 @@ def export_onnx(model: SelectiveStereo, path: str | Path, height: int, width: in
     ``output_iters`` and ``iters``. Returns their names. Takes from seconds (small
     networks) to a few minutes (full size) on a CPU.
     """
-    min_h, min_w = model.min_input_size(max_disp) if isinstance(model, SelectiveIGEV) else model.min_input_size()
+    min_h, min_w = model.min_input_size(max_disp)
     if height % 32 or width % 32 or height < min_h or width < min_w:
         raise ValueError(f"export size {height}x{width} must be multiples of 32 and at least {min_h}x{min_w}")
     names = output_names(iters, output_iters)
     # A CPU copy: the caller's network stays where it is (on CUDA, say) and in its mode.
-    wrapper = _FixedPass(copy.deepcopy(model).cpu().eval(), iters, output_iters, max_disp)
+    wrapper = FixedPass(copy.deepcopy(model).cpu().eval(), iters, output_iters, max_disp)
     example = (torch.zeros(1, 3, height, width), torch.zeros(1, 3, height, width))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -121,7 +121,7 @@ class SelectiveConvGRU(nn.Module):
             raise ValueError(
                 f"attention must be B x 1 x {tuple(context.shape[-2:])}, got {tuple(attention.shape)}")
         small = self.small_gru
-        return SelectiveGRUStep(small.prepare(context), self.large_gru.prepare(context), attention,
+        return SelectiveGRUStep(small.prepare(context), self.large_gru.prepare(context), attention, 1 - attention,
                                 small.input_dim - small.context_dim)
 
 
@@ -131,7 +131,8 @@ class SelectiveGRUStep:
 
     small: GRUStep
     large: GRUStep
-    attention: torch.Tensor
+    attention: torch.Tensor  # A, B x 1 x H x W
+    complement: torch.Tensor  # 1 - A, once per frame
     input_dim: int
 
     def __call__(self, h: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
@@ -142,8 +143,7 @@ class SelectiveGRUStep:
             raise ValueError(f"SelectiveConvGRU expects {self.input_dim} per-iteration input channels, "
                              f"got {y.shape[1]}")
         hy = torch.cat([h, y], dim=1)  # read by both GRUs' z and r
-        a = self.attention
-        return self.small(h, y, hy) * a + self.large(h, y, hy) * (1 - a)
+        return self.small(h, y, hy) * self.attention + self.large(h, y, hy) * self.complement
 
 
 class ChannelAttention(nn.Module):
