@@ -1,66 +1,141 @@
 #!/usr/bin/env python3
-"""Stereo node throughput and per-stage latency at 640x480, over real rclpy.
+"""The stereo node's own stage times at 640x480, as deployed: three processes over real rclpy.
 
-    python scripts/benchmark_node.py [--frames 10 --iters 12 --rate 10 --checkpoint CKPT --threads 2]
+    python scripts/benchmark_node.py [--frames 10 --iters 8 --rate 10 --checkpoint CKPT --threads 2]
 
-The sample source streams the Motorcycle pair resized to 640x480 (folder source, its calibration
-scaled) faster than the node can keep up; the node always takes the newest set. Prints per-stage
-medians (conversion in, inference, cloud, publish), end-to-end latency and output frame rate.
+Process 1, the sample source, streams the Motorcycle pair resized to 640x480 (folder source, its
+calibration scaled) at --rate Hz, faster than the node keeps up with on a CPU. Process 2 is the
+stereo node (``sgru-stereo run``). This process subscribes to ``disparity``, ``disparity/color``
+and ``points2`` as rviz would, and reads the node's per-frame stage times (convert_in, inference,
+geometry, publish) from /diagnostics. Prints their medians after one warm-up frame, the time outside
+inference, and the output frame rate. Localhost DDS only, in its own ROS_DOMAIN_ID (--domain).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
-from sgru_ros.calibration import MOTORCYCLE, motorcycle_pair
-from sgru_ros.demo import run_pipeline
-from sgru_ros.io import write_image_rgb
+
+def write_input(folder: Path) -> None:
+    """The Motorcycle pair at 640x480 with its calibration scaled, as the folder source reads it."""
+    import cv2
+
+    from sgru_ros.calibration import MOTORCYCLE, motorcycle_pair
+    from sgru_ros.io import write_image_rgb
+
+    left, right, _ = motorcycle_pair()
+    sx, sy = 640 / left.shape[1], 480 / left.shape[0]
+    for side, image in (("left", left), ("right", right)):
+        (folder / side).mkdir()
+        write_image_rgb(folder / side / "000.png", cv2.resize(image, (640, 480), interpolation=cv2.INTER_AREA))
+    calib = MOTORCYCLE.scaled(sx)  # x scale; cy scaled by y below
+    (folder / "calibration.yaml").write_text(yaml.safe_dump({
+        "focal_length": calib.focal_length, "cx": calib.cx, "cy": MOTORCYCLE.cy * sy,
+        "cx_right": calib.cx_right, "baseline": calib.baseline}))
+
+
+def collect(frames: int, timeout_s: float) -> tuple[list[dict[str, float]], list[float], int]:
+    """Subscribe like rviz and read /diagnostics until ``frames`` frames were processed.
+    Returns the stage times per frame (in processing order), the clouds' arrival times and the
+    stale sets the node dropped."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.node import Node
+    from rclpy.qos import QoSProfile
+    from sensor_msgs.msg import Image, PointCloud2
+    from stereo_msgs.msg import DisparityImage
+
+    rclpy.init(args=[])
+    try:
+        node = Node("benchmark_consumer")
+        per_frame: dict[int, dict[str, float]] = {}
+        arrivals: list[float] = []
+        dropped = [0]
+
+        def on_diagnostics(msg: DiagnosticArray) -> None:
+            for status in msg.status:
+                values = {kv.key: kv.value for kv in status.values}
+                if "total_ms" in values:
+                    per_frame[int(values["frames_processed"])] = {k.removesuffix("_ms"): float(v)
+                                                                  for k, v in values.items() if k.endswith("_ms")}
+                    dropped[0] = int(values["frames_dropped_stale"])
+
+        qos = QoSProfile(depth=5)
+        node.create_subscription(DisparityImage, "disparity", lambda msg: None, qos)
+        node.create_subscription(Image, "disparity/color", lambda msg: None, qos)
+        node.create_subscription(PointCloud2, "points2", lambda msg: arrivals.append(time.monotonic()), qos)
+        node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+        deadline = time.monotonic() + timeout_s
+        while len(per_frame) < frames and time.monotonic() < deadline:
+            rclpy.spin_once(node, timeout_sec=0.2)
+        node.destroy_node()
+        return [per_frame[k] for k in sorted(per_frame)], arrivals, dropped[0]
+    finally:
+        rclpy.try_shutdown()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=int, default=10)
+    parser.add_argument("--frames", type=int, default=10, help="frames after the warm-up frame")
     parser.add_argument("--iters", type=int, default=8)
     parser.add_argument("--rate", type=float, default=10.0, help="source frame rate (Hz)")
     parser.add_argument("--checkpoint", default=None, help="default: the bundled weights")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="the node's torch threads")
+    parser.add_argument("--domain", default="61", help="ROS_DOMAIN_ID of the three processes")
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--code", default=str(Path(__file__).resolve().parents[1]),
+                        help="run the source and the node from this checkout of the package (for example a "
+                             "worktree of an older commit, to compare; default: this one)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    os.environ.update(ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=args.domain)
 
-    import cv2
-
-    left, right, _ = motorcycle_pair()
-    sx, sy = 640 / left.shape[1], 480 / left.shape[0]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for side, image in (("left", left), ("right", right)):
-            (folder / side).mkdir()
-            write_image_rgb(folder / side / "000.png", cv2.resize(image, (640, 480), interpolation=cv2.INTER_AREA))
-        calib = MOTORCYCLE.scaled(sx)  # x scale; cy scaled by y below
-        (folder / "calibration.yaml").write_text(yaml.safe_dump({
-            "focal_length": calib.focal_length, "cx": calib.cx, "cy": MOTORCYCLE.cy * sy,
-            "cx_right": calib.cx_right, "baseline": calib.baseline}))
-        run = run_pipeline(args.frames + 1, args.iters, args.checkpoint, args.device,
-                           {"source": "folder", "path": str(folder), "calibration": str(folder / "calibration.yaml"),
-                            "rate": args.rate}, timeout_s=900, verbose=False)
-    if run is None:
-        raise SystemExit("benchmark timed out")
-    stages = [s for s in run.stages_ms[1:] if "total" in s]  # skip the warm-up frame and any read mid-publish
-    print(f"640x480, {args.iters} iterations, device {args.device}, {args.threads} threads, "
-          f"checkpoint {args.checkpoint or 'bundled'}; {len(stages)} frames after 1 warm-up")
-    for key in ("convert_in", "inference", "cloud", "publish", "total"):
+        write_input(folder)
+        source_args = ["-p", "source:=folder", "-p", f"path:={folder}",
+                       "-p", f"calibration:={folder / 'calibration.yaml'}", "-p", f"rate:={args.rate}"]
+        node_args = ["-p", f"iterations:={args.iters}", "-p", f"device:={args.device}"]
+        if args.checkpoint:
+            node_args += ["-p", f"model:={args.checkpoint}"]
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        processes = [subprocess.Popen([sys.executable, "-m", "sgru_ros.cli", command, "--ros-args", *ros_args],
+                                      cwd=args.code, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                     for command, ros_args in (("source", source_args), ("run", node_args))]
+        try:
+            stages, arrivals, dropped = collect(args.frames + 1, args.timeout)
+        finally:
+            for process in processes:
+                process.send_signal(2)
+            for process in processes:
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+    if len(stages) < args.frames + 1:
+        raise SystemExit(f"timed out after {args.timeout:.0f} s with {len(stages)} of {args.frames + 1} frames")
+    stages = stages[1:]  # the first frame warms the model up
+    print(f"640x480, {args.iters} iterations, device {args.device}, {args.threads} threads, checkpoint "
+          f"{args.checkpoint or 'bundled'}, code {args.code}; source, node and consumer in three processes; "
+          f"{len(stages)} frames after 1 warm-up")
+    for key in stages[0]:  # the node's stages in its order, total last
         values = [s[key] for s in stages]
         print(f"  {key:11s} median {np.median(values):8.1f} ms   min {np.min(values):8.1f} ms")
-    print(f"  end-to-end latency (stamp -> cloud received) median {np.median(run.latencies_ms[1:]):.1f} ms")
-    print(f"  throughput {(len(run.latencies_ms) - 1) / run.first_to_last_s:.2f} frames/s with the source at "
-          f"{args.rate:g} Hz ({run.dropped} stale sets dropped, none queued)")
+    outside = [s["total"] - s["inference"] for s in stages]
+    print(f"  outside inference (total - inference) median {np.median(outside):.1f} ms, "
+          f"min {np.min(outside):.1f} ms, max {np.max(outside):.1f} ms")
+    if len(arrivals) > 1:
+        print(f"  clouds received at {(len(arrivals) - 1) / (arrivals[-1] - arrivals[0]):.2f} frames/s with the "
+              f"source at {args.rate:g} Hz ({dropped} stale sets dropped by the node)")
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ class StereoGeometry:
 
     def published_disparity(self, disparity: np.ndarray) -> np.ndarray:
         """Matched disparity d (px, left image) -> d' = d - (cx_l - cx_r)."""
-        return (disparity - self.principal_offset).astype(np.float32)
+        return (disparity - self.principal_offset).astype(np.float32, copy=False)
 
     def depth(self, published: np.ndarray) -> np.ndarray:
         """d' -> Z = f t / d' in metres; NaN where d' <= 0 or not finite."""
@@ -91,11 +91,13 @@ def flying_pixels(disparity: np.ndarray, threshold: float) -> np.ndarray:
     its 3 x 3 neighbourhood exceeds ``threshold`` px; smooth slanted surfaces
     (a road, a wall) vary far less than that between neighbours.
     """
-    values = np.nan_to_num(disparity, nan=0.0).astype(np.float32, copy=False)
-    kernel = np.ones((3, 3), np.uint8)  # 3 x 3 max and min filters, edges replicated
-    high = cv2.dilate(values, kernel, borderType=cv2.BORDER_REPLICATE)
-    low = cv2.erode(values, kernel, borderType=cv2.BORDER_REPLICATE)
-    return (high - low) > threshold
+    return neighbourhood_range(np.nan_to_num(disparity, nan=0.0).astype(np.float32, copy=False)) > threshold
+
+
+def neighbourhood_range(values: np.ndarray) -> np.ndarray:
+    """max - min of each pixel's 3 x 3 neighbourhood (edges replicated) of finite float32 values:
+    OpenCV's morphological gradient, the dilation minus the erosion in one call."""
+    return cv2.morphologyEx(values, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE)
 
 
 def valid_window(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -137,26 +139,33 @@ class CloudLayout:
         return 12 if self.avoid_padding else 16
 
 
-def pack_cloud(points: np.ndarray, rgb: np.ndarray | None, layout: CloudLayout) -> np.ndarray:
+def pack_cloud(points: np.ndarray, rgb: np.ndarray | None, layout: CloudLayout,
+               out: np.ndarray | None = None) -> np.ndarray:
     """H x W x 3 float32 points (NaN = invalid) and H x W x 3 uint8 RGB -> row-major point bytes
-    (a flat uint8 array of H * W * point_step)."""
+    (a flat uint8 array of H * W * point_step).
+
+    out: a flat uint8 array of that size to fill instead of a new zeroed one. Only the fields are
+    written: its padding bytes must already be zero (a buffer this function filled before with
+    the same layout)."""
     h, w, _ = points.shape
     if layout.color and (rgb is None or rgb.shape[:2] != (h, w)):
         raise ValueError("a coloured cloud needs an H x W x 3 RGB image of the same size")
-    # Every field is 4 bytes at a multiple of 4: the point is a row of float32 words, built as
-    # planes and interleaved by cv2.merge in one pass.
-    planes = [None] * (layout.point_step // 4)
-    planes[:3] = cv2.split(np.ascontiguousarray(points, dtype=np.float32))
+    size = h * w * layout.point_step
+    if out is None:
+        out = np.zeros(size, np.uint8)
+    elif out.shape != (size,) or out.dtype != np.uint8:
+        raise ValueError(f"out must be a flat uint8 array of {size} bytes, got {out.dtype} {out.shape}")
+    point_bytes = out.reshape(h, w, layout.point_step)
+    # cv2.mixChannels copies channels between interleaved arrays in one pass, in place: x, y, z
+    # into the first three float32 words of every point, the colour bytes into the rgb field.
+    cv2.mixChannels([np.ascontiguousarray(points, dtype=np.float32)], [point_bytes.view(np.float32)],
+                    [0, 0, 1, 1, 2, 2])
     if layout.color:
-        # BGRA bytes read as a little-endian uint32 are 0xAARRGGBB; PCL's rgb is 0x00RRGGBB.
-        bgra = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGRA).view("<u4")[..., 0]
-        planes[dict(layout.fields)["rgb"] // 4] = np.bitwise_and(bgra, 0x00FFFFFF).view("<f4")
-    zeros = None
-    for i, plane in enumerate(planes):
-        if plane is None:
-            zeros = np.zeros((h, w), np.float32) if zeros is None else zeros
-            planes[i] = zeros
-    return cv2.merge(planes).view(np.uint8).reshape(-1)
+        # PCL's rgb is the float32 whose bits are 0x00RRGGBB: little-endian bytes B, G, R, 0.
+        offset = dict(layout.fields)["rgb"]
+        cv2.mixChannels([np.ascontiguousarray(rgb, dtype=np.uint8)], [point_bytes],
+                        [2, offset, 1, offset + 1, 0, offset + 2])
+    return out
 
 
 def write_ply(path: str, points: np.ndarray, rgb: np.ndarray | None = None) -> int:
@@ -225,7 +234,8 @@ def _disparity_products(d: np.ndarray, geometry: StereoGeometry,
     published = geometry.published_disparity(d)
     # NaN and infinities fail one of the two comparisons, so no isfinite pass is needed.
     with np.errstate(invalid="ignore"):
-        valid = (d <= columns) & (published > 0)
+        valid = d <= columns
+        valid &= published > 0
     min_d = -geometry.principal_offset
     products = DisparityProducts(disparity=np.where(valid, published, np.float32(invalid_disparity(min_d))),
                                  valid=valid, window=valid_window(valid), min_disparity=float(min_d),
@@ -253,8 +263,13 @@ def depth_products(disparity: np.ndarray, geometry: StereoGeometry, max_disparit
     disp, published = _disparity_products(d, geometry, max_disparity)
     with np.errstate(divide="ignore", invalid="ignore"):
         depth = np.float32(geometry.focal * geometry.baseline) / published  # f t / d', valid where disp.valid
-        point_ok = disp.valid & (depth >= min_depth) & (depth <= max_depth)
-    if flying_threshold is not None:
-        point_ok &= ~flying_pixels(np.where(disp.valid, d, np.float32(0.0)), flying_threshold)
+    point_ok = disp.valid.copy()
+    # A valid d' is positive, so is its depth (+inf at most): the limits only cut when they can.
+    if min_depth > 0:
+        point_ok &= depth >= min_depth
+    if max_depth < float("inf"):
+        point_ok &= depth <= max_depth
+    if flying_threshold is not None:  # not a flying pixel (``flying_pixels``; valid values are finite)
+        point_ok &= neighbourhood_range(np.where(disp.valid, d, np.float32(0.0))) <= flying_threshold
     depth = np.where(point_ok, depth, np.float32(np.nan))
     return DepthProducts(disparity=disp, depth=depth, points=geometry.points(depth))

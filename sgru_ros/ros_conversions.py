@@ -70,7 +70,7 @@ def compressed_image(rgb: np.ndarray, header: Header, image_format: str = "jpeg"
                             cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise ValueError(f"could not encode a {rgb.shape} image as {image_format}")
-    msg = CompressedImage(header=header, format=f"rgb8; {image_format} compressed bgr8")
+    msg = with_data_by_reference(CompressedImage, header=header, format=f"rgb8; {image_format} compressed bgr8")
     msg.data = byte_array(data)
     return msg
 
@@ -82,28 +82,49 @@ def array_to_image(values: np.ndarray, encoding: str, header: Header) -> Image:
     values = np.ascontiguousarray(values, dtype=dtype)
     if values.ndim != ndim:
         raise ValueError(f"{encoding} needs a {ndim}-D array, got shape {values.shape}")
-    msg = Image(header=header, height=values.shape[0], width=values.shape[1], encoding=encoding,
-                is_bigendian=0, step=values.strides[0])
+    msg = with_data_by_reference(Image, header=header, height=values.shape[0], width=values.shape[1],
+                                 encoding=encoding, is_bigendian=0, step=values.strides[0])
     msg.data = byte_array(values)
     return msg
 
 
+def with_data_by_reference(message_type, **fields):
+    """``message_type(**fields)`` whose uint8[] ``data`` keeps an assigned array.array itself.
+
+    From ROS 2 Jazzy on, rosidl's generated setter copies an array.array unless the message was
+    made with ``check_fields=True`` (then it checks each field's type, which costs nothing next to
+    copying megabytes of pixels); older messages always keep it."""
+    if "_check_fields" in message_type.__slots__:
+        fields["check_fields"] = True
+    return message_type(**fields)
+
+
 def byte_array(values: np.ndarray) -> array.array:
     """A C-contiguous numpy array's bytes as the array.array('B') a message's uint8[] field holds:
-    one copy (assigning bytes would copy twice, a numpy array element by element)."""
+    one copy (assigning bytes would copy twice, a numpy array element by element); the message
+    keeps it without another copy when made by ``with_data_by_reference``."""
     data = array.array("B")
     data.frombytes(memoryview(np.ascontiguousarray(values)).cast("B"))
     return data
 
 
-def cloud_message(points: np.ndarray, rgb: np.ndarray | None, layout: CloudLayout, header: Header) -> PointCloud2:
-    """Organized H x W cloud (NaN = invalid) in stereo_image_proc's layout."""
+def cloud_message(points: np.ndarray, rgb: np.ndarray | None, layout: CloudLayout, header: Header,
+                  reuse: array.array | None = None) -> PointCloud2:
+    """Organized H x W cloud (NaN = invalid) in stereo_image_proc's layout.
+
+    The points are packed straight into the message's buffer (no second copy). reuse: the data of
+    an earlier cloud of the same layout, filled in place when its size fits, instead of a new
+    buffer per frame (10 MB at 640x480); only once that earlier cloud was published (rclpy copies
+    a message when it publishes it)."""
     h, w, _ = points.shape
-    msg = PointCloud2(header=header, height=h, width=w, is_bigendian=False, is_dense=False,
-                      point_step=layout.point_step, row_step=layout.point_step * w)
+    msg = with_data_by_reference(PointCloud2, header=header, height=h, width=w, is_bigendian=False,
+                                 is_dense=False, point_step=layout.point_step, row_step=layout.point_step * w)
     msg.fields = [PointField(name=name, offset=offset, datatype=PointField.FLOAT32, count=1)
                   for name, offset in layout.fields]
-    msg.data = byte_array(pack_cloud(points, rgb, layout))
+    size = h * w * layout.point_step
+    data = reuse if reuse is not None and len(reuse) == size else array.array("B", bytes(size))
+    pack_cloud(points, rgb, layout, out=np.frombuffer(data, np.uint8))
+    msg.data = data
     return msg
 
 

@@ -105,6 +105,22 @@ def test_cloud_packing(avoid_padding, step, rgb_offset):
     assert CloudLayout(color=False, avoid_padding=True).point_step == 12
 
 
+@pytest.mark.parametrize("color", [True, False])
+@pytest.mark.parametrize("avoid_padding", [True, False])
+def test_cloud_packed_into_a_reused_buffer_equals_a_fresh_one(color, avoid_padding):
+    layout = CloudLayout(color=color, avoid_padding=avoid_padding)
+    rng = np.random.default_rng(1)
+    out = np.zeros(6 * 4 * layout.point_step, np.uint8)
+    for _ in range(2):  # the second frame overwrites the first one's points in place
+        points = rng.normal(size=(6, 4, 3)).astype(np.float32)
+        points[rng.random((6, 4)) < 0.3] = np.nan
+        rgb = rng.integers(0, 256, (6, 4, 3), dtype=np.uint8)
+        assert pack_cloud(points, rgb, layout, out=out) is out
+        assert np.array_equal(out, pack_cloud(points, rgb, layout))
+    with pytest.raises(ValueError, match=f"out must be a flat uint8 array of {3 * 4 * layout.point_step} bytes"):
+        pack_cloud(points[:3], rgb[:3], layout, out=out)
+
+
 def test_write_ply(tmp_path):
     points = np.array([[[1.0, 2.0, 3.0], [np.nan, 0, 0]]], np.float32)
     rgb = np.array([[[1, 2, 3], [4, 5, 6]]], np.uint8)

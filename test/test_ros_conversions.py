@@ -56,3 +56,14 @@ def test_float_image_and_cloud_messages():
     assert [(f.name, f.offset, f.datatype) for f in cloud.fields] == [
         ("x", 0, PointField.FLOAT32), ("y", 4, PointField.FLOAT32), ("z", 8, PointField.FLOAT32),
         ("rgb", 16, PointField.FLOAT32)]
+
+
+def test_cloud_message_refills_an_earlier_clouds_data_of_the_same_size():
+    layout, header = CloudLayout(True, False), Header(frame_id="cam")
+    first = cloud_message(np.zeros((1, 2, 3), np.float32), RGB[:1, :2], layout, header)
+    points = np.array([[[1, 2, 3], [4, 5, 6]]], np.float32)
+    second = cloud_message(points, RGB[:1, :2], layout, header, reuse=first.data)
+    assert second.data is first.data
+    assert np.array_equal(np.frombuffer(second.data, np.float32).reshape(2, 8)[:, :3], points[0])
+    larger = cloud_message(np.zeros((2, 2, 3), np.float32), RGB[:2, :2], layout, header, reuse=first.data)
+    assert larger.data is not first.data and len(larger.data) == 128
