@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -760,6 +761,15 @@ def declare_checked(node: Node, name: str, default, description: str, *, read_on
     return value
 
 
+def _ignore_stop_signals() -> None:
+    """From the first SIGINT/SIGTERM on, further ones are ignored while the node shuts down (at
+    most SHUTDOWN_WAIT_S): Ctrl-C on ``ros2 launch`` reaches a node twice, once from the terminal
+    (it signals the whole process group) and once forwarded by launch, and the second one would
+    interrupt the shutdown with a KeyboardInterrupt traceback."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
+
+
 def spin_node(node_factory, args: list[str] | None = None) -> int:
     """rclpy.init, build the node (startup errors: one line, returns 1), spin until SIGINT/SIGTERM,
     then end the process (status 0)."""
@@ -775,9 +785,11 @@ def spin_node(node_factory, args: list[str] | None = None) -> int:
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
         finally:
+            _ignore_stop_signals()
             node.destroy_node()
     finally:
         rclpy.try_shutdown()
+        _ignore_stop_signals()  # try_shutdown restored Python's handlers
     # The node, its DDS participant and rclpy are shut down: leave without the interpreter's
     # finalization. Tearing PyTorch down takes over a second on a small CPU (launch and a robot's
     # shutdown wait for it) and does nothing a stopped node needs; and while a network stage longer

@@ -1,7 +1,7 @@
 """A node that never goes silent, over real rclpy with the node in its own process: every failure of
 a frame is caught, counted by kind, shown in /diagnostics, and the next frame is answered; images
 below the network's minimum size are padded up to it; SIGINT/SIGTERM end a long frame within 2 s
-without a traceback; invalid start-up parameters give one line and exit status 1."""
+without a traceback, and Ctrl-C under launch (two SIGINTs) ends the node cleanly; invalid start-up parameters give one line and exit status 1."""
 
 from __future__ import annotations
 
@@ -136,6 +136,29 @@ def test_a_signal_during_a_long_frame_ends_the_node_within_2_s_without_traceback
     assert elapsed < 2.0, output
     assert proc.returncode == 0 and "Traceback" not in output, output
     assert stamp not in rig.disparities
+
+
+@pytest.mark.parametrize("gap_s", [0.0, 0.3])
+def test_ctrl_c_under_launch_two_sigints_end_the_node_cleanly(rig, gap_s):
+    """Ctrl-C on ``ros2 launch`` signals a node twice: the terminal signals the whole process group
+    and launch forwards its own SIGINT. The second one, at once or while the node shuts down, must
+    not interrupt the shutdown."""
+    namespace, camera = "/twice", "/twice_cam"
+    rig = CameraRig(namespace, camera, CALIBRATION, name="test_twice_rig")
+    proc = start_process("run", "-r", f"__ns:={namespace}", "-p", "device:=cpu", *remapped_inputs(camera))
+    try:
+        rig.wait_connected(60.0)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(gap_s)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=30)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        rig.destroy_node()
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
 
 
 @pytest.mark.parametrize("command,params,expected", [
