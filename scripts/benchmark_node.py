@@ -43,10 +43,12 @@ def write_input(folder: Path) -> None:
         "cx_right": calib.cx_right, "baseline": calib.baseline}))
 
 
-def collect(frames: int, timeout_s: float) -> tuple[list[dict[str, float]], list[float], int]:
-    """Subscribe like rviz and read /diagnostics until ``frames`` frames were processed.
-    Returns the stage times per frame (in processing order), the clouds' arrival times and the
-    stale sets the node dropped."""
+def collect(frames: int, timeout_s: float,
+            processes: list[subprocess.Popen]) -> tuple[list[dict[str, float]], list[float], int]:
+    """Subscribe like rviz and read /diagnostics until ``frames`` frames were processed, or one of
+    ``processes`` ended. Returns the stage times per frame (in processing order), the clouds'
+    arrival times and the stale sets the node dropped. /diagnostics comes once a second: every
+    frame is seen when frames take longer than that (as on a CPU), a sample of them otherwise."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.node import Node
@@ -75,7 +77,8 @@ def collect(frames: int, timeout_s: float) -> tuple[list[dict[str, float]], list
         node.create_subscription(PointCloud2, "points2", lambda msg: arrivals.append(time.monotonic()), qos)
         node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
         deadline = time.monotonic() + timeout_s
-        while len(per_frame) < frames and time.monotonic() < deadline:
+        while (len(per_frame) < frames and time.monotonic() < deadline
+               and all(process.poll() is None for process in processes)):
             rclpy.spin_once(node, timeout_sec=0.2)
         node.destroy_node()
         return [per_frame[k] for k in sorted(per_frame)], arrivals, dropped[0]
@@ -108,11 +111,17 @@ def main() -> None:
         if args.checkpoint:
             node_args += ["-p", f"model:={args.checkpoint}"]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        logs = {command: open(folder / f"{command}.log", "w+") for command in ("source", "run")}
         processes = [subprocess.Popen([sys.executable, "-m", "sgru_ros.cli", command, "--ros-args", *ros_args],
-                                      cwd=args.code, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                                      cwd=args.code, env=env, stdout=logs[command], stderr=subprocess.STDOUT)
                      for command, ros_args in (("source", source_args), ("run", node_args))]
         try:
-            stages, arrivals, dropped = collect(args.frames + 1, args.timeout)
+            stages, arrivals, dropped = collect(args.frames + 1, args.timeout, processes)
+            for (command, log), process in zip(logs.items(), processes):
+                if process.poll() is not None:
+                    log.seek(0)
+                    raise SystemExit(f"sgru-stereo {command} ended (status {process.returncode}):\n"
+                                     + "".join(log.readlines()[-10:]))
         finally:
             for process in processes:
                 process.send_signal(2)
@@ -121,6 +130,8 @@ def main() -> None:
                     process.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     process.kill()
+            for log in logs.values():
+                log.close()
     if len(stages) < args.frames + 1:
         raise SystemExit(f"timed out after {args.timeout:.0f} s with {len(stages)} of {args.frames + 1} frames")
     stages = stages[1:]  # the first frame warms the model up

@@ -82,21 +82,15 @@ class StereoGeometry:
         return cv2.merge([depth * u[None, :], depth * v[:, None], depth])
 
 
-def flying_pixels(disparity: np.ndarray, threshold: float) -> np.ndarray:
-    """Mask of pixels at disparity discontinuities.
-
-    Learned stereo interpolates across depth edges, so pixels on an edge get
-    a disparity between foreground and background and float in mid-air in a
-    point cloud. A pixel is flagged when the disparity range (max - min) of
-    its 3 x 3 neighbourhood exceeds ``threshold`` px; smooth slanted surfaces
-    (a road, a wall) vary far less than that between neighbours.
-    """
-    return neighbourhood_range(np.nan_to_num(disparity, nan=0.0).astype(np.float32, copy=False)) > threshold
-
-
 def neighbourhood_range(values: np.ndarray) -> np.ndarray:
     """max - min of each pixel's 3 x 3 neighbourhood (edges replicated) of finite float32 values:
-    OpenCV's morphological gradient, the dilation minus the erosion in one call."""
+    OpenCV's morphological gradient, the dilation minus the erosion in one call.
+
+    It finds flying pixels: learned stereo interpolates across depth edges, so pixels on an edge
+    get a disparity between foreground and background and float in mid-air in a point cloud.
+    Their neighbourhood's disparity range is large; smooth slanted surfaces (a road, a wall) vary
+    far less than a pixel between neighbours.
+    """
     return cv2.morphologyEx(values, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE)
 
 
@@ -258,7 +252,8 @@ def depth_products(disparity: np.ndarray, geometry: StereoGeometry, max_disparit
                    flying_threshold: float | None = 1.0) -> DepthProducts:
     """From the network's disparity to every published product. A point (and depth) is valid
     when its disparity is, its depth is within [min_depth, max_depth], and it is not a flying
-    pixel (when ``flying_threshold`` is not None)."""
+    pixel (when ``flying_threshold`` is not None): the range of the valid disparities in its
+    3 x 3 neighbourhood (``neighbourhood_range``, invalid ones counted as 0) is at most that many px."""
     d = np.asarray(disparity, dtype=np.float32)
     disp, published = _disparity_products(d, geometry, max_disparity)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -269,7 +264,7 @@ def depth_products(disparity: np.ndarray, geometry: StereoGeometry, max_disparit
         point_ok &= depth >= min_depth
     if max_depth < float("inf"):
         point_ok &= depth <= max_depth
-    if flying_threshold is not None:  # not a flying pixel (``flying_pixels``; valid values are finite)
+    if flying_threshold is not None:  # not a flying pixel: a 3 x 3 disparity range (valid values are finite)
         point_ok &= neighbourhood_range(np.where(disp.valid, d, np.float32(0.0))) <= flying_threshold
     depth = np.where(point_ok, depth, np.float32(np.nan))
     return DepthProducts(disparity=disp, depth=depth, points=geometry.points(depth))

@@ -19,6 +19,7 @@ What keeps it answering on a robot nobody watches:
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import math
 import os
@@ -36,6 +37,7 @@ import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
                                 SetParametersResult)
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.exceptions import ParameterException, ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -118,6 +120,8 @@ class StereoWiring:
         self._cancel = threading.Event()
         self._cancel.set()
         self._worker: threading.Thread | None = None
+        # Packs and publishes each frame's cloud beside the other outputs (``_process``).
+        self._cloud_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sgru_cloud")
         self._timers: list = []
         self.estimator: StereoEstimator | None = None
         self._declare_parameters()
@@ -148,7 +152,6 @@ class StereoWiring:
         self.stats = FrameStats()
         self._previous_disparity: np.ndarray | None = None  # for warm_start
         self._cloud_data: dict = {}  # CloudLayout -> the last published cloud's data, filled again next frame
-        self._cloud_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sgru_cloud")
         self._timers.append(self.create_timer(1.0, self._on_timer))
         model = p("model") or "bundled default"
         params = sum(t.numel() for t in self.estimator.model.parameters()) / 1e6
@@ -211,7 +214,6 @@ class StereoWiring:
             self.destroy_publisher(pub)
         self.outputs, self.pub_iterations = {}, {}
         self.pipeline = self.estimator = None
-        self._cloud_thread.shutdown()  # idle: every frame waits for its cloud
         self._cloud_data = {}
         gc.collect()
 
@@ -503,9 +505,10 @@ class StereoWiring:
             cloud_sent = self._cloud_thread.submit(self._publish_cloud, frame.points, left, layout, left_info.header)
         try:
             self._publish(frame, left_info, wanted)
-        finally:
-            if cloud_sent is not None:
-                cloud_sent.result()  # its exception, if any, fails the frame like any other
+        finally:  # wait for the cloud; an exception of the other outputs comes first
+            cloud_error = cloud_sent.exception() if cloud_sent is not None else None
+        if cloud_error is not None:
+            raise cloud_error  # fails the frame like any other
         t3 = time.perf_counter()
         self._record(frame, left.shape[:2], {
             "convert_in": 1e3 * (t1 - t0) + frame.timings_ms["checks"], "inference": frame.timings_ms["inference"],
@@ -674,6 +677,7 @@ class StereoNode(StereoWiring, Node):
     def destroy_node(self) -> None:
         """Stop publishing at once, cancel the frame in progress and wait briefly for it."""
         self._stop()
+        self._cloud_thread.shutdown(wait=False)  # idle unless an abandoned frame still runs
         super().destroy_node()
 
 
@@ -725,6 +729,7 @@ class StereoLifecycleNode(StereoWiring, LifecycleNode):
 
     def destroy_node(self) -> None:
         self._stop()
+        self._cloud_thread.shutdown(wait=False)  # idle unless an abandoned frame still runs
         super().destroy_node()
 
 
@@ -761,42 +766,65 @@ def declare_checked(node: Node, name: str, default, description: str, *, read_on
     return value
 
 
-def _ignore_stop_signals() -> None:
-    """From the first SIGINT/SIGTERM on, further ones are ignored while the node shuts down (at
-    most SHUTDOWN_WAIT_S): Ctrl-C on ``ros2 launch`` reaches a node twice, once from the terminal
-    (it signals the whole process group) and once forwarded by launch, and the second one would
-    interrupt the shutdown with a KeyboardInterrupt traceback."""
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, signal.SIG_IGN)
-
-
 def spin_node(node_factory, args: list[str] | None = None) -> int:
     """rclpy.init, build the node (startup errors: one line, returns 1), spin until SIGINT/SIGTERM,
     then end the process (status 0)."""
+    # rclpy.init installs rclpy's SIGINT/SIGTERM handlers over these: the first signal shuts the
+    # context down (spin returns), and every signal is handed on to the handler underneath. With
+    # that one ignoring, a second signal cannot interrupt the shutdown with a KeyboardInterrupt:
+    # Ctrl-C on ros2 launch reaches a node twice (the terminal signals the whole process group,
+    # and launch forwards its own SIGINT).
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
     rclpy.init(args=args)
     try:
         try:
             node = node_factory()
         except (ValueError, OSError, RuntimeError, ParameterException) as err:  # one line, no traceback
+            if not rclpy.ok():  # SIGINT/SIGTERM during start-up: nothing failed
+                return 0
             rclpy.logging.get_logger("sgru_ros").fatal(f"cannot start: {str(err).splitlines()[0]}")
             return 1
         try:
             rclpy.spin(node)
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
+        except RCLError:
+            if rclpy.ok():
+                raise
+            # A signal shut the context down while the executor built its wait set: rclpy raises
+            # this instead of ExternalShutdownException.
         finally:
-            _ignore_stop_signals()
             node.destroy_node()
     finally:
         rclpy.try_shutdown()
-        _ignore_stop_signals()  # try_shutdown restored Python's handlers
     # The node, its DDS participant and rclpy are shut down: leave without the interpreter's
-    # finalization. Tearing PyTorch down takes over a second on a small CPU (launch and a robot's
-    # shutdown wait for it) and does nothing a stopped node needs; and while a network stage longer
-    # than the shutdown wait still runs in its thread, finalization under it would abort.
+    # finalization, after what of it ROS logging needs. PyTorch's teardown alone takes a second
+    # here (launch and a robot's shutdown wait for it) and does nothing a stopped node needs; and
+    # while a network stage longer than the shutdown wait still runs in its thread, finalization
+    # under it would abort.
+    _close_ros_logging()
+    os._exit(0)
+
+
+def _close_ros_logging() -> None:
+    """Close ROS logging as a clean rclpy shutdown and the interpreter's exit would.
+
+    After a signal, rclpy's handler shut the context down itself and try_shutdown skips closing
+    the logging, so the log file under ~/.ros/log (written every 5 s) would lose its last lines;
+    console output through C stdio (RCUTILS_LOGGING_USE_STDOUT=1) is flushed at exit only."""
+    context = rclpy.get_default_context()
+    try:
+        with context._lock:  # the step of rclpy's own shutdown (Context._cleanup) that was skipped
+            context._logging_fini()
+    except Exception:  # noqa: BLE001 -- a later rclpy without this private step must not break shutdown
+        pass
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # no C library to load by name (not Linux or macOS)
+        pass
 
 
 def main(args: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ from .inference import StereoEstimator, is_out_of_memory
 class GeometryOptions:
     """Which disparities become points (and depth pixels): depth within
     [min_depth, max_depth] metres, and, unless ``flying_pixel_threshold`` is
-    None, not on a depth edge (``geometry.flying_pixels``); with a
+    None, not on a depth edge (``geometry.depth_products``); with a
     ``confidence_threshold``, only confident disparities are valid at all."""
 
     min_depth: float = 0.0

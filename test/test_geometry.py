@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sgru_ros.calibration import MOTORCYCLE
-from sgru_ros.geometry import (CloudLayout, StereoGeometry, depth_products, flying_pixels, invalid_disparity, pack_cloud,
+from sgru_ros.geometry import (CloudLayout, StereoGeometry, depth_products, invalid_disparity, pack_cloud,
                                valid_window, write_ply)
 
 # Middlebury 2014 Motorcycle at quarter size, by hand: f = 3979.911/4, cx = 1244.772/4,
@@ -80,8 +80,10 @@ def test_products_validity_rules():
 
 
 def test_flying_pixels_spare_slanted_surfaces():
-    ramp = np.tile(np.arange(50, dtype=np.float32) * 0.3, (10, 1))  # 0.3 px per column
-    assert not flying_pixels(ramp, 1.0).any()
+    ramp = np.tile(2 + np.arange(50, dtype=np.float32) * 0.3, (10, 1))  # 0.3 px per column
+    products = depth_products(ramp, motorcycle_geometry(), max_disparity=192, flying_threshold=1.0)
+    # Columns 0-2 have no match (x < d); from column 4 on, a pixel's neighbours are all on the ramp.
+    assert products.disparity.valid[:, 3:].all() and np.isfinite(products.depth[:, 4:]).all()
 
 
 def test_valid_window():

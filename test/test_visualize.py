@@ -2,6 +2,7 @@
 
 import cv2
 import numpy as np
+import pytest
 
 from sgru_ros.visualize import colorize_disparity
 
@@ -40,3 +41,23 @@ def test_a_validity_mask_colours_as_the_same_disparity_with_nan_elsewhere():
     valid = disparity > 0
     assert np.array_equal(colorize_disparity(disparity, valid=valid),
                           colorize_disparity(np.where(valid, disparity, np.nan)))
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, 50.0, 150.3, 1000.0])
+def test_a_constant_disparity_takes_the_first_colour(value):
+    color = colorize_disparity(np.full((4, 6), value, np.float32))
+    assert np.array_equal(color, np.broadcast_to(TURBO[0], (4, 6, 3)))
+
+
+def test_non_finite_pixels_stay_black_even_when_marked_valid_and_empty_images_pass():
+    disparity = np.array([[1.0, 2.0, np.nan, np.inf]], np.float32)
+    color = colorize_disparity(disparity, valid=np.ones((1, 4), bool))
+    assert not color[0, 2:].any() and np.array_equal(color[0, :2], TURBO[[0, 255]])
+    assert colorize_disparity(np.zeros((0, 5), np.float32)).shape == (0, 5, 3)
+
+
+def test_a_few_valid_pixels_missed_by_the_sample_still_set_the_range():
+    disparity = np.full((1000, 1000), np.nan, np.float32)
+    disparity[1, 1], disparity[1, 2] = 10.0, 20.0  # not on the sampling grid (every 7th pixel)
+    color = colorize_disparity(disparity)
+    assert np.array_equal(color[1, 1:3], TURBO[[0, 255]])
