@@ -20,11 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import torch
 
 import sgru_ros.model as now
-from sgru_ros.calibration import motorcycle_pair
+from sgru_ros.bench import bench_pair
+from sgru_ros.inference import to_image_tensor
 from sgru_ros.weights import default_checkpoint
 
 
@@ -52,9 +52,7 @@ def main() -> None:
         old, new = build(before), build(now)
         new.load_state_dict(old.state_dict())
     height, width = args.size
-    left, right, _ = motorcycle_pair()
-    left, right = (torch.from_numpy(cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA))
-                   .permute(2, 0, 1)[None].float() for image in (left, right))
+    left, right = (to_image_tensor(image) for image in bench_pair(height, width))
     kwargs = {"max_disp": 192} if args.variant == "igev" else {}
     times: dict[str, list[float]] = {"before": [], "now": []}
     with torch.inference_mode():

@@ -27,16 +27,15 @@ import yaml
 
 def write_input(folder: Path) -> None:
     """The Motorcycle pair at 640x480 with its calibration scaled, as the folder source reads it."""
-    import cv2
-
+    from sgru_ros.bench import bench_pair
     from sgru_ros.calibration import MOTORCYCLE, motorcycle_pair
     from sgru_ros.io import write_image_rgb
 
-    left, right, _ = motorcycle_pair()
-    sx, sy = 640 / left.shape[1], 480 / left.shape[0]
-    for side, image in (("left", left), ("right", right)):
+    full_height, full_width = motorcycle_pair()[0].shape[:2]
+    sx, sy = 640 / full_width, 480 / full_height
+    for side, image in zip(("left", "right"), bench_pair(480, 640)):
         (folder / side).mkdir()
-        write_image_rgb(folder / side / "000.png", cv2.resize(image, (640, 480), interpolation=cv2.INTER_AREA))
+        write_image_rgb(folder / side / "000.png", image)
     calib = MOTORCYCLE.scaled(sx)  # x scale; cy scaled by y below
     (folder / "calibration.yaml").write_text(yaml.safe_dump({
         "focal_length": calib.focal_length, "cx": calib.cx, "cy": MOTORCYCLE.cy * sy,

@@ -24,10 +24,9 @@ import textwrap
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from sgru_ros.calibration import motorcycle_pair
+from sgru_ros.bench import bench_pair
 from sgru_ros.io import write_image_rgb
 
 # Runs in the authors' interpreter. torch._dynamo is imported before the torchvision stand-in (when one is
@@ -78,12 +77,10 @@ AUTHORS_DRIVER = textwrap.dedent("""
 
 
 def write_sequence(folder: Path, frames: int, height: int, width: int) -> tuple[str, str]:
-    left, right, _ = motorcycle_pair()
-    for side, image in (("left", left), ("right", right)):
+    for side, image in zip(("left", "right"), bench_pair(height, width)):
         (folder / side).mkdir(parents=True)
-        small = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
         for i in range(frames):
-            write_image_rgb(folder / side / f"{i:04d}.png", small)
+            write_image_rgb(folder / side / f"{i:04d}.png", image)
     return str(folder / "left" / "*.png"), str(folder / "right" / "*.png")
 
 

@@ -22,6 +22,7 @@ import time
 import numpy as np
 import torch
 
+from sgru_ros.evaluation import disparity_metrics
 from sgru_ros.inference import StereoEstimator
 from sgru_ros.training.synthetic import SceneConfig, SyntheticStereo
 
@@ -46,10 +47,10 @@ def run(estimator: StereoEstimator, frames: list, iters: int, warm: bool) -> tup
         times.append((time.perf_counter() - start) * 1e3)
         previous = result.disparity
         valid = truth < np.arange(truth.shape[1])[None, :]  # the match lies inside the right image
-        error = np.abs(result.disparity - truth)[valid]
         if i >= 1:
-            epes.append(error.mean())
-            bads.append(100 * (error > 2).mean())
+            metrics = disparity_metrics(result.disparity, np.where(valid, truth, np.nan))
+            epes.append(metrics.epe)
+            bads.append(metrics.bad2)
     return float(np.mean(epes)), float(np.mean(bads)), statistics.median(times)
 
 

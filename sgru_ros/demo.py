@@ -24,18 +24,16 @@ import numpy as np
 @dataclass
 class PipelineRun:
     """What the collector saw: per frame the latency (source stamp to cloud received, ms) and the
-    node's stage times (ms); the last frame's messages; stale sets the node dropped; wall time
-    from the first cloud to the last."""
+    node's stage times (ms); the last frame's messages; stale sets the node dropped."""
 
     latencies_ms: list[float] = field(default_factory=list)
     stages_ms: list[dict[str, float]] = field(default_factory=list)
     last: dict[str, object] = field(default_factory=dict)
     dropped: int = 0
-    first_to_last_s: float = 0.0
 
 
 def run_pipeline(frames: int, iterations: int, checkpoint: str | None, device: str,
-                 source_parameters: dict, timeout_s: float, verbose: bool = True) -> PipelineRun | None:
+                 source_parameters: dict, timeout_s: float) -> PipelineRun | None:
     """Sample source -> stereo node -> collector in one process (one rclpy context, DDS on
     localhost, domain SGRU_DEMO_DOMAIN_ID or 42) until ``frames`` clouds arrived; None on time-out."""
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -56,7 +54,6 @@ def run_pipeline(frames: int, iterations: int, checkpoint: str | None, device: s
     run = PipelineRun()
     received: dict[str, dict[int, object]] = {"disparity": {}, "color": {}, "points2": {}}
     done = threading.Event()
-    arrivals: list[float] = []
     try:
         source = SampleSource(parameter_overrides=[Parameter(k, value=v) for k, v in source_parameters.items()])
         overrides = [Parameter("iterations", value=iterations), Parameter("device", value=device)]
@@ -72,15 +69,12 @@ def run_pipeline(frames: int, iterations: int, checkpoint: str | None, device: s
                 received[kind][stamp] = msg
                 if kind != "points2" or done.is_set():
                     return
-                arrivals.append(time.monotonic())
                 run.latencies_ms.append((collector.get_clock().now().nanoseconds - stamp) / 1e6)
                 run.stages_ms.append(dict(stereo.stats.stages_ms))
                 run.last = {"stamp": stamp}
-                if verbose:
-                    stages = ", ".join(f"{k} {v:.0f} ms" for k, v in run.stages_ms[-1].items()
-                                       if k != "total")
-                    print(f"frame {len(run.latencies_ms)}: latency {run.latencies_ms[-1]:.0f} ms "
-                          f"(stamp to cloud received; {stages})", flush=True)
+                stages = ", ".join(f"{k} {v:.0f} ms" for k, v in run.stages_ms[-1].items() if k != "total")
+                print(f"frame {len(run.latencies_ms)}: latency {run.latencies_ms[-1]:.0f} ms "
+                      f"(stamp to cloud received; {stages})", flush=True)
                 if len(run.latencies_ms) >= frames:
                     done.set()
             return callback
@@ -104,7 +98,6 @@ def run_pipeline(frames: int, iterations: int, checkpoint: str | None, device: s
             return None
         stamp = run.last["stamp"]
         run.last = {kind: received[kind].get(stamp) for kind in received}
-        run.first_to_last_s = arrivals[-1] - arrivals[0]
         return run
     finally:
         rclpy.try_shutdown()

@@ -184,12 +184,16 @@ class StereoEstimator:
             to at most this many first: the network's memory grows with the
             pixel count (a 4000 x 3000 frame needs about 6 GB at full size).
         engine: 'torch' or 'onnxruntime' (see ``ENGINES``).
+        onnx_output_iters: under onnxruntime, the intermediate iterations every exported graph
+            also returns, so that asking for any of them later never exports again
+            (``onnx_engine.OnnxEngine``).
         log: where the onnxruntime engine announces an ONNX export (minutes long).
     """
 
     def __init__(self, model: SelectiveStereo, device: str = "auto", precision: str = "fp32",
                  max_disp: int = 192, max_width: int | None = None, max_pixels: int | None = None,
-                 engine: str = "torch", log: Callable[[str], None] | None = None) -> None:
+                 engine: str = "torch", onnx_output_iters: Sequence[int] = (),
+                 log: Callable[[str], None] | None = None) -> None:
         self.device = resolve_device(device)
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
@@ -208,7 +212,8 @@ class StereoEstimator:
         if engine == "onnxruntime":
             from .onnx_engine import OnnxEngine
 
-            self._onnx = OnnxEngine(self.model, self.device, max_disp, fp16=self.precision == "fp16", log=log)
+            self._onnx = OnnxEngine(self.model, self.device, max_disp, fp16=self.precision == "fp16",
+                                    output_iters=onnx_output_iters, log=log)
         self.max_disp = max_disp
         self.max_width = max_width
         self.max_pixels = max_pixels

@@ -49,6 +49,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from stereo_msgs.msg import DisparityImage
 
+from .confidence import earlier_iteration
 from .geometry import CloudLayout
 from .inference import ENGINES, MAX_ITERATIONS, PRECISIONS, InferenceCancelled, StereoEstimator, release_memory
 from .pipeline import FrameResult, GeometryOptions, StereoPipeline, failure_kind
@@ -139,10 +140,13 @@ class StereoWiring:
         max_width, max_pixels = p("max_width"), p("max_pixels")
         if p("threads"):
             torch.set_num_threads(p("threads"))
+        # Every intermediate output a frame may want (publish_iterations, the confidence's earlier
+        # iteration), whoever subscribes: under onnxruntime one graph per size returns them all.
+        intermediate = {*p("publish_iterations"), earlier_iteration(p("iterations"))} - {None}
         self.estimator = StereoEstimator.from_checkpoint(
             p("model") or None, device=p("device"), precision=p("precision"), max_disp=p("max_disp"),
             max_width=max_width or None, max_pixels=max_pixels or None, engine=p("engine"),
-            log=self.get_logger().info)
+            onnx_output_iters=sorted(intermediate), log=self.get_logger().info)
         self.pipeline = StereoPipeline(self.estimator)
         overrides = QoSOverridingOptions.with_default_policies()
         self.outputs = {name: self.create_publisher(msg_type, name, OUTPUT_QOS, qos_overriding_options=overrides)
@@ -650,6 +654,11 @@ class StereoWiring:
             self._cancel.set()
             self._lock.notify()
 
+    def _end(self) -> None:
+        """What destroy_node does first: stop (``_stop``) and let the cloud thread go."""
+        self._stop()
+        self._cloud_thread.shutdown(wait=False)  # idle unless an abandoned frame still runs
+
     def _wait_for_worker(self, seconds: float) -> None:
         if self._worker is not None:
             self._worker.join(timeout=seconds)
@@ -676,8 +685,7 @@ class StereoNode(StereoWiring, Node):
 
     def destroy_node(self) -> None:
         """Stop publishing at once, cancel the frame in progress and wait briefly for it."""
-        self._stop()
-        self._cloud_thread.shutdown(wait=False)  # idle unless an abandoned frame still runs
+        self._end()
         super().destroy_node()
 
 
@@ -728,8 +736,7 @@ class StereoLifecycleNode(StereoWiring, LifecycleNode):
         return self.on_shutdown(state)
 
     def destroy_node(self) -> None:
-        self._stop()
-        self._cloud_thread.shutdown(wait=False)  # idle unless an abandoned frame still runs
+        self._end()
         super().destroy_node()
 
 

@@ -104,7 +104,7 @@ def weights_digest(model: nn.Module) -> str:
     return digest.hexdigest()[:12]
 
 
-def providers_for(device: torch.device, fp16: bool = False, cache: Path | None = None) -> list:
+def providers_for(device: torch.device, fp16: bool, cache: Path) -> list:
     """onnxruntime execution providers for ``device``, best first, among those this build has
     (TensorRT keeps its engines under ``cache``/trt)."""
     import onnxruntime as ort
@@ -116,7 +116,7 @@ def providers_for(device: torch.device, fp16: bool = False, cache: Path | None =
         if "TensorrtExecutionProvider" in available:
             wanted.append(("TensorrtExecutionProvider", {"device_id": index, "trt_fp16_enable": fp16,
                                                          "trt_engine_cache_enable": True,
-                                                         "trt_engine_cache_path": str((cache or cache_dir()) / "trt")}))
+                                                         "trt_engine_cache_path": str(cache / "trt")}))
         if "CUDAExecutionProvider" in available:
             wanted.append(("CUDAExecutionProvider", {"device_id": index}))
         if not wanted:
@@ -130,60 +130,68 @@ def providers_for(device: torch.device, fp16: bool = False, cache: Path | None =
 
 
 class OnnxEngine:
-    """Runs a network through onnxruntime, building and caching one ONNX file per input size
-    and iteration schedule (iteration count and intermediate outputs).
+    """Runs a network through onnxruntime, building and caching one ONNX file per input size and
+    iteration count.
+
+    Each graph returns the final disparity and the intermediate iterations in ``output_iters``
+    (those below the count), plus any other one a run asked for before: a run may take any subset
+    of them. Asking for one the graph lacks exports a larger graph (minutes), so a caller with
+    changing needs (the node: outputs with or without subscribers) names them all up front.
 
     Args:
         model: the loaded network (exported on first use of each size).
         device: where to run ('cpu' or a CUDA device; see ``providers_for``).
         max_disp: Selective-IGEV's cost-volume range (fixed in the graph).
         fp16: TensorRT half precision (CUDA with TensorRT only).
-        threads: onnxruntime's intra-op threads (default: PyTorch's thread count).
-        cache: folder for the ONNX files (default ``cache_dir()``).
+        output_iters: intermediate iterations every graph also returns.
         log: called with a line before and after an export (it takes minutes).
     """
 
     def __init__(self, model: SelectiveStereo, device: torch.device, max_disp: int = 192, fp16: bool = False,
-                 threads: int | None = None, cache: str | Path | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 output_iters: Sequence[int] = (), log: Callable[[str], None] | None = None) -> None:
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
             raise ValueError("engine onnxruntime needs the onnxruntime package "
                              "(pip install onnxruntime onnx onnxscript)") from None
         self.model = model
-        self.device = device
         self.max_disp = max_disp
-        self.cache = Path(cache) if cache is not None else cache_dir()
+        self.cache = cache_dir()
         self.providers = providers_for(device, fp16, self.cache)
-        self.threads = threads
+        self.output_iters = frozenset(int(k) for k in output_iters)
         self.digest = weights_digest(model)
         self.log = log or (lambda line: None)
-        self._sessions: dict[tuple, object] = {}
+        #: (height, width, iters) -> (the graph's intermediate iterations, its session)
+        self._sessions: dict[tuple[int, int, int], tuple[frozenset[int], object]] = {}
 
     def onnx_path(self, height: int, width: int, iters: int, output_iters: Sequence[int]) -> Path:
-        outs = "-".join(str(k) for k in sorted(set(output_iters) - {iters})) or "last"
+        outs = "-".join(str(k) for k in sorted(output_iters)) or "last"
         variant = "igev" if isinstance(self.model, SelectiveIGEV) else "raft"
         return self.cache / f"{variant}-{self.digest}-{width}x{height}-{iters}it-{outs}-d{self.max_disp}.onnx"
 
     def session(self, height: int, width: int, iters: int, output_iters: Sequence[int]):
-        """The onnxruntime session for this size and schedule (exported now if not cached)."""
+        """The onnxruntime session for this size and iteration count whose graph returns at least
+        ``output_iters`` (exported now if no cached file does)."""
         import onnxruntime as ort
 
-        key = (height, width, iters, tuple(sorted(set(output_iters) | {iters})))
-        if key not in self._sessions:
-            path = self.onnx_path(height, width, iters, output_iters)
-            if not path.exists():
-                self.log(f"exporting the network to ONNX for {width}x{height}, {iters} iterations "
-                         f"(once per size; takes minutes): {path}")
-                start = time.perf_counter()
-                export_onnx(self.model, path, height, width, iters, output_iters, self.max_disp)
-                self.log(f"ONNX export done in {time.perf_counter() - start:.0f} s")
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = self.threads or torch.get_num_threads()
-            options.inter_op_num_threads = 1
-            self._sessions[key] = ort.InferenceSession(str(path), options, providers=self.providers)
-        return self._sessions[key]
+        key = (height, width, iters)
+        have, session = self._sessions.get(key, (frozenset(), None))
+        if session is not None and have.issuperset(output_iters):
+            return session
+        outputs = frozenset(k for k in self.output_iters | have | set(output_iters) if k < iters)
+        path = self.onnx_path(height, width, iters, outputs)
+        if not path.exists():
+            self.log(f"exporting the network to ONNX for {width}x{height}, {iters} iterations "
+                     f"(once per size; takes minutes): {path}")
+            start = time.perf_counter()
+            export_onnx(self.model, path, height, width, iters, sorted(outputs), self.max_disp)
+            self.log(f"ONNX export done in {time.perf_counter() - start:.0f} s")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(path), options, providers=self.providers)
+        self._sessions[key] = (outputs, session)
+        return session
 
     def run(self, left: torch.Tensor, right: torch.Tensor, iters: int,
             output_iters: Sequence[int]) -> list[torch.Tensor]:

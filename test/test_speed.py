@@ -96,6 +96,15 @@ def test_onnxruntime_engine_matches_torch_and_caches_per_resolution(tmp_path, mo
     StereoEstimator.from_checkpoint(small_checkpoint, device="cpu", engine="onnxruntime").estimate(
         left, right, iters=3, output_iters=[2])
     assert (tmp_path / "cache" / files[0]).stat().st_mtime_ns == mtime
+    # A subset of a graph's outputs, or intermediate outputs named up front, never export again.
+    exports = []
+    named = StereoEstimator.from_checkpoint(small_checkpoint, device="cpu", engine="onnxruntime",
+                                            onnx_output_iters=[1], log=exports.append)
+    named.estimate(left, right, iters=3)
+    assert np.abs(named.estimate(left, right, iters=3, output_iters=[1]).intermediate[1]
+                  - torch_engine.estimate(left, right, iters=3, output_iters=[1]).intermediate[1]).max() < 1e-3
+    assert len([line for line in exports if line.startswith("exporting")]) == 1
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*.onnx"))[0].count("-3it-1-") == 1
     with pytest.raises(ValueError, match="need the torch engine"):
         onnx_engine.estimate(left, right, iters=3, budget_ms=100.0)
     with pytest.raises(ValueError, match="bf16 is for the torch engine"):
