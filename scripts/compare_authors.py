@@ -7,7 +7,8 @@
 Both sides read the same PNG sequence (the Motorcycle pair resized to --width x --height, repeated) and write
 each disparity to a .npy file. Each side runs as a separate process twice, with the two --frames counts; the
 steady-state time per frame is (T_long - T_short) / (frames_long - frames_short), so start-up, imports and
-model loading cancel out. The authors' side is a small driver that does what their demo_imgs.py does per
+model loading cancel out. With --rounds N the four runs repeat N times, alternating, and each T is the fastest
+of its N (the machine's speed wanders by 15 % or more within minutes; a slow spell in one run skews a ratio). The authors' side is a small driver that does what their demo_imgs.py does per
 frame (PIL load, InputPadder, model(test_mode=True), unpad, save) on the CPU; their repository is not part of
 this package (fetch https://github.com/Windsrain/Selective-Stereo). Its interpreter needs torch and, for
 Selective-IGEV, timm. Prints both times, the ratio, and the largest difference between the disparities.
@@ -16,6 +17,7 @@ Selective-IGEV, timm. Prints both times, the ratio, and the largest difference b
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -104,33 +106,44 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=384)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every run, keep the fastest of each")
     args = parser.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     short, long = args.frames
     times: dict[str, dict[int, float]] = {"authors": {}, "sgru-stereo infer": {}}
+    diffs: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for frames in (short, long):
-            left_glob, right_glob = write_sequence(Path(tmp) / f"seq{frames}", frames, args.height, args.width)
-            outs = {name: Path(tmp) / f"{name.split()[0]}{frames}" for name in times}
-            for out in outs.values():
-                out.mkdir()
-            times["authors"][frames] = timed(
-                [args.authors_python, "-c", AUTHORS_DRIVER, args.authors, args.variant, args.checkpoint,
-                 left_glob, right_glob, str(outs["authors"]), str(args.iters), str(args.threads),
-                 args.torchvision_stub], env)
-            times["sgru-stereo infer"][frames] = timed(
-                [sys.executable, "-m", "sgru_ros.cli", "infer", "--checkpoint", args.checkpoint,
-                 "--variant", args.variant, "--device", "cpu", "--threads", str(args.threads), "--left", left_glob,
-                 "--right", right_glob, "--out", str(outs["sgru-stereo infer"]), "--format", "npy",
-                 "--iters", str(args.iters), "--no-progress"], env)
-            sign = -1.0 if args.variant == "raft" else 1.0  # the authors' Selective-RAFT returns x-flow
-            diffs = [np.abs(np.load(ours) - sign * np.load(outs["authors"] / ours.name)).max()
-                     for ours in sorted(outs["sgru-stereo infer"].glob("*.npy"))]
-            if len(diffs) != frames:
-                raise SystemExit(f"expected {frames} disparities from each side, compared {len(diffs)}")
+        for round_ in range(args.rounds):
+            for frames in (short, long):
+                folder = Path(tmp) / f"round{round_}" / f"seq{frames}"
+                left_glob, right_glob = write_sequence(folder, frames, args.height, args.width)
+                outs = {name: folder / name.split()[0] for name in times}
+                for out in outs.values():
+                    out.mkdir()
+                commands = {
+                    "authors": [args.authors_python, "-c", AUTHORS_DRIVER, args.authors, args.variant,
+                                args.checkpoint, left_glob, right_glob, str(outs["authors"]), str(args.iters),
+                                str(args.threads), args.torchvision_stub],
+                    "sgru-stereo infer": [sys.executable, "-m", "sgru_ros.cli", "infer", "--checkpoint",
+                                          args.checkpoint, "--variant", args.variant, "--device", "cpu", "--threads",
+                                          str(args.threads), "--left", left_glob, "--right", right_glob, "--out",
+                                          str(outs["sgru-stereo infer"]), "--format", "npy", "--iters",
+                                          str(args.iters), "--no-progress"]}
+                took = {name: timed(command, env) for name, command in commands.items()}
+                for name, seconds in took.items():
+                    times[name][frames] = min(seconds, times[name].get(frames, math.inf))
+                print(f"  round {round_ + 1}, {frames} frames: " + ", ".join(f"{name} {seconds:.2f} s"
+                                                                             for name, seconds in took.items()))
+                sign = -1.0 if args.variant == "raft" else 1.0  # the authors' Selective-RAFT returns x-flow
+                compared = [np.abs(np.load(ours) - sign * np.load(outs["authors"] / ours.name)).max()
+                            for ours in sorted(outs["sgru-stereo infer"].glob("*.npy"))]
+                if len(compared) != frames:
+                    raise SystemExit(f"expected {frames} disparities from each side, compared {len(compared)}")
+                diffs += compared
     per_frame = {name: (t[long] - t[short]) / (long - short) for name, t in times.items()}
     print(f"Selective-{args.variant.upper()}, {args.width}x{args.height}, {args.iters} iterations, fp32, "
-          f"CPU, {args.threads} threads; whole processes over {short} and {long} frames")
+          f"CPU, {args.threads} threads; whole processes over {short} and {long} frames, fastest of "
+          f"{args.rounds} round(s)")
     for name, t in times.items():
         print(f"  {name:18s} {t[short]:7.2f} s / {t[long]:7.2f} s  ->  {per_frame[name]:6.3f} s per frame")
     print(f"  ratio (ours / authors'): {per_frame['sgru-stereo infer'] / per_frame['authors']:.2f}")
