@@ -72,14 +72,19 @@ class StereoGeometry:
             z = (self.focal * self.baseline) / published
         return np.where(np.isfinite(published) & (published > 0), z, np.nan).astype(np.float32)
 
-    def points(self, depth: np.ndarray) -> np.ndarray:
-        """H x W depth (NaN = invalid) -> H x W x 3 float32 points (x right, y down, z forward)."""
+    def point_planes(self, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """H x W depth (NaN = invalid) -> the H x W float32 planes x, y, z of its points
+        (x right, y down, z forward; z is the depth itself)."""
         h, w = depth.shape
         depth = np.asarray(depth, dtype=np.float32)
         u = (np.arange(w, dtype=np.float32) - np.float32(self.cx)) / np.float32(self.fx)
         v = (np.arange(h, dtype=np.float32) - np.float32(self.cy)) / np.float32(self.fy)
+        return depth * u[None, :], depth * v[:, None], depth
+
+    def points(self, depth: np.ndarray) -> np.ndarray:
+        """H x W depth (NaN = invalid) -> H x W x 3 float32 points (``point_planes`` interleaved)."""
         # cv2.merge interleaves the three planes in one pass (strided numpy writes take three).
-        return cv2.merge([depth * u[None, :], depth * v[:, None], depth])
+        return cv2.merge(list(self.point_planes(depth)))
 
 
 def neighbourhood_range(values: np.ndarray) -> np.ndarray:
@@ -133,15 +138,15 @@ class CloudLayout:
         return 12 if self.avoid_padding else 16
 
 
-def pack_cloud(points: np.ndarray, rgb: np.ndarray | None, layout: CloudLayout,
+def pack_cloud(depth: np.ndarray, geometry: StereoGeometry, rgb: np.ndarray | None, layout: CloudLayout,
                out: np.ndarray | None = None) -> np.ndarray:
-    """H x W x 3 float32 points (NaN = invalid) and H x W x 3 uint8 RGB -> row-major point bytes
-    (a flat uint8 array of H * W * point_step).
+    """The points of an H x W depth map (NaN = invalid; ``StereoGeometry.point_planes``) and
+    H x W x 3 uint8 RGB -> row-major point bytes (a flat uint8 array of H * W * point_step).
 
     out: a flat uint8 array of that size to fill instead of a new zeroed one. Only the fields are
     written: its padding bytes must already be zero (a buffer this function filled before with
     the same layout)."""
-    h, w, _ = points.shape
+    h, w = depth.shape
     if layout.color and (rgb is None or rgb.shape[:2] != (h, w)):
         raise ValueError("a coloured cloud needs an H x W x 3 RGB image of the same size")
     size = h * w * layout.point_step
@@ -150,10 +155,10 @@ def pack_cloud(points: np.ndarray, rgb: np.ndarray | None, layout: CloudLayout,
     elif out.shape != (size,) or out.dtype != np.uint8:
         raise ValueError(f"out must be a flat uint8 array of {size} bytes, got {out.dtype} {out.shape}")
     point_bytes = out.reshape(h, w, layout.point_step)
-    # cv2.mixChannels copies channels between interleaved arrays in one pass, in place: x, y, z
-    # into the first three float32 words of every point, the colour bytes into the rgb field.
-    cv2.mixChannels([np.ascontiguousarray(points, dtype=np.float32)], [point_bytes.view(np.float32)],
-                    [0, 0, 1, 1, 2, 2])
+    # cv2.mixChannels copies channels between arrays in one pass, in place: the x, y and z planes
+    # into the first three float32 words of every point (no interleaved H x W x 3 copy first),
+    # the colour bytes into the rgb field.
+    cv2.mixChannels(list(geometry.point_planes(depth)), [point_bytes.view(np.float32)], [0, 0, 1, 1, 2, 2])
     if layout.color:
         # PCL's rgb is the float32 whose bits are 0x00RRGGBB: little-endian bytes B, G, R, 0.
         offset = dict(layout.fields)["rgb"]
@@ -239,12 +244,11 @@ def _disparity_products(d: np.ndarray, geometry: StereoGeometry,
 
 @dataclass
 class DepthProducts:
-    """Everything the node publishes for one frame: the disparity, depth in metres (NaN where
-    not a point of the cloud) and H x W x 3 points (NaN where invalid)."""
+    """The disparity as published and depth in metres (NaN where not a point of the cloud; the
+    points themselves: ``StereoGeometry.points`` or, packed for a cloud, ``pack_cloud``)."""
 
     disparity: DisparityProducts
     depth: np.ndarray
-    points: np.ndarray
 
 
 def depth_products(disparity: np.ndarray, geometry: StereoGeometry, max_disparity: float,
@@ -267,4 +271,4 @@ def depth_products(disparity: np.ndarray, geometry: StereoGeometry, max_disparit
     if flying_threshold is not None:  # not a flying pixel: a 3 x 3 disparity range (valid values are finite)
         point_ok &= neighbourhood_range(np.where(disp.valid, d, np.float32(0.0))) <= flying_threshold
     depth = np.where(point_ok, depth, np.float32(np.nan))
-    return DepthProducts(disparity=disp, depth=depth, points=geometry.points(depth))
+    return DepthProducts(disparity=disp, depth=depth)

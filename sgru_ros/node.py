@@ -50,7 +50,7 @@ from std_msgs.msg import Header
 from stereo_msgs.msg import DisparityImage
 
 from .confidence import earlier_iteration
-from .geometry import CloudLayout
+from .geometry import CloudLayout, StereoGeometry
 from .inference import ENGINES, MAX_ITERATIONS, PRECISIONS, InferenceCancelled, StereoEstimator, release_memory
 from .pipeline import FrameResult, GeometryOptions, StereoPipeline, failure_kind
 from .ros_conversions import array_to_image, cloud_message, disparity_message, image_to_rgb, projection, stamp_ns
@@ -506,7 +506,8 @@ class StereoWiring:
         cloud_sent = None
         if wanted["points2"]:
             layout = CloudLayout(color=p("use_color"), avoid_padding=p("avoid_point_cloud_padding"))
-            cloud_sent = self._cloud_thread.submit(self._publish_cloud, frame.points, left, layout, left_info.header)
+            cloud_sent = self._cloud_thread.submit(self._publish_cloud, frame.depth, frame.geometry, left, layout,
+                                                   left_info.header)
         try:
             self._publish(frame, left_info, wanted)
         finally:  # wait for the cloud; an exception of the other outputs comes first
@@ -518,10 +519,11 @@ class StereoWiring:
             "convert_in": 1e3 * (t1 - t0) + frame.timings_ms["checks"], "inference": frame.timings_ms["inference"],
             "geometry": frame.timings_ms["geometry"], "publish": 1e3 * (t3 - t2), "total": 1e3 * (t3 - t0)})
 
-    def _publish_cloud(self, points: np.ndarray, left: np.ndarray, layout: CloudLayout, header: Header) -> None:
+    def _publish_cloud(self, depth: np.ndarray, geometry: StereoGeometry, left: np.ndarray, layout: CloudLayout,
+                       header: Header) -> None:
         """Pack and publish points2 (on the cloud thread). The previous frame's cloud was
         published (copied by rclpy) before this frame began: its buffer is filled again."""
-        cloud = cloud_message(points, left, layout, header, reuse=self._cloud_data.get(layout))
+        cloud = cloud_message(depth, geometry, left, layout, header, reuse=self._cloud_data.get(layout))
         self.outputs["points2"].publish(cloud)
         self._cloud_data = {layout: cloud.data}
 

@@ -47,8 +47,6 @@ class FrameResult:
     disparity: the published disparity (d' = d - (cx_l - cx_r)), its validity
         mask, valid window and range (``geometry.DisparityProducts``).
     depth: float32 metres, NaN where no point; None when not asked for.
-    points: H x W x 3 float32 in the left optical frame (x right, y down,
-        z forward), NaN where invalid; None when depth was not asked for.
     confidence: H x W float32 in [0, 1] (``confidence.confidence_map``), the
         estimated probability that the disparity is within 2 px; None when not
         asked for (and no confidence_threshold needed it).
@@ -65,13 +63,19 @@ class FrameResult:
     geometry: StereoGeometry
     disparity: DisparityProducts
     depth: np.ndarray | None
-    points: np.ndarray | None
     confidence: np.ndarray | None
     intermediate: dict[int, DisparityProducts]
     processed_size: tuple[int, int]
     iterations: int
     network_disparity: np.ndarray
     timings_ms: dict[str, float]
+
+    @property
+    def points(self) -> np.ndarray | None:
+        """H x W x 3 float32 in the left optical frame (x right, y down, z forward), NaN where
+        invalid; None when depth was not asked for. Made on each call: a cloud is packed from
+        ``depth`` directly (``geometry.pack_cloud``)."""
+        return None if self.depth is None else self.geometry.points(self.depth)
 
     @property
     def valid_fraction(self) -> float:
@@ -151,13 +155,13 @@ class StereoPipeline:
             products = depth_products(disparity, geometry, max_disparity=max_disp,
                                       min_depth=options.min_depth, max_depth=options.max_depth,
                                       flying_threshold=options.flying_pixel_threshold)
-            disparity, depth_map, points = products.disparity, products.depth, products.points
+            disparity, depth_map = products.disparity, products.depth
         else:
-            disparity, depth_map, points = disparity_products(disparity, geometry, max_disp), None, None
+            disparity, depth_map = disparity_products(disparity, geometry, max_disp), None
         intermediate = {k: disparity_products(result.intermediate[k], geometry, max_disp)
                         for k in extra if k in result.intermediate}
         t3 = time.perf_counter()
-        return FrameResult(geometry=geometry, disparity=disparity, depth=depth_map, points=points,
+        return FrameResult(geometry=geometry, disparity=disparity, depth=depth_map,
                            confidence=confidence_values, intermediate=intermediate, processed_size=result.processed_size,
                            iterations=result.iterations, network_disparity=result.disparity,
                            timings_ms={"checks": 1e3 * (t1 - t0), "inference": 1e3 * (t2 - t1),

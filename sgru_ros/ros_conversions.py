@@ -108,22 +108,22 @@ def byte_array(values: np.ndarray) -> array.array:
     return data
 
 
-def cloud_message(points: np.ndarray, rgb: np.ndarray | None, layout: CloudLayout, header: Header,
-                  reuse: array.array | None = None) -> PointCloud2:
-    """Organized H x W cloud (NaN = invalid) in stereo_image_proc's layout.
+def cloud_message(depth: np.ndarray, geometry: StereoGeometry, rgb: np.ndarray | None, layout: CloudLayout,
+                  header: Header, reuse: array.array | None = None) -> PointCloud2:
+    """Organized H x W cloud of a depth map (NaN = invalid) in stereo_image_proc's layout.
 
     The points are packed straight into the message's buffer (no second copy). reuse: the data of
     an earlier cloud of the same layout, filled in place when its size fits, instead of a new
     buffer per frame (10 MB at 640x480); only once that earlier cloud was published (rclpy copies
     a message when it publishes it)."""
-    h, w, _ = points.shape
+    h, w = depth.shape
     msg = with_data_by_reference(PointCloud2, header=header, height=h, width=w, is_bigendian=False,
                                  is_dense=False, point_step=layout.point_step, row_step=layout.point_step * w)
     msg.fields = [PointField(name=name, offset=offset, datatype=PointField.FLOAT32, count=1)
                   for name, offset in layout.fields]
     size = h * w * layout.point_step
     data = reuse if reuse is not None and len(reuse) == size else array.array("B", bytes(size))
-    pack_cloud(points, rgb, layout, out=np.frombuffer(data, np.uint8))
+    pack_cloud(depth, geometry, rgb, layout, out=np.frombuffer(data, np.uint8))
     msg.data = data
     return msg
 

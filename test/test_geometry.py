@@ -93,15 +93,21 @@ def test_valid_window():
     assert valid_window(np.zeros((3, 3), bool)) == (0, 0, 0, 0)
 
 
+def small_geometry() -> StereoGeometry:
+    """fx = fy = 2, cx = 0.5, cy = -1: pixel (0, 0) at depth 4 is the point (-1, 2, 4), exactly."""
+    return StereoGeometry.from_projections([2, 0, 0.5, 0, 0, 2, -1, 0, 0, 0, 1, 0],
+                                           [2, 0, 0.5, -0.2, 0, 2, -1, 0, 0, 0, 1, 0])
+
+
 @pytest.mark.parametrize("avoid_padding,step,rgb_offset", [(False, 32, 16), (True, 16, 12)])
 def test_cloud_packing(avoid_padding, step, rgb_offset):
     layout = CloudLayout(color=True, avoid_padding=avoid_padding)
     assert layout.point_step == step and dict(layout.fields)["rgb"] == rgb_offset
-    points = np.array([[[1.0, 2.0, 3.0], [np.nan, np.nan, np.nan]]], np.float32)
+    depth = np.array([[4.0, np.nan]], np.float32)
     rgb = np.array([[[10, 20, 30], [40, 50, 60]]], np.uint8)
-    data = pack_cloud(points, rgb, layout)
+    data = pack_cloud(depth, small_geometry(), rgb, layout)
     assert len(data) == 2 * step
-    assert struct.unpack_from("<3f", data, 0) == (1.0, 2.0, 3.0)
+    assert struct.unpack_from("<3f", data, 0) == (-1.0, 2.0, 4.0)
     assert struct.unpack_from("<I", data, rgb_offset)[0] == (10 << 16) | (20 << 8) | 30  # 0x00RRGGBB
     assert all(np.isnan(struct.unpack_from("<3f", data, step)))
     assert CloudLayout(color=False, avoid_padding=True).point_step == 12
@@ -109,18 +115,20 @@ def test_cloud_packing(avoid_padding, step, rgb_offset):
 
 @pytest.mark.parametrize("color", [True, False])
 @pytest.mark.parametrize("avoid_padding", [True, False])
-def test_cloud_packed_into_a_reused_buffer_equals_a_fresh_one(color, avoid_padding):
-    layout = CloudLayout(color=color, avoid_padding=avoid_padding)
+def test_cloud_packed_into_a_reused_buffer_equals_a_fresh_one_and_the_points(color, avoid_padding):
+    layout, geometry = CloudLayout(color=color, avoid_padding=avoid_padding), motorcycle_geometry()
     rng = np.random.default_rng(1)
     out = np.zeros(6 * 4 * layout.point_step, np.uint8)
     for _ in range(2):  # the second frame overwrites the first one's points in place
-        points = rng.normal(size=(6, 4, 3)).astype(np.float32)
-        points[rng.random((6, 4)) < 0.3] = np.nan
+        depth = rng.uniform(0.5, 20, size=(6, 4)).astype(np.float32)
+        depth[rng.random((6, 4)) < 0.3] = np.nan
         rgb = rng.integers(0, 256, (6, 4, 3), dtype=np.uint8)
-        assert pack_cloud(points, rgb, layout, out=out) is out
-        assert np.array_equal(out, pack_cloud(points, rgb, layout))
+        assert pack_cloud(depth, geometry, rgb, layout, out=out) is out
+        assert np.array_equal(out, pack_cloud(depth, geometry, rgb, layout))
+        xyz = out.view(np.float32).reshape(6, 4, layout.point_step // 4)[..., :3]
+        np.testing.assert_array_equal(xyz, geometry.points(depth))  # NaN where NaN, else bit for bit
     with pytest.raises(ValueError, match=f"out must be a flat uint8 array of {3 * 4 * layout.point_step} bytes"):
-        pack_cloud(points[:3], rgb[:3], layout, out=out)
+        pack_cloud(depth[:3], geometry, rgb[:3], layout, out=out)
 
 
 def test_write_ply(tmp_path):

@@ -10,10 +10,11 @@ pytest.importorskip("sensor_msgs")
 from sensor_msgs.msg import Image, PointField  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from sgru_ros.geometry import CloudLayout  # noqa: E402
+from sgru_ros.geometry import CloudLayout, StereoGeometry  # noqa: E402
 from sgru_ros.ros_conversions import array_to_image, cloud_message, image_to_rgb  # noqa: E402
 
 RGB = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+GEOMETRY = StereoGeometry.from_projections([2, 0, 0.5, 0, 0, 2, -1, 0, 0, 0, 1, 0], [2, 0, 0.5, -0.2, 0, 2, -1, 0, 0, 0, 1, 0])
 
 
 def _msg(data: bytes, encoding: str, step: int, width: int = 3, height: int = 2, bigendian: int = 0) -> Image:
@@ -51,7 +52,7 @@ def test_float_image_and_cloud_messages():
     msg = array_to_image(depth, "32FC1", header)
     assert (msg.encoding, msg.width, msg.height, msg.step) == ("32FC1", 2, 1, 8)
     assert np.array_equal(np.frombuffer(msg.data, np.float32), depth.ravel(), equal_nan=True)
-    cloud = cloud_message(np.zeros((1, 2, 3), np.float32), RGB[:1, :2], CloudLayout(True, False), header)
+    cloud = cloud_message(np.ones((1, 2), np.float32), GEOMETRY, RGB[:1, :2], CloudLayout(True, False), header)
     assert (cloud.point_step, cloud.row_step, len(cloud.data)) == (32, 64, 64)
     assert [(f.name, f.offset, f.datatype) for f in cloud.fields] == [
         ("x", 0, PointField.FLOAT32), ("y", 4, PointField.FLOAT32), ("z", 8, PointField.FLOAT32),
@@ -60,10 +61,10 @@ def test_float_image_and_cloud_messages():
 
 def test_cloud_message_refills_an_earlier_clouds_data_of_the_same_size():
     layout, header = CloudLayout(True, False), Header(frame_id="cam")
-    first = cloud_message(np.zeros((1, 2, 3), np.float32), RGB[:1, :2], layout, header)
-    points = np.array([[[1, 2, 3], [4, 5, 6]]], np.float32)
-    second = cloud_message(points, RGB[:1, :2], layout, header, reuse=first.data)
+    first = cloud_message(np.ones((1, 2), np.float32), GEOMETRY, RGB[:1, :2], layout, header)
+    depth = np.array([[4, 6]], np.float32)
+    second = cloud_message(depth, GEOMETRY, RGB[:1, :2], layout, header, reuse=first.data)
     assert second.data is first.data
-    assert np.array_equal(np.frombuffer(second.data, np.float32).reshape(2, 8)[:, :3], points[0])
-    larger = cloud_message(np.zeros((2, 2, 3), np.float32), RGB[:2, :2], layout, header, reuse=first.data)
+    assert np.array_equal(np.frombuffer(second.data, np.float32).reshape(2, 8)[:, :3], GEOMETRY.points(depth)[0])
+    larger = cloud_message(np.ones((2, 2), np.float32), GEOMETRY, RGB[:2, :2], layout, header, reuse=first.data)
     assert larger.data is not first.data and len(larger.data) == 128
