@@ -2,21 +2,26 @@
 """`sgru-stereo infer` against the authors' own code on one sequence, whole processes, on the CPU.
 
     python scripts/compare_authors.py --authors /path/to/Selective-Stereo --authors-python /path/to/python \
-        --checkpoint official_igev.pth --variant igev [--frames 2 6 --iters 8 --height 256 --width 384]
+        --checkpoint official_igev.pth --variant igev [--frames 2 6 --rounds 3 --iters 8 --height 256 --width 384]
+    python scripts/compare_authors.py ... --interleaved 5
 
 Both sides read the same PNG sequence (the Motorcycle pair resized to --width x --height, repeated) and write
 each disparity to a .npy file. Each side runs as a separate process twice, with the two --frames counts; the
 steady-state time per frame is (T_long - T_short) / (frames_long - frames_short), so start-up, imports and
 model loading cancel out. With --rounds N the four runs repeat N times, alternating, and each T is the fastest
-of its N (the machine's speed wanders by 15 % or more within minutes; a slow spell in one run skews a ratio). The authors' side is a small driver that does what their demo_imgs.py does per
-frame (PIL load, InputPadder, model(test_mode=True), unpad, save) on the CPU; their repository is not part of
-this package (fetch https://github.com/Windsrain/Selective-Stereo). Its interpreter needs torch and, for
-Selective-IGEV, timm. Prints both times, the ratio, and the largest difference between the disparities.
+of its N (the machine's speed wanders by 15 % or more within minutes; a slow spell in one run skews a ratio).
+--interleaved N measures the steadier way instead: one process of the authors' interpreter runs both networks on
+the same pair, a pass of each in turn, N times (this package needs only torch and numpy there).
+
+The authors' side is a small driver that does what their demo_imgs.py does per frame (PIL load, InputPadder,
+model(test_mode=True), unpad, save) on the CPU; their repository is not part of this package (fetch
+https://github.com/Windsrain/Selective-Stereo). Its interpreter needs torch and, for Selective-IGEV, timm. Prints both times, the ratio, and the largest difference between the disparities.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import subprocess
@@ -31,11 +36,12 @@ import numpy as np
 from sgru_ros.bench import bench_pair
 from sgru_ros.io import write_image_rgb
 
-# Runs in the authors' interpreter. torch._dynamo is imported before the torchvision stand-in (when one is
-# given) so it does not probe it; timm's pretrained download is switched off (the checkpoint has the weights).
-AUTHORS_DRIVER = textwrap.dedent("""
+# Runs in the authors' interpreter: their network from the checkpoint, and ``authors_disparity`` doing per frame
+# what their demo_imgs.py does. torch._dynamo is imported before the torchvision stand-in (when one is given) so
+# it does not probe it; timm's pretrained download is switched off (the checkpoint has the weights).
+AUTHORS_MODEL = textwrap.dedent("""
     import sys, glob, os
-    authors, variant, ckpt, left_glob, right_glob, out, iters, threads, stub = sys.argv[1:10]
+    authors, variant, ckpt, left_glob, right_glob, iters, threads, stub = sys.argv[1:9]
     import torch, torch._dynamo, numpy as np
     from PIL import Image
     torch.set_num_threads(int(threads))
@@ -64,17 +70,45 @@ AUTHORS_DRIVER = textwrap.dedent("""
     model.load_state_dict(torch.load(ckpt, map_location="cpu"))
     model = model.module.eval()
     def load(path):
-        img = np.array(Image.open(path)).astype(np.uint8)[..., :3]
-        return torch.from_numpy(img).permute(2, 0, 1).float()[None]
-    with torch.no_grad():
-        for i, (l, r) in enumerate(zip(sorted(glob.glob(left_glob)), sorted(glob.glob(right_glob)))):
-            image1, image2 = load(l), load(r)
-            padder = InputPadder(image1.shape, divis_by=32)
-            image1, image2 = padder.pad(image1, image2)
+        return np.array(Image.open(path)).astype(np.uint8)[..., :3]
+    def authors_disparity(left, right):
+        image1, image2 = (torch.from_numpy(img).permute(2, 0, 1).float()[None] for img in (left, right))
+        padder = InputPadder(image1.shape, divis_by=32)
+        image1, image2 = padder.pad(image1, image2)
+        with torch.no_grad():
             disp = model(image1, image2, iters=int(iters), test_mode=True)
-            disp = disp[-1] if isinstance(disp, tuple) else disp  # Selective-RAFT: (low-res, full-res)
-            disp = padder.unpad(disp).cpu().numpy().squeeze()
-            np.save(os.path.join(out, os.path.basename(l)[:-4] + ".npy"), disp)
+        disp = disp[-1] if isinstance(disp, tuple) else disp  # Selective-RAFT: (low-res, full-res)
+        return padder.unpad(disp).cpu().numpy().squeeze()
+""")
+
+# The whole-process run: every pair of the sequence, each disparity saved.
+AUTHORS_DRIVER = AUTHORS_MODEL + textwrap.dedent("""
+    out = sys.argv[9]
+    for l, r in zip(sorted(glob.glob(left_glob)), sorted(glob.glob(right_glob))):
+        np.save(os.path.join(out, os.path.basename(l)[:-4] + ".npy"), authors_disparity(load(l), load(r)))
+""")
+
+# --interleaved: both networks in the authors' process (the package needs only torch and numpy there), one
+# pass of each in turn on the first pair; prints the seconds of every pass and the largest difference as JSON.
+INTERLEAVED_DRIVER = AUTHORS_MODEL + textwrap.dedent("""
+    import json, time
+    rounds, package_root = int(sys.argv[9]), sys.argv[10]
+    sys.path.insert(0, package_root)
+    from sgru_ros.inference import StereoEstimator
+    estimator = StereoEstimator.from_checkpoint(ckpt, variant=variant, device="cpu")
+    left, right = load(sorted(glob.glob(left_glob))[0]), load(sorted(glob.glob(right_glob))[0])
+    sides = {"authors": lambda: authors_disparity(left, right),
+             "sgru_ros": lambda: estimator.estimate(left, right, iters=int(iters)).disparity}
+    first = {name: run() for name, run in sides.items()}  # warm-up
+    sign = -1.0 if variant == "raft" else 1.0  # the authors' Selective-RAFT returns x-flow
+    times = {name: [] for name in sides}
+    for _ in range(rounds):
+        for name, run in sides.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    difference = float(np.abs(first["sgru_ros"] - sign * first["authors"]).max())
+    print(json.dumps({"times": times, "difference": difference}))
 """)
 
 
@@ -92,6 +126,69 @@ def timed(command: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
+def authors_command(args: argparse.Namespace, driver: str, left_glob: str, right_glob: str, *extra: str) -> list[str]:
+    return [args.authors_python, "-c", driver, args.authors, args.variant, args.checkpoint, left_glob, right_glob,
+            str(args.iters), str(args.threads), args.torchvision_stub, *extra]
+
+
+def whole_processes(args: argparse.Namespace, env: dict[str, str], tmp: Path) -> None:
+    """`sgru-stereo infer` and the authors' driver over --frames pairs, as whole processes."""
+    short, long = args.frames
+    times: dict[str, dict[int, float]] = {"authors": {}, "sgru-stereo infer": {}}
+    diffs: list[float] = []
+    for round_ in range(args.rounds):
+        for frames in (short, long):
+            folder = tmp / f"round{round_}" / f"seq{frames}"
+            left_glob, right_glob = write_sequence(folder, frames, args.height, args.width)
+            outs = {name: folder / name.split()[0] for name in times}
+            for out in outs.values():
+                out.mkdir()
+            commands = {
+                "authors": authors_command(args, AUTHORS_DRIVER, left_glob, right_glob, str(outs["authors"])),
+                "sgru-stereo infer": [sys.executable, "-m", "sgru_ros.cli", "infer", "--checkpoint", args.checkpoint,
+                                      "--variant", args.variant, "--device", "cpu", "--threads", str(args.threads),
+                                      "--left", left_glob, "--right", right_glob, "--out",
+                                      str(outs["sgru-stereo infer"]), "--format", "npy", "--iters", str(args.iters),
+                                      "--no-progress"]}
+            took = {name: timed(command, env) for name, command in commands.items()}
+            for name, seconds in took.items():
+                times[name][frames] = min(seconds, times[name].get(frames, math.inf))
+            print(f"  round {round_ + 1}, {frames} frames: " + ", ".join(f"{name} {seconds:.2f} s"
+                                                                         for name, seconds in took.items()))
+            sign = -1.0 if args.variant == "raft" else 1.0  # the authors' Selective-RAFT returns x-flow
+            compared = [np.abs(np.load(ours) - sign * np.load(outs["authors"] / ours.name)).max()
+                        for ours in sorted(outs["sgru-stereo infer"].glob("*.npy"))]
+            if len(compared) != frames:
+                raise SystemExit(f"expected {frames} disparities from each side, compared {len(compared)}")
+            diffs += compared
+    per_frame = {name: (t[long] - t[short]) / (long - short) for name, t in times.items()}
+    print(f"Selective-{args.variant.upper()}, {args.width}x{args.height}, {args.iters} iterations, fp32, "
+          f"CPU, {args.threads} threads; whole processes over {short} and {long} frames, fastest of "
+          f"{args.rounds} round(s)")
+    for name, t in times.items():
+        print(f"  {name:18s} {t[short]:7.2f} s / {t[long]:7.2f} s  ->  {per_frame[name]:6.3f} s per frame")
+    print(f"  ratio (ours / authors'): {per_frame['sgru-stereo infer'] / per_frame['authors']:.2f}")
+    print(f"  largest |difference| between the disparities: {max(diffs):.2e} px")
+
+
+def interleaved(args: argparse.Namespace, env: dict[str, str], tmp: Path) -> None:
+    """Both networks in one process of the authors' interpreter, one pass of each in turn."""
+    left_glob, right_glob = write_sequence(tmp / "pair", 1, args.height, args.width)
+    package_root = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run(authors_command(args, INTERLEAVED_DRIVER, left_glob, right_glob, str(args.interleaved),
+                                          package_root), check=True, env=env, stdout=subprocess.PIPE, text=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    times = {name: np.array(seconds) for name, seconds in result["times"].items()}
+    print(f"Selective-{args.variant.upper()}, {args.width}x{args.height}, {args.iters} iterations, fp32, "
+          f"CPU, {args.threads} threads; one process, the two networks alternating, {args.interleaved} rounds")
+    for name, seconds in times.items():
+        print(f"  {name:9s} fastest {seconds.min():6.3f} s, median {np.median(seconds):6.3f} s "
+              f"({' '.join(f'{t:.2f}' for t in seconds)})")
+    print(f"  ratio (ours / authors'): fastest {times['sgru_ros'].min() / times['authors'].min():.2f}, "
+          f"median {np.median(times['sgru_ros']) / np.median(times['authors']):.2f}")
+    print(f"  largest |difference| between the disparities: {result['difference']:.2e} px")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--authors", required=True, help="checkout of github.com/Windsrain/Selective-Stereo")
@@ -107,47 +204,13 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=384)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1, help="repeat every run, keep the fastest of each")
+    parser.add_argument("--interleaved", type=int, metavar="ROUNDS",
+                        help="instead: both networks in one process of --authors-python, alternating, ROUNDS passes "
+                             "each")
     args = parser.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    short, long = args.frames
-    times: dict[str, dict[int, float]] = {"authors": {}, "sgru-stereo infer": {}}
-    diffs: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for round_ in range(args.rounds):
-            for frames in (short, long):
-                folder = Path(tmp) / f"round{round_}" / f"seq{frames}"
-                left_glob, right_glob = write_sequence(folder, frames, args.height, args.width)
-                outs = {name: folder / name.split()[0] for name in times}
-                for out in outs.values():
-                    out.mkdir()
-                commands = {
-                    "authors": [args.authors_python, "-c", AUTHORS_DRIVER, args.authors, args.variant,
-                                args.checkpoint, left_glob, right_glob, str(outs["authors"]), str(args.iters),
-                                str(args.threads), args.torchvision_stub],
-                    "sgru-stereo infer": [sys.executable, "-m", "sgru_ros.cli", "infer", "--checkpoint",
-                                          args.checkpoint, "--variant", args.variant, "--device", "cpu", "--threads",
-                                          str(args.threads), "--left", left_glob, "--right", right_glob, "--out",
-                                          str(outs["sgru-stereo infer"]), "--format", "npy", "--iters",
-                                          str(args.iters), "--no-progress"]}
-                took = {name: timed(command, env) for name, command in commands.items()}
-                for name, seconds in took.items():
-                    times[name][frames] = min(seconds, times[name].get(frames, math.inf))
-                print(f"  round {round_ + 1}, {frames} frames: " + ", ".join(f"{name} {seconds:.2f} s"
-                                                                             for name, seconds in took.items()))
-                sign = -1.0 if args.variant == "raft" else 1.0  # the authors' Selective-RAFT returns x-flow
-                compared = [np.abs(np.load(ours) - sign * np.load(outs["authors"] / ours.name)).max()
-                            for ours in sorted(outs["sgru-stereo infer"].glob("*.npy"))]
-                if len(compared) != frames:
-                    raise SystemExit(f"expected {frames} disparities from each side, compared {len(compared)}")
-                diffs += compared
-    per_frame = {name: (t[long] - t[short]) / (long - short) for name, t in times.items()}
-    print(f"Selective-{args.variant.upper()}, {args.width}x{args.height}, {args.iters} iterations, fp32, "
-          f"CPU, {args.threads} threads; whole processes over {short} and {long} frames, fastest of "
-          f"{args.rounds} round(s)")
-    for name, t in times.items():
-        print(f"  {name:18s} {t[short]:7.2f} s / {t[long]:7.2f} s  ->  {per_frame[name]:6.3f} s per frame")
-    print(f"  ratio (ours / authors'): {per_frame['sgru-stereo infer'] / per_frame['authors']:.2f}")
-    print(f"  largest |difference| between the disparities: {max(diffs):.2e} px")
+        (interleaved if args.interleaved else whole_processes)(args, env, Path(tmp))
 
 
 if __name__ == "__main__":

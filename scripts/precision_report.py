@@ -8,8 +8,9 @@ For each precision: milliseconds for one pass (after an untimed pass on a 96 x 1
 the kernels), the end-point error against the ground truth, and the drift against the fp32 output
 (mean and largest |difference|, px). --max-width runs the network on a downscaled pair (the
 disparity is scaled back), for CPUs where a reduced-precision pass takes minutes. fp16
-needs CUDA; bf16 runs on CPUs too, but only CPUs with bf16 instructions (AVX512-BF16, AMX) make it
-faster. Evaluation only: nothing is chosen by these numbers.
+needs CUDA; bf16 runs on CPUs too, where it was slower than fp32 on both CPUs measured (83x without bf16
+instructions, 1.3x with AVX512-BF16 but no AMX; docs/performance.md). Evaluation only: nothing is chosen by
+these numbers.
 """
 
 from __future__ import annotations
