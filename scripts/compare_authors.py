@@ -2,7 +2,8 @@
 """`sgru-stereo infer` against the authors' own code on one sequence, whole processes, on the CPU.
 
     python scripts/compare_authors.py --authors /path/to/Selective-Stereo --authors-python /path/to/python \
-        --checkpoint official_igev.pth --variant igev [--frames 2 6 --rounds 3 --iters 8 --height 256 --width 384]
+        --checkpoint official_igev.pth --variant igev [--frames 2 6 --rounds 3] [--iters 8 --height 256 \
+        --width 384]
     python scripts/compare_authors.py ... --interleaved 5
 
 Both sides read the same PNG sequence (the Motorcycle pair resized to --width x --height, repeated) and write
@@ -15,7 +16,8 @@ the same pair, a pass of each in turn, N times (this package needs only torch an
 
 The authors' side is a small driver that does what their demo_imgs.py does per frame (PIL load, InputPadder,
 model(test_mode=True), unpad, save) on the CPU; their repository is not part of this package (fetch
-https://github.com/Windsrain/Selective-Stereo). Its interpreter needs torch and, for Selective-IGEV, timm. Prints both times, the ratio, and the largest difference between the disparities.
+https://github.com/Windsrain/Selective-Stereo). Its interpreter needs torch and, for Selective-IGEV, timm.
+Prints both times, the ratio, and the largest difference between the disparities.
 """
 
 from __future__ import annotations
@@ -102,8 +104,9 @@ INTERLEAVED_DRIVER = AUTHORS_MODEL + textwrap.dedent("""
     first = {name: run() for name, run in sides.items()}  # warm-up
     sign = -1.0 if variant == "raft" else 1.0  # the authors' Selective-RAFT returns x-flow
     times = {name: [] for name in sides}
-    for _ in range(rounds):
-        for name, run in sides.items():
+    for round_ in range(rounds):
+        for name in sorted(sides, reverse=round_ % 2 == 1):  # who goes first alternates
+            run = sides[name]
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
@@ -189,6 +192,13 @@ def interleaved(args: argparse.Namespace, env: dict[str, str], tmp: Path) -> Non
     print(f"  largest |difference| between the disparities: {result['difference']:.2e} px")
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--authors", required=True, help="checkout of github.com/Windsrain/Selective-Stereo")
@@ -198,16 +208,22 @@ def main() -> None:
                              "torchvision wheel does not load with a CPU-only torch)")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint in the authors' format")
     parser.add_argument("--variant", choices=("igev", "raft"), required=True)
-    parser.add_argument("--frames", type=int, nargs=2, default=[2, 6], help="short and long sequence lengths")
+    parser.add_argument("--frames", type=positive, nargs=2, default=[2, 6], help="short and long sequence lengths")
     parser.add_argument("--iters", type=int, default=8)
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=384)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=1, help="repeat every run, keep the fastest of each")
-    parser.add_argument("--interleaved", type=int, metavar="ROUNDS",
-                        help="instead: both networks in one process of --authors-python, alternating, ROUNDS passes "
-                             "each")
+    parser.add_argument("--rounds", type=positive, default=1, help="repeat every run, keep the fastest of each")
+    parser.add_argument("--interleaved", type=positive, metavar="ROUNDS",
+                        help="instead of whole processes (--frames, --rounds): both networks in one process of "
+                             "--authors-python, alternating, ROUNDS passes each")
     args = parser.parse_args()
+    if args.frames[0] >= args.frames[1]:
+        parser.error("--frames: the second count must be larger than the first")
+    # The authors' driver changes into their folder: every path it is given must be absolute.
+    args.authors, args.checkpoint = (str(Path(path).resolve()) for path in (args.authors, args.checkpoint))
+    if args.torchvision_stub:
+        args.torchvision_stub = str(Path(args.torchvision_stub).resolve())
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     with tempfile.TemporaryDirectory() as tmp:
         (interleaved if args.interleaved else whole_processes)(args, env, Path(tmp))

@@ -216,7 +216,7 @@ def convert_bag(source: str | Path, target: str | Path, pipeline: StereoPipeline
                     write("disparity", log_time, disparity_message(result.disparity, result.geometry, header))
                 if "points2" in out:
                     write("points2", log_time, cloud_message(result.depth, result.geometry, left,
-                                                        options.cloud, header))
+                                                             options.cloud, header))
                 if "depth/image_rect" in out:
                     write("depth/image_rect", log_time, array_to_image(result.depth, "32FC1", header))
                 if "depth/camera_info" in out:

@@ -254,7 +254,8 @@ class DepthProducts:
 def depth_products(disparity: np.ndarray, geometry: StereoGeometry, max_disparity: float,
                    min_depth: float = 0.0, max_depth: float = float("inf"),
                    flying_threshold: float | None = 1.0) -> DepthProducts:
-    """From the network's disparity to every published product. A point (and depth) is valid
+    """From the network's disparity to the published disparity and depth (the points follow
+    from the depth: ``StereoGeometry.points``, ``pack_cloud``). A point (and depth) is valid
     when its disparity is, its depth is within [min_depth, max_depth], and it is not a flying
     pixel (when ``flying_threshold`` is not None): the range of the valid disparities in its
     3 x 3 neighbourhood (``neighbourhood_range``, invalid ones counted as 0) is at most that many px."""

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -70,11 +71,11 @@ class FrameResult:
     network_disparity: np.ndarray
     timings_ms: dict[str, float]
 
-    @property
+    @cached_property
     def points(self) -> np.ndarray | None:
         """H x W x 3 float32 in the left optical frame (x right, y down, z forward), NaN where
-        invalid; None when depth was not asked for. Made on each call: a cloud is packed from
-        ``depth`` directly (``geometry.pack_cloud``)."""
+        invalid; None when depth was not asked for. Made from ``depth`` on first use (the node
+        never uses it: a cloud is packed from ``depth`` directly, ``geometry.pack_cloud``)."""
         return None if self.depth is None else self.geometry.points(self.depth)
 
     @property
@@ -127,7 +128,7 @@ class StereoPipeline:
         left, right: H x W x 3 RGB uint8 (or H x W mono). p_left, p_right: the
         cameras' 3 x 4 rectified projection matrices (camera_info P).
         extra_iterations: also keep the disparity after these counts (< iterations).
-        depth: also compute depth and points (skip when nobody wants them).
+        depth: also compute depth, from which ``FrameResult.points`` follow (skip when nobody wants them).
         confidence: also compute the confidence (also done when options.confidence_threshold > 0).
         budget_ms, converged_px: end the GRU iterations early (``StereoEstimator.estimate``).
         warm_start: H x W disparity to start from (a previous frame's ``network_disparity``).
@@ -161,8 +162,8 @@ class StereoPipeline:
         intermediate = {k: disparity_products(result.intermediate[k], geometry, max_disp)
                         for k in extra if k in result.intermediate}
         t3 = time.perf_counter()
-        return FrameResult(geometry=geometry, disparity=disparity, depth=depth_map,
-                           confidence=confidence_values, intermediate=intermediate, processed_size=result.processed_size,
+        return FrameResult(geometry=geometry, disparity=disparity, depth=depth_map, confidence=confidence_values,
+                           intermediate=intermediate, processed_size=result.processed_size,
                            iterations=result.iterations, network_disparity=result.disparity,
                            timings_ms={"checks": 1e3 * (t1 - t0), "inference": 1e3 * (t2 - t1),
                                        "geometry": 1e3 * (t3 - t2)})
