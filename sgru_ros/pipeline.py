@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
@@ -71,11 +70,12 @@ class FrameResult:
     network_disparity: np.ndarray
     timings_ms: dict[str, float]
 
-    @cached_property
+    @property
     def points(self) -> np.ndarray | None:
         """H x W x 3 float32 in the left optical frame (x right, y down, z forward), NaN where
-        invalid; None when depth was not asked for. Made from ``depth`` on first use (the node
-        never uses it: a cloud is packed from ``depth`` directly, ``geometry.pack_cloud``)."""
+        invalid; None when depth was not asked for. Made from ``depth`` on each access (keep the
+        result if you need it twice; the node never uses it: a cloud is packed from ``depth``
+        directly, ``geometry.pack_cloud``)."""
         return None if self.depth is None else self.geometry.points(self.depth)
 
     @property
