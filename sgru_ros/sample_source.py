@@ -25,6 +25,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -36,6 +37,9 @@ from .node import declare_checked, spin_node
 from .ros_conversions import array_to_image, compressed_image
 
 SOURCES = ("motorcycle", "folder", "video")
+#: After the last frame: how long reliable subscribers get to acknowledge everything before the process
+#: ends. Fast DDS repairs a lost fragment after its next heartbeat, which comes every 3 s by default.
+ACK_WAIT_S = 10.0
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", ".tif", ".tiff"}
 
 
@@ -82,8 +86,8 @@ class SampleSource(Node):
         declare_checked(self, "path", "", "Folder (with left/ and right/) or side-by-side video file", read_only=True)
         declare_checked(self, "calibration", "", "Calibration YAML for folder and video sources", read_only=True)
         declare_checked(self, "rate", 2.0, "Frames per second", read_only=True, float_range=(0.01, 1000.0))
-        declare_checked(self, "frames", 0, "Stop after this many frames (0: loop forever)", read_only=True,
-                        integer_range=(0, 1 << 31))
+        declare_checked(self, "frames", 0, "Stop after this many frames, once reliable subscribers have them "
+                        "(0: loop forever)", read_only=True, integer_range=(0, 1 << 31))
         declare_checked(self, "reliability", "reliable", "QoS reliability of the published topics", read_only=True,
                         choices=("reliable", "best_effort"))
         declare_checked(self, "image_transport", "raw", "raw images, or JPEG on <camera>/image_rect/compressed",
@@ -120,6 +124,7 @@ class SampleSource(Node):
                          ("right/camera_info", "right/camera_info", CameraInfo, 50))}
         self.published = 0
         self.matched_since: float | None = None
+        self.stop_deadline = 0.0  # time.monotonic() by which the process ends once the frames are out
         self.frame_limit = self.get_parameter("frames").value
         self.timer = self.create_timer(1.0 / self.get_parameter("rate").value, self._publish)
         h, w = self.first[0].shape[:2]
@@ -135,14 +140,25 @@ class SampleSource(Node):
         self.matched_since = self.matched_since or time.monotonic()
         return time.monotonic() - self.matched_since >= 0.5
 
+    def _stop_when_acknowledged(self) -> None:
+        """Timer after the last frame: end the process once reliable subscribers have acknowledged every
+        message (at once for best-effort publishers), or ACK_WAIT_S after the last frame with a warning."""
+        acknowledged = all(pub.wait_for_all_acked(Duration(seconds=0)) for pub in self.pubs.values())
+        if not acknowledged and time.monotonic() < self.stop_deadline:
+            return
+        if not acknowledged:
+            self.get_logger().warning(f"subscribers had not acknowledged every message {ACK_WAIT_S:g} s after the "
+                                      "last frame; stopping anyway")
+        self.context.try_shutdown()
+
     def _publish(self) -> None:
         if self.published == 0 and not self._subscribers_ready():
             return
         if self.frame_limit and self.published >= self.frame_limit:
-            # Give reliable subscribers time to fetch the last frames, then end the process.
             self.timer.cancel()
-            self.create_timer(3.0, lambda: self.context.try_shutdown())
-            self.get_logger().info(f"published {self.published} frames; stopping")
+            self.get_logger().info(f"published {self.published} frames; stopping once subscribers have them")
+            self.stop_deadline = time.monotonic() + ACK_WAIT_S
+            self.create_timer(0.1, self._stop_when_acknowledged)
             return
         left, right = self.first if self.first is not None else next(self.frames)
         self.first = None
