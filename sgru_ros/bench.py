@@ -52,6 +52,7 @@ class BenchResult:
     device: str
     precision: str
     engine: str
+    compiled: bool  # the torch engine's encoders compiled (``inference.compile_encoders``)
     threads: int
     height: int
     width: int
@@ -159,7 +160,8 @@ def run_bench(estimator: StereoEstimator, config: BenchConfig, model_name: str =
         iterations_ms = [statistics.median(p[1][i] for p in profiled) for i in range(len(profiled[0][1]))]
     total = statistics.median(runs)
     return BenchResult(model=model_name, variant=estimator.variant, device=str(device),
-                       precision=estimator.precision, engine=estimator.engine, threads=torch.get_num_threads(),
+                       precision=estimator.precision, engine=estimator.engine,
+                       compiled=estimator.compiled, threads=torch.get_num_threads(),
                        height=config.height, width=config.width, iters=config.iters, total_ms=total,
                        fps=1e3 / total, stages_ms=stages_ms, iterations_ms=iterations_ms, peak_memory_mb=peak,
                        memory=memory, runs_ms=runs)
@@ -168,7 +170,8 @@ def run_bench(estimator: StereoEstimator, config: BenchConfig, model_name: str =
 def format_result(result: BenchResult) -> str:
     """A few lines for the terminal."""
     lines = [f"{result.model or result.variant} {result.width}x{result.height}, {result.iters} iterations, "
-             f"{result.device}, {result.precision}, {result.engine}, {result.threads} threads: "
+             f"{result.device}, {result.precision}, {result.engine}{' (compiled)' if result.compiled else ''}, "
+             f"{result.threads} threads: "
              f"{result.total_ms:.1f} ms/frame ({result.fps:.2f} fps), peak {result.memory} "
              f"{result.peak_memory_mb:.0f} MB"]
     if result.stages_ms is not None:

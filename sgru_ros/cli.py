@@ -114,6 +114,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=ENGINES, default="torch",
                         help="torch (default) or onnxruntime: an ONNX export per image size, built on first "
                              "use and cached (see docs/performance.md)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch engine: compile the per-frame encoders with torch.compile (needs a C++ "
+                             "compiler on the CPU; the first frame of each size takes seconds to a minute)")
 
 
 def estimator_from_args(args: argparse.Namespace, model: SelectiveStereo | None = None) -> StereoEstimator:
@@ -121,7 +124,8 @@ def estimator_from_args(args: argparse.Namespace, model: SelectiveStereo | None 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     options = dict(device=args.device, precision=args.precision, max_disp=args.max_disp, max_width=args.max_width,
-                   engine=args.engine, log=lambda line: print(f"sgru-stereo {args.command}: {line}", file=sys.stderr))
+                   engine=args.engine, compile=args.compile,
+                   log=lambda line: print(f"sgru-stereo {args.command}: {line}", file=sys.stderr))
     if model is not None:
         return StereoEstimator(model, **options)
     return StereoEstimator.from_checkpoint(args.checkpoint, variant=args.variant, **options)

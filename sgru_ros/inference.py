@@ -41,6 +41,10 @@ ENGINES = ("torch", "onnxruntime")
 #: The largest GRU iteration count the node, the CLI and the API accept.
 MAX_ITERATIONS = 64
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+#: torch.compile's settings for ``compile_encoders``: one graph per input size (a camera keeps its size;
+#: dynamic shapes cost speed), weights frozen in as constants so that inductor folds the batch norms
+#: and prepacks the convolution weights (docs/performance.md, "Compiled encoders").
+_COMPILE_OPTIONS = {"dynamic": False, "options": {"freezing": True}}
 ImageLike = np.ndarray | torch.Tensor
 
 
@@ -86,6 +90,28 @@ def check_precision(precision: str, device: torch.device) -> Precision:
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("fp16 needs a CUDA device; use bf16 on the CPU")
     return precision  # type: ignore[return-value]
+
+
+def compile_encoders(model: SelectiveStereo, device: torch.device) -> None:
+    """Hand the model's per-frame encoders (``SelectiveStereo.encoder_names``) to torch.compile, in place.
+
+    Only each encoder's ``forward`` is compiled: the module hooks (the estimator's cancel check) stay
+    outside the graph and the state dict keeps its keys. Weights are frozen into the graph, so the
+    model must not be trained or reloaded afterwards. The first pass at each input size compiles
+    (seconds to a minute); inductor caches the result on disk for later processes. On the CPU inductor
+    builds C++, so a C++ compiler must be installed: ValueError when there is none.
+    """
+    if device.type == "cpu":
+        from torch._inductor import cpp_builder
+
+        try:
+            cpp_builder.get_cpp_compiler()
+        except Exception as err:  # noqa: BLE001 -- inductor's own error types differ between releases
+            raise ValueError("compile needs a C++ compiler for PyTorch's inductor on the CPU "
+                             f"(install g++ or set CXX): {str(err).splitlines()[0] if str(err) else err!r}") from err
+    for name in model.encoder_names:
+        encoder = getattr(model, name)
+        encoder.forward = torch.compile(encoder.forward, **_COMPILE_OPTIONS)
 
 
 def to_image_tensor(image: ImageLike) -> torch.Tensor:
@@ -187,16 +213,21 @@ class StereoEstimator:
         onnx_output_iters: under onnxruntime, the intermediate iterations every exported graph
             also returns, so that asking for any of them later never exports again
             (``onnx_engine.OnnxEngine``).
-        log: where the onnxruntime engine announces an ONNX export (minutes long).
+        log: where the onnxruntime engine announces an ONNX export (minutes long) and the
+            compiled encoders a compilation (seconds to a minute).
+        compile: torch engine: compile the per-frame encoders with torch.compile
+            (``compile_encoders``; same results to about 1e-4 px).
     """
 
     def __init__(self, model: SelectiveStereo, device: str = "auto", precision: str = "fp32",
                  max_disp: int = 192, max_width: int | None = None, max_pixels: int | None = None,
                  engine: str = "torch", onnx_output_iters: Sequence[int] = (),
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, compile: bool = False) -> None:
         self.device = resolve_device(device)
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+        if compile and engine != "torch":
+            raise ValueError("compile is for the torch engine (onnxruntime optimises its own graph)")
         if engine == "onnxruntime" and precision == "bf16":
             raise ValueError("engine onnxruntime runs fp32 (or fp16 with TensorRT); bf16 is for the torch engine")
         self.precision = check_precision(precision, self.device)
@@ -208,6 +239,11 @@ class StereoEstimator:
             raise ValueError(f"max_disp must be a positive multiple of 32, got {max_disp}")
         self.model = model.to(self.device).eval()
         self.engine = engine
+        self.compiled = compile
+        self._log = log
+        self._compiled_sizes: set[tuple[int, int]] = set()  # input sizes the compiled encoders have seen
+        if compile:
+            compile_encoders(self.model, self.device)
         self._onnx = None
         if engine == "onnxruntime":
             from .onnx_engine import OnnxEngine
@@ -310,6 +346,11 @@ class StereoEstimator:
                     scale = self.model.downsample_factor * width / proc_w
                     stop = iteration_stop(start, budget_ms, converged_px, scale, self.device,
                                           at_least=max(extra, default=0) + 1)
+                    if self.compiled and pair.shape[-2:] not in self._compiled_sizes:
+                        self._compiled_sizes.add(pair.shape[-2:])
+                        if self._log is not None:
+                            self._log(f"compiling the encoders for {pair.shape[-1]}x{pair.shape[-2]} "
+                                      "(the first frame of each size; seconds to a minute)")
                     with self._autocast():
                         prediction = self.model(pair[:1], pair[1:], iters=iters, output_iters=extra + [iters],
                                                 stop=stop, **kwargs)

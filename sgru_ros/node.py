@@ -148,7 +148,7 @@ class StereoWiring:
         self.estimator = StereoEstimator.from_checkpoint(
             p("model") or None, device=p("device"), precision=p("precision"), max_disp=p("max_disp"),
             max_width=max_width or None, max_pixels=max_pixels or None, engine=p("engine"),
-            onnx_output_iters=sorted(intermediate), log=self.get_logger().info)
+            onnx_output_iters=sorted(intermediate), log=self.get_logger().info, compile=p("compile"))
         self.pipeline = StereoPipeline(self.estimator)
         overrides = QoSOverridingOptions.with_default_policies()
         self.outputs = {name: self.create_publisher(msg_type, name, OUTPUT_QOS, qos_overriding_options=overrides)
@@ -163,7 +163,8 @@ class StereoWiring:
         params = sum(t.numel() for t in self.estimator.model.parameters()) / 1e6
         self.get_logger().info(
             f"model {self.estimator.variant} ({model}, {params:.1f} M parameters), device {self.estimator.device}, "
-            f"precision {self.estimator.precision}, engine {p('engine')}, iterations {p('iterations')}"
+            f"precision {self.estimator.precision}, engine {p('engine')}{' (compiled)' if p('compile') else ''}, "
+            f"iterations {p('iterations')}"
             f"{self._iteration_limits()}, max_width "
             f"{max_width or 'none'}, max_pixels {max_pixels or 'none'}, "
             f"{'approximate' if p('approximate_sync') else 'exact'} sync, {p('image_transport')} images, input "
@@ -264,6 +265,8 @@ class StereoWiring:
                 "(video: fewer iterations for the same accuracy when the view changes little; torch engine)")
         declare("engine", "torch", "torch, or onnxruntime (an ONNX file per camera resolution, built on first use "
                 "and cached; fixed iterations)", read_only=True, choices=ENGINES)
+        declare("compile", False, "torch engine: compile the per-frame encoders with torch.compile (needs a C++ "
+                "compiler on the CPU; the first frame of each camera size takes seconds to a minute)", read_only=True)
         declare("device", "auto", "auto, cpu, cuda or cuda:N", read_only=True)
         declare("precision", "fp32", "fp32, fp16 (CUDA) or bf16", read_only=True, choices=PRECISIONS)
         declare("threads", 0, "CPU threads of the network (0: PyTorch's default, one per core); fewer leave "
@@ -305,6 +308,8 @@ class StereoWiring:
                                                or get("warm_start")):
             return ("latency_budget_ms, convergence_threshold_px and warm_start need engine torch (onnxruntime "
                     "runs fixed iterations from the network's own start)")
+        if get("engine") == "onnxruntime" and get("compile"):
+            return "compile needs engine torch (onnxruntime optimises its own graph)"
         return ""
 
     def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:

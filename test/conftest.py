@@ -28,10 +28,10 @@ def parity_fixture(name: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``sgru-stereo`` as a user would (a separate process)."""
+def run_cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``sgru-stereo`` as a user would (a separate process); ``env``: variables to add."""
     return subprocess.run([sys.executable, "-m", "sgru_ros.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+                          timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})})
 
 
 SMALL_RAFT = dict(hidden_dim=32, encoder_dims=(16, 24, 32), feature_dim=32, n_gru_layers=2)

@@ -46,17 +46,17 @@ def node_process(tmp_path_factory):
 class Rig(Observer):
     """Publishes calibrated pairs like a camera driver and records what the node publishes."""
 
-    def __init__(self) -> None:
-        super().__init__(NAMESPACE, name="test_rig")
+    def __init__(self, namespace: str = NAMESPACE) -> None:
+        super().__init__(namespace, name="test_rig")
         qos = QoSProfile(depth=5)
         self.pubs = {t: self.create_publisher(m, f"{CAMERA}/{t}", qos) for t, m in (
             ("left/image_rect", Image), ("right/image_rect", Image),
             ("left/camera_info", CameraInfo), ("right/camera_info", CameraInfo))}
         self.outputs: dict[str, dict[int, object]] = {name: {} for name in OUTPUT_TYPES}
         for name, msg_type in OUTPUT_TYPES.items():
-            self.create_subscription(msg_type, f"{NAMESPACE}/{name}",
+            self.create_subscription(msg_type, f"{namespace}/{name}",
                                      lambda msg, n=name: self.outputs[n].__setitem__(stamp_ns(msg.header), msg), qos)
-        self.param_client = self.create_client(SetParameters, f"{NAMESPACE}/sgru_stereo/set_parameters")
+        self.param_client = self.create_client(SetParameters, f"{namespace}/sgru_stereo/set_parameters")
 
     def publish_pair(self, left: np.ndarray, right: np.ndarray, sec: int, right_info_width: int | None = None) -> int:
         header = Header(frame_id="rig_left_optical")
@@ -283,3 +283,21 @@ def test_bad_input_is_reported_and_the_node_keeps_running(rig, node_process):
     assert node_process.poll() is None
     out = rig.frame(left, right, sec=301)
     assert out["disparity"].header.stamp.sec == 301
+
+
+def test_compiled_encoders_give_the_known_answer(rig, tmp_path):
+    """compile:=true: the first frame compiles the encoders (announced), the answer is the eager one."""
+    namespace = "/rig_compiled"
+    checkpoint = known_answer_checkpoint(tmp_path / "known_answer.pth")
+    proc = start_process("run", "-r", f"__ns:={namespace}", "-p", f"model:={checkpoint}", "-p", "device:=cpu",
+                         "-p", "iterations:=3", "-p", "compile:=true", *remapped_inputs(CAMERA))
+    compiled_rig = Rig(namespace)
+    try:
+        left, right = textured_pair()
+        out = compiled_rig.frame(left, right, sec=900, timeout=300.0)
+        np.testing.assert_allclose(as_array(out["disparity"].image)[4:-4, 8:-4], 12.0, atol=1e-3)
+    finally:
+        compiled_rig.destroy_node()
+        log = stop_process(proc)
+    assert "engine torch (compiled)" in log
+    assert "compiling the encoders for 160x128 (the first frame of each size; seconds to a minute)" in log

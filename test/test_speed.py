@@ -141,3 +141,50 @@ def test_the_convergence_stop_ends_when_updates_are_small(small_checkpoint, pair
     assert at_once.iterations == 1
     first = estimator.estimate(left, right, iters=1)
     assert np.abs(at_once.disparity - first.disparity).max() < 1e-4
+
+
+@pytest.mark.parametrize("variant", ["raft", "igev"])
+def test_compiled_encoders_match_eager_once_per_size_and_still_cancel(variant, pair):
+    """torch.compile of the encoders (inductor builds C++ here): the same disparities, one compilation
+    per input size (announced in the log), and the cancel check still runs before each encoder."""
+    import copy
+    import threading
+
+    from torch._dynamo.utils import counters
+
+    from sgru_ros.inference import InferenceCancelled
+    from sgru_ros.model import IGEVConfig, SelectiveIGEV
+
+    torch.manual_seed(0)
+    model = SelectiveRAFT(RaftConfig(**SMALL_RAFT)) if variant == "raft" else SelectiveIGEV(IGEVConfig())
+    left, right = pair
+    eager = StereoEstimator(copy.deepcopy(model), device="cpu").estimate(left, right, iters=3).disparity
+    lines = []
+    compiled = StereoEstimator(model, device="cpu", compile=True, log=lines.append)
+    graphs = counters["stats"]["unique_graphs"]
+    result = compiled.estimate(left, right, iters=3).disparity
+    assert counters["stats"]["unique_graphs"] >= graphs + len(model.encoder_names)  # each encoder is one graph
+    assert np.abs(result - eager).max() < 1e-3
+    graphs = counters["stats"]["unique_graphs"]
+    compiled.estimate(left, right, iters=3)
+    assert counters["stats"]["unique_graphs"] == graphs and len(lines) == 1  # same size: nothing compiled
+    assert lines[0] == "compiling the encoders for 192x128 (the first frame of each size; seconds to a minute)"
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(InferenceCancelled):
+        compiled.estimate(left, right, iters=3, cancel=cancel)
+
+
+def test_compile_is_refused_with_onnxruntime_and_without_a_cxx_compiler(small_checkpoint, monkeypatch):
+    with pytest.raises(ValueError, match="compile is for the torch engine"):
+        StereoEstimator.from_checkpoint(small_checkpoint, device="cpu", engine="onnxruntime", compile=True)
+    import torch._inductor.config
+
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("/nonexistent/g++",))
+    with pytest.raises(ValueError, match=r"^compile needs a C\+\+ compiler for PyTorch's inductor on the CPU"):
+        StereoEstimator.from_checkpoint(small_checkpoint, device="cpu", compile=True)
+    done = run_cli("bench", "--checkpoint", str(small_checkpoint), "--compile", "--size", "64", "128", "--iters", "1",
+                   env={"CXX": "/nonexistent/g++"})
+    assert done.returncode == 1 and not done.stdout
+    assert done.stderr.startswith("sgru-stereo bench: error: compile needs a C++ compiler") and \
+        done.stderr.count("\n") == 1

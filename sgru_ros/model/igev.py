@@ -88,6 +88,8 @@ class _Stem(nn.Sequential):
 class SelectiveIGEV(SelectiveStereo):
     """Selective-IGEV. Returns positive disparity (as released)."""
 
+    encoder_names = ("feature", "stem_2", "stem_4", "conv", "desc", "cnet")
+
     def __init__(self, config: IGEVConfig = IGEVConfig()) -> None:
         super().__init__()
         self.config = config

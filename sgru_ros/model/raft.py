@@ -36,6 +36,8 @@ class SelectiveRAFT(SelectiveStereo):
     (the released model returns it); ``forward`` returns positive disparity.
     """
 
+    encoder_names = ("fnet", "cnet")
+
     def __init__(self, config: RaftConfig = RaftConfig()) -> None:
         super().__init__()
         self.config = config
