@@ -3,7 +3,7 @@
 
     python scripts/compare_authors.py --authors /path/to/Selective-Stereo --authors-python /path/to/python \
         --checkpoint official_igev.pth --variant igev [--frames 2 6 --rounds 3] [--iters 8 --height 256 \
-        --width 384]
+        --width 384] [--compile]
     python scripts/compare_authors.py ... --interleaved 5
 
 Both sides read the same PNG sequence (the Motorcycle pair resized to --width x --height, repeated) and write
@@ -94,14 +94,14 @@ AUTHORS_DRIVER = AUTHORS_MODEL + textwrap.dedent("""
 # pass of each in turn on the first pair; prints the seconds of every pass and the largest difference as JSON.
 INTERLEAVED_DRIVER = AUTHORS_MODEL + textwrap.dedent("""
     import json, time
-    rounds, package_root = int(sys.argv[9]), sys.argv[10]
+    rounds, package_root, compile_ = int(sys.argv[9]), sys.argv[10], sys.argv[11] == "compile"
     sys.path.insert(0, package_root)
     from sgru_ros.inference import StereoEstimator
-    estimator = StereoEstimator.from_checkpoint(ckpt, variant=variant, device="cpu")
+    estimator = StereoEstimator.from_checkpoint(ckpt, variant=variant, device="cpu", compile=compile_)
     left, right = load(sorted(glob.glob(left_glob))[0]), load(sorted(glob.glob(right_glob))[0])
     sides = {"authors": lambda: authors_disparity(left, right),
              "sgru_ros": lambda: estimator.estimate(left, right, iters=int(iters)).disparity}
-    first = {name: run() for name, run in sides.items()}  # warm-up
+    first = {name: run() for name, run in sides.items()}  # warm-up (and --compile's compilation)
     sign = -1.0 if variant == "raft" else 1.0  # the authors' Selective-RAFT returns x-flow
     times = {name: [] for name in sides}
     for round_ in range(rounds):
@@ -134,11 +134,23 @@ def authors_command(args: argparse.Namespace, driver: str, left_glob: str, right
             str(args.iters), str(args.threads), args.torchvision_stub, *extra]
 
 
+def ours_command(args: argparse.Namespace, left_glob: str, right_glob: str, out: Path) -> list[str]:
+    return [sys.executable, "-m", "sgru_ros.cli", "infer", "--checkpoint", args.checkpoint, "--variant", args.variant,
+            "--device", "cpu", "--threads", str(args.threads), "--left", left_glob, "--right", right_glob,
+            "--out", str(out), "--format", "npy", "--iters", str(args.iters), "--no-progress",
+            *["--compile"] * args.compile]
+
+
 def whole_processes(args: argparse.Namespace, env: dict[str, str], tmp: Path) -> None:
     """`sgru-stereo infer` and the authors' driver over --frames pairs, as whole processes."""
     short, long = args.frames
     times: dict[str, dict[int, float]] = {"authors": {}, "sgru-stereo infer": {}}
     diffs: list[float] = []
+    if args.compile:  # untimed: inductor's on-disk cache is then warm for every timed run alike
+        left_glob, right_glob = write_sequence(tmp / "cache_warm_up", 1, args.height, args.width)
+        (tmp / "cache_warm_up" / "out").mkdir()
+        subprocess.run(ours_command(args, left_glob, right_glob, tmp / "cache_warm_up" / "out"), check=True, env=env,
+                       stdout=subprocess.DEVNULL)
     for round_ in range(args.rounds):
         for frames in (short, long):
             folder = tmp / f"round{round_}" / f"seq{frames}"
@@ -148,11 +160,7 @@ def whole_processes(args: argparse.Namespace, env: dict[str, str], tmp: Path) ->
                 out.mkdir()
             commands = {
                 "authors": authors_command(args, AUTHORS_DRIVER, left_glob, right_glob, str(outs["authors"])),
-                "sgru-stereo infer": [sys.executable, "-m", "sgru_ros.cli", "infer", "--checkpoint", args.checkpoint,
-                                      "--variant", args.variant, "--device", "cpu", "--threads", str(args.threads),
-                                      "--left", left_glob, "--right", right_glob, "--out",
-                                      str(outs["sgru-stereo infer"]), "--format", "npy", "--iters", str(args.iters),
-                                      "--no-progress"]}
+                "sgru-stereo infer": ours_command(args, left_glob, right_glob, outs["sgru-stereo infer"])}
             took = {name: timed(command, env) for name, command in commands.items()}
             for name, seconds in took.items():
                 times[name][frames] = min(seconds, times[name].get(frames, math.inf))
@@ -166,7 +174,8 @@ def whole_processes(args: argparse.Namespace, env: dict[str, str], tmp: Path) ->
             diffs += compared
     per_frame = {name: (t[long] - t[short]) / (long - short) for name, t in times.items()}
     print(f"Selective-{args.variant.upper()}, {args.width}x{args.height}, {args.iters} iterations, fp32, "
-          f"CPU, {args.threads} threads; whole processes over {short} and {long} frames, fastest of "
+          f"CPU, {args.threads} threads{', ours --compile' if args.compile else ''}; whole processes over {short} "
+          f"and {long} frames, fastest of "
           f"{args.rounds} round(s)")
     for name, t in times.items():
         print(f"  {name:18s} {t[short]:7.2f} s / {t[long]:7.2f} s  ->  {per_frame[name]:6.3f} s per frame")
@@ -179,11 +188,13 @@ def interleaved(args: argparse.Namespace, env: dict[str, str], tmp: Path) -> Non
     left_glob, right_glob = write_sequence(tmp / "pair", 1, args.height, args.width)
     package_root = str(Path(__file__).resolve().parents[1])
     done = subprocess.run(authors_command(args, INTERLEAVED_DRIVER, left_glob, right_glob, str(args.interleaved),
-                                          package_root), check=True, env=env, stdout=subprocess.PIPE, text=True)
+                                          package_root, "compile" if args.compile else "eager"),
+                          check=True, env=env, stdout=subprocess.PIPE, text=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     times = {name: np.array(seconds) for name, seconds in result["times"].items()}
     print(f"Selective-{args.variant.upper()}, {args.width}x{args.height}, {args.iters} iterations, fp32, "
-          f"CPU, {args.threads} threads; one process, the two networks alternating, {args.interleaved} rounds")
+          f"CPU, {args.threads} threads{', ours compiled' if args.compile else ''}; one process, the two networks "
+          f"alternating, {args.interleaved} rounds")
     for name, seconds in times.items():
         print(f"  {name:9s} fastest {seconds.min():6.3f} s, median {np.median(seconds):6.3f} s "
               f"({' '.join(f'{t:.2f}' for t in seconds)})")
@@ -213,6 +224,9 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=384)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compile", action="store_true",
+                        help="ours with compiled encoders (sgru-stereo infer --compile); the compilation falls in "
+                             "the first frame, which the per-frame time leaves out")
     parser.add_argument("--rounds", type=positive, default=1, help="repeat every run, keep the fastest of each")
     parser.add_argument("--interleaved", type=positive, metavar="ROUNDS",
                         help="instead of whole processes (--frames, --rounds): both networks in one process of "
