@@ -42,9 +42,10 @@ ENGINES = ("torch", "onnxruntime")
 MAX_ITERATIONS = 64
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 #: torch.compile's settings for ``compile_encoders``: one graph per input size (a camera keeps its size;
-#: dynamic shapes cost speed), weights frozen in as constants so that inductor folds the batch norms
-#: and prepacks the convolution weights (docs/performance.md, "Compiled encoders").
-_COMPILE_OPTIONS = {"dynamic": False, "options": {"freezing": True}}
+#: dynamic shapes cost speed). Not inductor's ``freezing`` (weights as constants): no faster per frame
+#: here, and its graphs miss inductor's disk cache, so every process compiled again (docs/performance.md,
+#: "Compiled encoders").
+_COMPILE_OPTIONS = {"dynamic": False}
 ImageLike = np.ndarray | torch.Tensor
 
 
@@ -96,10 +97,10 @@ def compile_encoders(model: SelectiveStereo, device: torch.device) -> None:
     """Hand the model's per-frame encoders (``SelectiveStereo.encoder_names``) to torch.compile, in place.
 
     Only each encoder's ``forward`` is compiled: the module hooks (the estimator's cancel check) stay
-    outside the graph and the state dict keeps its keys. Weights are frozen into the graph, so the
-    model must not be trained or reloaded afterwards. The first pass at each input size compiles
-    (seconds to a minute); inductor caches the result on disk for later processes. On the CPU inductor
-    builds C++, so a C++ compiler must be installed: ValueError when there is none.
+    outside the graph, the state dict keeps its keys and the weights are read at run time. The first
+    pass at each input size compiles (up to a minute on 2 cores; a few seconds once inductor's disk
+    cache holds it, also for later processes). On the CPU inductor builds C++, so a C++ compiler must
+    be installed: ValueError when there is none.
     """
     if device.type == "cpu":
         from torch._inductor import cpp_builder
