@@ -517,6 +517,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from .onnx_engine import FixedPass, export_onnx
 
+    if args.compile:
+        raise CommandError("export takes no --compile: the ONNX graph is traced from the eager network")
     estimator = estimator_from_args(args)
     model = estimator.model.cpu()
     extra = sorted(set(args.output_iters))

@@ -97,10 +97,12 @@ def compile_encoders(model: SelectiveStereo, device: torch.device) -> None:
     """Hand the model's per-frame encoders (``SelectiveStereo.encoder_names``) to torch.compile, in place.
 
     Only each encoder's ``forward`` is compiled: the module hooks (the estimator's cancel check) stay
-    outside the graph, the state dict keeps its keys and the weights are read at run time. The first
-    pass at each input size compiles (up to a minute on 2 cores; a few seconds once inductor's disk
-    cache holds it, also for later processes). On the CPU inductor builds C++, so a C++ compiler must
-    be installed: ValueError when there is none.
+    outside the graph, the state dict keeps its keys and the weights are read at run time (a deep
+    copy of the model still calls the original's compiled encoders: copy before compiling). The
+    first pass at each input size compiles (up to a minute on 2 cores; a few seconds once inductor's
+    disk cache holds it, also for later processes); dynamo keeps a few sizes per encoder (its
+    recompile limit) and runs further ones eagerly. On the CPU inductor builds C++, so a C++ compiler
+    must be installed: ValueError when there is none.
     """
     if device.type == "cpu":
         from torch._inductor import cpp_builder
@@ -113,6 +115,12 @@ def compile_encoders(model: SelectiveStereo, device: torch.device) -> None:
     for name in model.encoder_names:
         encoder = getattr(model, name)
         encoder.forward = torch.compile(encoder.forward, **_COMPILE_OPTIONS)
+
+
+def uncompile_encoders(model: SelectiveStereo) -> None:
+    """Undo ``compile_encoders``: each encoder's class ``forward`` runs again (eager)."""
+    for name in model.encoder_names:
+        vars(getattr(model, name)).pop("forward", None)
 
 
 def to_image_tensor(image: ImageLike) -> torch.Tensor:
@@ -347,14 +355,28 @@ class StereoEstimator:
                     scale = self.model.downsample_factor * width / proc_w
                     stop = iteration_stop(start, budget_ms, converged_px, scale, self.device,
                                           at_least=max(extra, default=0) + 1)
-                    if self.compiled and pair.shape[-2:] not in self._compiled_sizes:
-                        self._compiled_sizes.add(pair.shape[-2:])
-                        if self._log is not None:
-                            self._log(f"compiling the encoders for {pair.shape[-1]}x{pair.shape[-2]} "
-                                      "(the first frame of each size; seconds to a minute)")
+                    first_compiled = self.compiled and pair.shape[-2:] not in self._compiled_sizes
+                    if first_compiled and self._log is not None:
+                        self._log(f"compiling the encoders for the network input of {pair.shape[-1]}x"
+                                  f"{pair.shape[-2]} (the first frame of each size; seconds to a minute)")
                     with self._autocast():
-                        prediction = self.model(pair[:1], pair[1:], iters=iters, output_iters=extra + [iters],
-                                                stop=stop, **kwargs)
+                        try:
+                            prediction = self.model(pair[:1], pair[1:], iters=iters, output_iters=extra + [iters],
+                                                    stop=stop, **kwargs)
+                        except Exception as err:  # noqa: BLE001 -- dynamo wraps whatever its backend raised
+                            if not (first_compiled and isinstance(err, torch._dynamo.exc.TorchDynamoException)):
+                                raise
+                            # A failed compilation would fail every later frame the same way: eager from now on.
+                            uncompile_encoders(self.model)
+                            self.compiled = False
+                            if self._log is not None:
+                                cause = getattr(err, "inner_exception", None) or err  # BackendCompilerFailed
+                                self._log("compiling the encoders failed, running them eagerly from now on: "
+                                          f"{type(cause).__name__}: {(str(cause).strip() or '?').splitlines()[0]}")
+                            prediction = self.model(pair[:1], pair[1:], iters=iters, output_iters=extra + [iters],
+                                                    stop=stop, **kwargs)
+                    if first_compiled and self.compiled:
+                        self._compiled_sizes.add(pair.shape[-2:])
                     disparities, done = prediction.disparities, prediction.iterations
             finally:
                 self._cancel = None

@@ -266,7 +266,8 @@ class StereoWiring:
         declare("engine", "torch", "torch, or onnxruntime (an ONNX file per camera resolution, built on first use "
                 "and cached; fixed iterations)", read_only=True, choices=ENGINES)
         declare("compile", False, "torch engine: compile the per-frame encoders with torch.compile (needs a C++ "
-                "compiler on the CPU; the first frame of each camera size takes seconds to a minute)", read_only=True)
+                "compiler on the CPU; the first frame of each camera size takes seconds to a minute and cannot be "
+                "cancelled midway)", read_only=True)
         declare("device", "auto", "auto, cpu, cuda or cuda:N", read_only=True)
         declare("precision", "fp32", "fp32, fp16 (CUDA) or bf16", read_only=True, choices=PRECISIONS)
         declare("threads", 0, "CPU threads of the network (0: PyTorch's default, one per core); fewer leave "

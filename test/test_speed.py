@@ -168,23 +168,49 @@ def test_compiled_encoders_match_eager_once_per_size_and_still_cancel(variant, p
     graphs = counters["stats"]["unique_graphs"]
     compiled.estimate(left, right, iters=3)
     assert counters["stats"]["unique_graphs"] == graphs and len(lines) == 1  # same size: nothing compiled
-    assert lines[0] == "compiling the encoders for 192x128 (the first frame of each size; seconds to a minute)"
+    assert lines[0] == ("compiling the encoders for the network input of 192x128 (the first frame of each size; "
+                        "seconds to a minute)")
     cancel = threading.Event()
     cancel.set()
-    with pytest.raises(InferenceCancelled):
-        compiled.estimate(left, right, iters=3, cancel=cancel)
+    with pytest.raises(InferenceCancelled):  # at a new size: the check comes before the first encoder compiles
+        compiled.estimate(left[:, :160], right[:, :160], iters=3, cancel=cancel)
+    assert counters["stats"]["unique_graphs"] == graphs
 
 
-def test_compile_is_refused_with_onnxruntime_and_without_a_cxx_compiler(small_checkpoint, monkeypatch):
+def test_a_failed_compilation_falls_back_to_eager(small_checkpoint, pair, monkeypatch, tmp_path):
+    """Inductor failing at the first frame (here: its C++ compiler gone after the start-up check)
+    is said once and the encoders run eagerly from then on, with the eager answer."""
+    import torch._inductor.config
+
+    left, right = (image[:, :100] for image in pair)  # a size no other test compiles: nothing in memory either
+    eager = StereoEstimator.from_checkpoint(small_checkpoint, device="cpu").estimate(left, right, iters=2).disparity
+    lines = []
+    compiled = StereoEstimator.from_checkpoint(small_checkpoint, device="cpu", compile=True, log=lines.append)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # nothing cached: inductor must compile
+    with torch._inductor.config.patch({"cpp.cxx": ("/nonexistent/g++",)}):
+        result = compiled.estimate(left, right, iters=2).disparity
+    assert np.abs(result - eager).max() < 1e-4 and not compiled.compiled
+    assert len(lines) == 2 and lines[1].startswith("compiling the encoders failed, running them eagerly from now "
+                                                   "on: InvalidCxxCompiler: No working C++ compiler found")
+    compiled.estimate(left, right, iters=2)
+    assert len(lines) == 2
+
+
+def test_compile_is_refused_with_onnxruntime_and_without_a_cxx_compiler(small_checkpoint):
     with pytest.raises(ValueError, match="compile is for the torch engine"):
         StereoEstimator.from_checkpoint(small_checkpoint, device="cpu", engine="onnxruntime", compile=True)
     import torch._inductor.config
 
-    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("/nonexistent/g++",))
-    with pytest.raises(ValueError, match=r"^compile needs a C\+\+ compiler for PyTorch's inductor on the CPU"):
+    with (torch._inductor.config.patch({"cpp.cxx": ("/nonexistent/g++",)}),
+          pytest.raises(ValueError, match=r"^compile needs a C\+\+ compiler for PyTorch's inductor on the CPU")):
         StereoEstimator.from_checkpoint(small_checkpoint, device="cpu", compile=True)
-    done = run_cli("bench", "--checkpoint", str(small_checkpoint), "--compile", "--size", "64", "128", "--iters", "1",
-                   env={"CXX": "/nonexistent/g++"})
+    done = run_cli("bench", "--checkpoint", str(small_checkpoint), "--device", "cpu", "--compile", "--size", "64",
+                   "128", "--iters", "1", env={"CXX": "/nonexistent/g++"})
     assert done.returncode == 1 and not done.stdout
     assert done.stderr.startswith("sgru-stereo bench: error: compile needs a C++ compiler") and \
         done.stderr.count("\n") == 1
+    done = run_cli("export", "--checkpoint", str(small_checkpoint), "--compile", "--onnx", "/nonexistent/x.onnx",
+                   "--height", "64", "--width", "128", "--iters", "1")
+    assert done.returncode == 1
+    assert done.stderr == "sgru-stereo export: error: export takes no --compile: the ONNX graph is traced from the " \
+        "eager network\n"

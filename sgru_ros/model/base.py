@@ -88,8 +88,8 @@ class SelectiveStereo(nn.Module):
     update_block: SelectiveUpdateBlock
     #: The 2D encoders run once per frame, by attribute name: what ``inference.compile_encoders`` hands
     #: to torch.compile. Chains of convolution, norm and ReLU at up to full resolution, where inductor's
-    #: fused kernels pay (256x384: Selective-RAFT's feature encoder 626 -> 364 ms,
-    #: context encoder 255 -> 178 ms on 2 cores). Not listed: the GRU iterations (their convolutions
+    #: fused kernels pay (256x384, each timed alone on 2 cores: Selective-RAFT's feature encoder
+    #: 626 -> 364 ms, context encoder 255 -> 178 ms). Not listed: the GRU iterations (their convolutions
     #: already run at the CPU's peak; compiled, 1134 -> 1125 ms per frame) and IGEV's 3D cost aggregation
     #: (inductor's 3D convolution is PyTorch's slow reference kernel there, see ``layers.Conv3d``:
     #: 1163 -> 1249 ms per frame).

@@ -48,9 +48,9 @@ class Conv3d(nn.Conv3d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (not _compiling() and x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32
-                and not torch.is_grad_enabled() and not _cpu_autocast() and torch.backends.mkldnn.is_available()
-                and torch.backends.mkldnn.enabled and not torch.onnx.is_in_onnx_export()
+        if (x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32 and not torch.is_grad_enabled()
+                and not _cpu_autocast() and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+                and not torch.onnx.is_in_onnx_export() and not _compiling()
                 and self.padding_mode == "zeros" and not isinstance(self.padding, str)):
             return torch.ops.aten.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride,
                                                       self.dilation, self.groups)
