@@ -17,6 +17,7 @@ stops between network stages and GRU iterations once the event is set
 from __future__ import annotations
 
 import gc
+import functools
 import math
 import threading
 import time
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import SIZE_MULTIPLE, SelectiveIGEV, load_model
-from .model.base import SelectiveStereo, StopRule
+from .model.base import SelectiveStereo, StereoPrediction, StopRule
 from .weights import default_checkpoint
 
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -355,34 +356,38 @@ class StereoEstimator:
                     scale = self.model.downsample_factor * width / proc_w
                     stop = iteration_stop(start, budget_ms, converged_px, scale, self.device,
                                           at_least=max(extra, default=0) + 1)
-                    first_compiled = self.compiled and pair.shape[-2:] not in self._compiled_sizes
-                    if first_compiled and self._log is not None:
-                        self._log(f"compiling the encoders for the network input of {pair.shape[-1]}x"
-                                  f"{pair.shape[-2]} (the first frame of each size; seconds to a minute)")
+                    run = functools.partial(self.model, pair[:1], pair[1:], iters=iters,
+                                            output_iters=extra + [iters], stop=stop, **kwargs)
                     with self._autocast():
-                        try:
-                            prediction = self.model(pair[:1], pair[1:], iters=iters, output_iters=extra + [iters],
-                                                    stop=stop, **kwargs)
-                        except Exception as err:  # noqa: BLE001 -- dynamo wraps whatever its backend raised
-                            if not (first_compiled and isinstance(err, torch._dynamo.exc.TorchDynamoException)):
-                                raise
-                            # A failed compilation would fail every later frame the same way: eager from now on.
-                            uncompile_encoders(self.model)
-                            self.compiled = False
-                            if self._log is not None:
-                                cause = getattr(err, "inner_exception", None) or err  # BackendCompilerFailed
-                                self._log("compiling the encoders failed, running them eagerly from now on: "
-                                          f"{type(cause).__name__}: {(str(cause).strip() or '?').splitlines()[0]}")
-                            prediction = self.model(pair[:1], pair[1:], iters=iters, output_iters=extra + [iters],
-                                                    stop=stop, **kwargs)
-                    if first_compiled and self.compiled:
-                        self._compiled_sizes.add(pair.shape[-2:])
+                        if self.compiled and pair.shape[-2:] not in self._compiled_sizes:
+                            prediction = self._first_compiled_pass(run, pair.shape[-2:])
+                        else:
+                            prediction = run()
                     disparities, done = prediction.disparities, prediction.iterations
             finally:
                 self._cancel = None
             outputs = [self._to_input_pixels(d, padding, (height, width), proc_w) for d in disparities]
         return StereoResult(disparity=outputs[-1], intermediate=dict(zip(done[:-1], outputs[:-1])),
                             processed_size=(proc_h, proc_w), iterations=done[-1])
+
+    def _first_compiled_pass(self, run: Callable[[], StereoPrediction], size: torch.Size) -> StereoPrediction:
+        """``run()`` at an input size the compiled encoders have not seen: announced, as it compiles. A
+        failed compilation would fail every later frame the same way, so the encoders run eagerly from then on."""
+        if self._log is not None:
+            self._log(f"compiling the encoders for the network input of {size[-1]}x{size[-2]} (the first frame "
+                      "of each size; seconds to a minute)")
+        try:
+            prediction = run()
+        except torch._dynamo.exc.TorchDynamoException as err:  # imported by torch.compile
+            uncompile_encoders(self.model)
+            self.compiled = False
+            if self._log is not None:
+                cause = getattr(err, "inner_exception", None) or err  # BackendCompilerFailed wraps it
+                self._log("compiling the encoders failed, running them eagerly from now on: "
+                          f"{type(cause).__name__}: {(str(cause).strip() or '?').splitlines()[0]}")
+            return run()
+        self._compiled_sizes.add(size)
+        return prediction
 
     def _to_input_pixels(self, disp: torch.Tensor, padding: Padding, size: tuple[int, int],
                          proc_w: int) -> np.ndarray:
