@@ -1,3 +1,12 @@
 """sgru_ros: Selective-Stereo dense stereo depth for ROS 2."""
 
+import os
+
+# PyTorch's OpenMP threads keep spinning after each parallel region unless told to sleep. NNPACK's
+# Winograd convolutions (model/layers.py) run on a second thread pool, and on a board with few cores
+# the spinning threads starve it: on 2 cores Selective-IGEV took 2.54 s a frame with spinning threads
+# and 1.90 s without (docs/performance.md). OpenMP reads this once, when PyTorch loads it, so it
+# only takes effect if sgru_ros is imported before torch; a value the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"

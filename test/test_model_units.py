@@ -85,3 +85,59 @@ def test_config_validation():
         RaftConfig(hidden_dim=40)
     with pytest.raises(ValueError, match="n_gru_layers"):
         RaftConfig(n_gru_layers=4)
+
+
+needs_nnpack = pytest.mark.skipif(not torch._nnpack_available(), reason="this PyTorch build has no NNPACK")
+
+
+@needs_nnpack
+@pytest.mark.parametrize("batch", [1, 2])
+def test_large_3x3_convolutions_run_as_winograd_within_rounding_of_the_direct_one(batch):
+    from sgru_ros.model.layers import Conv2d, winograd_convolutions
+
+    torch.manual_seed(0)
+    conv = Conv2d(64, 96, 3, padding=1)
+    x = torch.randn(batch, 64, 32, 48)
+    with torch.no_grad():
+        out = conv(x)
+        direct = F.conv2d(x, conv.weight, conv.bias, padding=1)
+        # NNPACK's Winograd kernel took it, one image at a time ...
+        per_image = torch.cat([torch._nnpack_spatial_convolution(image, conv.weight, conv.bias, [1, 1], [1, 1])
+                               for image in x.split(1)])
+        assert torch.equal(out, per_image)
+        assert not torch.equal(out, direct)
+        # ... within rounding of the direct convolution, which it falls back to when switched off
+        assert (out - direct).abs().max() <= 1e-4 * direct.abs().max()
+        with winograd_convolutions(False):
+            assert torch.equal(conv(x), direct)
+
+
+@needs_nnpack
+@pytest.mark.parametrize("case", ["small map", "few output channels", "5x5 kernel", "stride 2", "gradients",
+                                  "float64"])
+def test_convolutions_that_ran_slower_as_winograd_or_need_more_stay_direct(case):
+    from sgru_ros.model.layers import Conv2d
+
+    torch.manual_seed(0)
+    conv = Conv2d(64, 32 if case == "few output channels" else 64, 5 if case == "5x5 kernel" else 3,
+                  stride=2 if case == "stride 2" else 1, padding=2 if case == "5x5 kernel" else 1)
+    x = torch.randn(1, 64, *((16, 24) if case == "small map" else (32, 48)))
+    if case == "float64":
+        conv, x = conv.double(), x.double()
+    with torch.set_grad_enabled(case == "gradients"):
+        assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias, stride=conv.stride, padding=conv.padding))
+
+
+@needs_nnpack
+def test_winograd_moves_a_network_by_well_under_a_thousandth_of_a_pixel():
+    from sgru_ros.model.layers import winograd_convolutions
+
+    torch.manual_seed(0)
+    model = SelectiveRAFT(RaftConfig()).eval()
+    left, right = torch.rand(2, 1, 3, 128, 192).mul(255).unbind(0)
+    with torch.no_grad():
+        fast = model(left, right, iters=4).disparities[-1]
+        with winograd_convolutions(False):
+            direct = model(left, right, iters=4).disparities[-1]
+    assert not torch.equal(fast, direct)
+    assert (fast - direct).abs().max() < 1e-3

@@ -283,3 +283,13 @@ def test_rviz_view_follows_the_namespace_and_the_fixed_frame():
         assert manager["Global Options"]["Fixed Frame"] == "camera_left_optical"
     with pytest.raises(ValueError, match="rviz_fixed_frame is empty"):
         rviz_config(template, "stereo", " ")
+
+
+def test_importing_the_package_lets_openmp_threads_sleep_unless_the_user_chose():
+    """NNPACK's thread pool needs the cores that spinning OpenMP threads would hold (sgru_ros/__init__.py)."""
+    code = "import sgru_ros, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        run_env = env if given is None else {**env, "OMP_WAIT_POLICY": given}
+        out = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import BasicConv, Norm, ResidualBlock, UpConcat, norm2d
+from .layers import BasicConv, Conv2d, Norm, ResidualBlock, UpConcat, norm2d
 
 
 def stage_strides(downsample: int, early: bool) -> tuple[int, int, int]:
@@ -39,7 +39,7 @@ class _ResidualTrunk(nn.Module):
         super().__init__()
         d1, d2, d3 = dims
         stem, s2, s3 = stage_strides(downsample, early)
-        self.conv1 = nn.Conv2d(3, d1, kernel_size=7, stride=stem, padding=3)
+        self.conv1 = Conv2d(3, d1, kernel_size=7, stride=stem, padding=3)
         self.norm1 = norm2d(norm, d1)
         self.relu1 = nn.ReLU(inplace=True)
         self.layer1 = self._stage(d1, d1, norm, stride=1)
@@ -66,7 +66,7 @@ class FeatureEncoder(_ResidualTrunk):
 
     def __init__(self, dims: tuple[int, int, int], out_dim: int, downsample: int, early: bool = False) -> None:
         super().__init__(dims, "instance", downsample, early)
-        self.conv2 = nn.Conv2d(dims[2], out_dim, kernel_size=1)
+        self.conv2 = Conv2d(dims[2], out_dim, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv2(self.trunk(x))
@@ -94,7 +94,7 @@ class ContextEncoder(_ResidualTrunk):
                 self.add_module(stage, self._stage(width, width, "batch", stride=2))
             heads = []
             for out_dim in (hidden_dim, context_dim):
-                conv = nn.Conv2d(width, out_dim, 3, padding=1)
+                conv = Conv2d(width, out_dim, 3, padding=1)
                 # The coarsest level's heads have no residual block (as released).
                 heads.append(conv if level == 2 else nn.Sequential(ResidualBlock(width, width, "batch", 1), conv))
             self.add_module(head, nn.ModuleList(heads))
@@ -120,9 +120,9 @@ class _DepthwiseSeparable(nn.Module):
 
     def __init__(self, in_chs: int, out_chs: int) -> None:
         super().__init__()
-        self.conv_dw = nn.Conv2d(in_chs, in_chs, 3, padding=1, groups=in_chs, bias=False)
+        self.conv_dw = Conv2d(in_chs, in_chs, 3, padding=1, groups=in_chs, bias=False)
         self.bn1 = nn.BatchNorm2d(in_chs)
-        self.conv_pw = nn.Conv2d(in_chs, out_chs, 1, bias=False)
+        self.conv_pw = Conv2d(in_chs, out_chs, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_chs)
         self.has_skip = in_chs == out_chs
 
@@ -138,11 +138,11 @@ class _InvertedResidual(nn.Module):
     def __init__(self, in_chs: int, out_chs: int, stride: int, expansion: int = 6) -> None:
         super().__init__()
         mid = in_chs * expansion
-        self.conv_pw = nn.Conv2d(in_chs, mid, 1, bias=False)
+        self.conv_pw = Conv2d(in_chs, mid, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(mid)
-        self.conv_dw = nn.Conv2d(mid, mid, 3, stride=stride, padding=1, groups=mid, bias=False)
+        self.conv_dw = Conv2d(mid, mid, 3, stride=stride, padding=1, groups=mid, bias=False)
         self.bn2 = nn.BatchNorm2d(mid)
-        self.conv_pwl = nn.Conv2d(mid, out_chs, 1, bias=False)
+        self.conv_pwl = Conv2d(mid, out_chs, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_chs)
         self.has_skip = stride == 1 and in_chs == out_chs
 
@@ -172,7 +172,7 @@ class MobileNetV2Pyramid(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv_stem = nn.Conv2d(3, 32, 3, stride=2, padding=1, bias=False)
+        self.conv_stem = Conv2d(3, 32, 3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(32)
         # Nesting mirrors torch.nn.Sequential(*timm_model.blocks[a:b]): blockN.<stage>.<block>.
         self.block0 = nn.Sequential(nn.Sequential(_DepthwiseSeparable(32, 16)))

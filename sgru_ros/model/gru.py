@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .layers import Conv2d, conv2d
 
 
 class ConvGRU(nn.Module):
@@ -50,9 +51,9 @@ class ConvGRU(nn.Module):
         self.input_dim = input_dim
         self.context_dim = context_dim
         pad = kernel_size // 2
-        self.convz = nn.Conv2d(hidden_dim + input_dim, hidden_dim, kernel_size, padding=pad)
-        self.convr = nn.Conv2d(hidden_dim + input_dim, hidden_dim, kernel_size, padding=pad)
-        self.convq = nn.Conv2d(hidden_dim + input_dim, hidden_dim, kernel_size, padding=pad)
+        self.convz = Conv2d(hidden_dim + input_dim, hidden_dim, kernel_size, padding=pad)
+        self.convr = Conv2d(hidden_dim + input_dim, hidden_dim, kernel_size, padding=pad)
+        self.convq = Conv2d(hidden_dim + input_dim, hidden_dim, kernel_size, padding=pad)
 
     def prepare(self, context: torch.Tensor) -> GRUStep:
         """context: B x context_dim x H x W -> the step function for this frame."""
@@ -60,7 +61,7 @@ class ConvGRU(nn.Module):
             raise ValueError(f"ConvGRU expects {self.context_dim} context channels, got {context.shape[1]}")
         h, c = self.hidden_dim, self.context_dim
         convs = (self.convz, self.convr, self.convq)
-        share = F.conv2d(context, torch.cat([conv.weight[:, h:h + c] for conv in convs]),
+        share = conv2d(context, torch.cat([conv.weight[:, h:h + c] for conv in convs]),
                          torch.cat([conv.bias for conv in convs]), padding=self.convz.padding)
         without_context = [torch.cat([conv.weight[:, :h], conv.weight[:, h + c:]], dim=1) for conv in convs]
         return GRUStep(zr_weight=torch.cat(without_context[:2]), q_weight=without_context[2],
@@ -86,9 +87,9 @@ class GRUStep:
         """h: B x hidden x H x W, y: B x |y| x H x W, hy: [h, y] concatenated (the
         caller's two GRUs share it) -> the new h, B x hidden x H x W."""
         hidden = h.shape[1]
-        zr = torch.sigmoid(F.conv2d(hy, self.zr_weight, padding=self.padding) + self.share[:, :2 * hidden])
+        zr = torch.sigmoid(conv2d(hy, self.zr_weight, padding=self.padding) + self.share[:, :2 * hidden])
         z, r = zr[:, :hidden], zr[:, hidden:]
-        q = torch.tanh(F.conv2d(torch.cat([r * h, y], dim=1), self.q_weight, padding=self.padding)
+        q = torch.tanh(conv2d(torch.cat([r * h, y], dim=1), self.q_weight, padding=self.padding)
                        + self.share[:, 2 * hidden:])
         return h + z * (q - h)
 
@@ -158,9 +159,9 @@ class ChannelAttention(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.fc = nn.Sequential(
-            nn.Conv2d(channels, channels // self.reduction, 1, bias=False),
+            Conv2d(channels, channels // self.reduction, 1, bias=False),
             nn.ReLU(),
-            nn.Conv2d(channels // self.reduction, channels, 1, bias=False),
+            Conv2d(channels // self.reduction, channels, 1, bias=False),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,7 +179,7 @@ class SpatialAttention(nn.Module):
 
     def __init__(self, kernel_size: int = 7) -> None:
         super().__init__()
-        self.samconv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        self.samconv = Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)

@@ -13,7 +13,7 @@ from .config import IGEVConfig
 from .corr import GeometryEncodingVolume, groupwise_correlation_volume
 from .encoders import ContextEncoder, MobileNetV2Pyramid
 from .gru import ChannelAttention, SpatialAttention, apply_context_attention
-from .layers import BasicConv, Conv3d, FeatureAttention, UpConcat
+from .layers import BasicConv, Conv2d, Conv3d, FeatureAttention, UpConcat
 from .update import IGEVUpdateBlock
 
 #: Group-wise correlation groups (IGEV-Stereo, Xu et al. 2023, Sec. 3.2).
@@ -82,7 +82,7 @@ class _Stem(nn.Sequential):
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(BasicConv(cin, cout, norm="instance", kernel_size=3, stride=2, padding=1),
-                         nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.InstanceNorm2d(cout), nn.ReLU())
+                         Conv2d(cout, cout, 3, 1, 1, bias=False), nn.InstanceNorm2d(cout), nn.ReLU())
 
 
 class SelectiveIGEV(SelectiveStereo):
@@ -109,12 +109,12 @@ class SelectiveIGEV(SelectiveStereo):
         self.spx_2 = UpConcat(24, 32, "instance")
         self.spx_4 = nn.Sequential(
             BasicConv(96, 24, norm="instance", kernel_size=3, stride=1, padding=1),
-            nn.Conv2d(24, 24, 3, 1, 1, bias=False), nn.InstanceNorm2d(24), nn.ReLU())
+            Conv2d(24, 24, 3, 1, 1, bias=False), nn.InstanceNorm2d(24), nn.ReLU())
         # Upsampling of the GRU's disparity.
         self.spx_2_gru = UpConcat(32, 32, "batch")
         self.spx_gru = nn.Sequential(nn.ConvTranspose2d(2 * 32, 9, kernel_size=4, stride=2, padding=1))
         self.conv = BasicConv(96, 96, norm="instance", kernel_size=3, padding=1, stride=1)
-        self.desc = nn.Conv2d(96, 96, kernel_size=1, padding=0, stride=1)
+        self.desc = Conv2d(96, 96, kernel_size=1, padding=0, stride=1)
         self.corr_stem = BasicConv(8, 8, is_3d=True, kernel_size=3, stride=1, padding=1)
         self.corr_feature_att = FeatureAttention(8, 96)
         self.cost_agg = Hourglass(8)

@@ -6,6 +6,8 @@ Attribute names follow the released checkpoints (``conv``, ``bn``,
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -37,6 +39,70 @@ def _compiling() -> bool:
     return bool(is_compiling and is_compiling())
 
 
+_winograd = True
+
+
+@contextlib.contextmanager
+def winograd_convolutions(enabled: bool) -> Iterator[None]:
+    """Turn the Winograd path of ``conv2d`` on or off within the block (on by default).
+
+    Off, every 2D convolution is PyTorch's direct one: for bit-for-bit comparisons and A/B timing.
+    """
+    global _winograd
+    before, _winograd = _winograd, enabled
+    try:
+        yield
+    finally:
+        _winograd = before
+
+
+def _takes_winograd(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a stride-1, undilated, ungrouped convolution of x (B x C x H x W) with weight
+    (O x C x kh x kw) runs faster as NNPACK's Winograd convolution.
+
+    The shapes are those measured faster on 2 cores of an AMD EPYC (AVX2), PyTorch 2.13, one image
+    at a time: 3 x 3 kernel, maps of at least 32 x 48 pixels, at least 64 channels in and out (e.g.
+    384 -> 256 channels at 64 x 96: 28 ms against oneDNN's 61 ms). Smaller maps and few channels ran
+    slower, and so did batches of two in one call (``conv2d`` passes NNPACK one image at a time).
+    """
+    return (_winograd and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and x.dim() == 4 and x.shape[1] >= 64 and weight.shape[0] >= 64
+            and weight.shape[-2:] == (3, 3) and x.shape[-2] * x.shape[-1] >= 32 * 48
+            and not torch.is_grad_enabled() and not _cpu_autocast() and not torch.onnx.is_in_onnx_export()
+            and not _compiling() and torch._nnpack_available())
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           padding: tuple[int, int] = (1, 1)) -> torch.Tensor:
+    """A stride-1 2D convolution with zero padding: B x C x H x W -> B x O x H' x W'.
+
+    Large 3 x 3 ones of CPU float32 inference run as NNPACK's Winograd convolution (``_takes_winograd``):
+    it computes the same sums with about a quarter of the multiplications, transforming 3 x 3 kernels
+    and input tiles so that each output tile becomes an element-wise product (Lavin & Gray,
+    "Fast Algorithms for Convolutional Neural Networks", CVPR 2016). The rounding differs from the
+    direct convolution's: about 1e-5 of the output's magnitude, and at most 5e-5 px on the
+    released networks' disparities (docs/performance.md). The rest goes to ``F.conv2d``.
+    """
+    if _takes_winograd(x, weight):
+        images = [torch._nnpack_spatial_convolution(image, weight, bias, list(padding), [1, 1])
+                  for image in x.split(1)]  # one call per image: see _takes_winograd
+        return images[0] if len(images) == 1 else torch.cat(images)
+    return F.conv2d(x, weight, bias, padding=padding)
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose stride-1 zero-padded convolutions go through ``conv2d`` (Winograd where faster).
+
+    Same parameters and checkpoint keys as ``nn.Conv2d``; every 2D convolution of the networks is one.
+    """
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if (self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1
+                and self.padding_mode == "zeros" and not isinstance(self.padding, str)):
+            return conv2d(x, weight, bias, self.padding)
+        return super()._conv_forward(x, weight, bias)
+
+
 class Conv3d(nn.Conv3d):
     """``nn.Conv3d`` that takes oneDNN's kernel for every float32 CPU inference.
 
@@ -63,8 +129,8 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, in_planes: int, planes: int, norm: Norm, stride: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, padding=1, stride=stride)
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, padding=1)
+        self.conv1 = Conv2d(in_planes, planes, kernel_size=3, padding=1, stride=stride)
+        self.conv2 = Conv2d(planes, planes, kernel_size=3, padding=1)
         self.relu = nn.ReLU(inplace=True)
         self.norm1 = norm2d(norm, planes)
         self.norm2 = norm2d(norm, planes)
@@ -74,7 +140,7 @@ class ResidualBlock(nn.Module):
             # so checkpoints carry both key names.
             self.norm3 = norm2d(norm, planes)
             self.downsample = nn.Sequential(
-                nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride), self.norm3)
+                Conv2d(in_planes, planes, kernel_size=1, stride=stride), self.norm3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.relu(self.norm1(self.conv1(x)))
@@ -101,7 +167,7 @@ class BasicConv(nn.Module):
             conv_cls = nn.ConvTranspose3d if deconv else Conv3d
             norm_cls = {"batch": nn.BatchNorm3d, "instance": nn.InstanceNorm3d}[norm]
         else:
-            conv_cls = nn.ConvTranspose2d if deconv else nn.Conv2d
+            conv_cls = nn.ConvTranspose2d if deconv else Conv2d
             norm_cls = {"batch": nn.BatchNorm2d, "instance": nn.InstanceNorm2d}[norm]
         self.conv = conv_cls(in_channels, out_channels, bias=False, **conv_kwargs)
         self._norm_name = "bn" if norm == "batch" else "IN"
@@ -149,7 +215,7 @@ class FeatureAttention(nn.Module):
         super().__init__()
         self.feat_att = nn.Sequential(
             BasicConv(feature_channels, feature_channels // 2, kernel_size=1, stride=1, padding=0),
-            nn.Conv2d(feature_channels // 2, cost_channels, 1))
+            Conv2d(feature_channels // 2, cost_channels, 1))
 
     def forward(self, cost: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.feat_att(feature).unsqueeze(2)) * cost
@@ -161,8 +227,8 @@ class DispHead(nn.Module):
 
     def __init__(self, input_dim: int, hidden_dim: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(input_dim, hidden_dim, 3, padding=1)
-        self.conv2 = nn.Conv2d(hidden_dim, 1, 3, padding=1)
+        self.conv1 = Conv2d(input_dim, hidden_dim, 3, padding=1)
+        self.conv2 = Conv2d(hidden_dim, 1, 3, padding=1)
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

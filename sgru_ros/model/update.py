@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .gru import SelectiveConvGRU, SelectiveGRUStep
-from .layers import DispHead
+from .layers import Conv2d, DispHead
 
 
 class MotionEncoder(nn.Module):
@@ -23,12 +23,12 @@ class MotionEncoder(nn.Module):
     def __init__(self, corr_planes: int, out_dim: int, disp_prefix: str) -> None:
         super().__init__()
         width = out_dim // 2  # 64 for the released width of 128
-        self.convc1 = nn.Conv2d(corr_planes, width, 1, padding=0)
-        self.convc2 = nn.Conv2d(width, width, 3, padding=1)
+        self.convc1 = Conv2d(corr_planes, width, 1, padding=0)
+        self.convc2 = Conv2d(width, width, 3, padding=1)
         self.disp_prefix = disp_prefix
-        self.add_module(disp_prefix + "1", nn.Conv2d(1, width, 7, padding=3))
-        self.add_module(disp_prefix + "2", nn.Conv2d(width, width, 3, padding=1))
-        self.conv = nn.Conv2d(2 * width, out_dim - 1, 3, padding=1)
+        self.add_module(disp_prefix + "1", Conv2d(1, width, 7, padding=3))
+        self.add_module(disp_prefix + "2", Conv2d(width, width, 3, padding=1))
+        self.conv = Conv2d(2 * width, out_dim - 1, 3, padding=1)
 
     def forward(self, disp: torch.Tensor, corr: torch.Tensor) -> torch.Tensor:
         cor = F.relu(self.convc2(F.relu(self.convc1(corr))))
@@ -115,9 +115,9 @@ class RaftUpdateBlock(SelectiveUpdateBlock):
     def __init__(self, hidden_dim: int, corr_planes: int, n_gru_layers: int, factor: int) -> None:
         super().__init__(hidden_dim, corr_planes, n_gru_layers, disp_prefix="convf")
         self.mask = nn.Sequential(
-            nn.Conv2d(hidden_dim, 2 * hidden_dim, 3, padding=1),
+            Conv2d(hidden_dim, 2 * hidden_dim, 3, padding=1),
             nn.ReLU(inplace=True),
-            nn.Conv2d(2 * hidden_dim, factor**2 * 9, 1, padding=0))
+            Conv2d(2 * hidden_dim, factor**2 * 9, 1, padding=0))
 
     def upsample_features(self, net04: torch.Tensor) -> torch.Tensor:
         # The 0.25 scale balances gradients between the mask and the GRU (RAFT, Teed & Deng 2020).
@@ -130,7 +130,7 @@ class IGEVUpdateBlock(SelectiveUpdateBlock):
 
     def __init__(self, hidden_dim: int, corr_planes: int, n_gru_layers: int) -> None:
         super().__init__(hidden_dim, corr_planes, n_gru_layers, disp_prefix="convd")
-        self.mask_feat_4 = nn.Sequential(nn.Conv2d(hidden_dim, 32, 3, padding=1), nn.ReLU(inplace=True))
+        self.mask_feat_4 = nn.Sequential(Conv2d(hidden_dim, 32, 3, padding=1), nn.ReLU(inplace=True))
 
     def upsample_features(self, net04: torch.Tensor) -> torch.Tensor:
         return 0.25 * self.mask_feat_4(net04)
