@@ -43,7 +43,6 @@ def fastest_ms(run, repeats: int = 3) -> float:
 
 
 def shapes() -> None:
-    torch._nnpack_available()  # also initialises NNPACK
     channels = (32, 48, 64, 96, 128, 256, 384)
     print("NNPACK / oneDNN time, 3x3 convolution C -> C, stride 1 ('*': NNPACK faster)")
     print("batch  H x W     " + " ".join(f"C={c:<5d}" for c in channels))
@@ -77,7 +76,8 @@ def network(args: argparse.Namespace) -> None:
             disparity = estimator.estimate(left, right, iters=args.iters).disparity
             return time.perf_counter() - start, np.asarray(disparity)
 
-    run(False), run(True)
+    run(False)  # warm-up, untimed
+    run(True)
     times: dict[bool, list[float]] = {False: [], True: []}
     outputs: dict[bool, np.ndarray] = {}
     for round_ in range(args.rounds):

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 
 from sgru_ros.model import ConvGRU, RaftConfig, SelectiveConvGRU, SelectiveRAFT
 from sgru_ros.model.base import output_schedule
+from sgru_ros.model.encoders import FeatureEncoder
+from sgru_ros.model.layers import Conv2d, winograd_convolutions
 
 
 def _gru_equations(gru: ConvGRU, h, x):
@@ -93,8 +95,6 @@ needs_nnpack = pytest.mark.skipif(not torch._nnpack_available(), reason="this Py
 @needs_nnpack
 @pytest.mark.parametrize("batch", [1, 2])
 def test_large_3x3_convolutions_run_as_winograd_within_rounding_of_the_direct_one(batch):
-    from sgru_ros.model.layers import Conv2d, winograd_convolutions
-
     torch.manual_seed(0)
     conv = Conv2d(64, 96, 3, padding=1)
     x = torch.randn(batch, 64, 32, 48)
@@ -113,25 +113,28 @@ def test_large_3x3_convolutions_run_as_winograd_within_rounding_of_the_direct_on
 
 
 @needs_nnpack
-@pytest.mark.parametrize("case", ["small map", "few output channels", "5x5 kernel", "stride 2", "gradients",
-                                  "float64"])
+@pytest.mark.parametrize("case", ["small map", "few input channels", "few output channels", "5x5 kernel", "stride 2",
+                                  "padding 3", "gradients", "float64", "channels_last", "NNPACK switched off"])
 def test_convolutions_that_ran_slower_as_winograd_or_need_more_stay_direct(case):
-    from sgru_ros.model.layers import Conv2d
-
     torch.manual_seed(0)
-    conv = Conv2d(64, 32 if case == "few output channels" else 64, 5 if case == "5x5 kernel" else 3,
-                  stride=2 if case == "stride 2" else 1, padding=2 if case == "5x5 kernel" else 1)
-    x = torch.randn(1, 64, *((16, 24) if case == "small map" else (32, 48)))
+    conv = Conv2d(32 if case == "few input channels" else 64, 32 if case == "few output channels" else 64,
+                  5 if case == "5x5 kernel" else 3, stride=2 if case == "stride 2" else 1,
+                  padding={"5x5 kernel": 2, "padding 3": 3}.get(case, 1))
+    x = torch.randn(1, conv.in_channels, *((16, 24) if case == "small map" else (32, 48)))
     if case == "float64":
         conv, x = conv.double(), x.double()
-    with torch.set_grad_enabled(case == "gradients"):
-        assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias, stride=conv.stride, padding=conv.padding))
+    if case == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.set_grad_enabled(case == "gradients"), \
+            torch.backends.nnpack.flags(enabled=case != "NNPACK switched off"):
+        out = conv(x)
+    assert torch.equal(out, F.conv2d(x, conv.weight, conv.bias, stride=conv.stride, padding=conv.padding))
+    if case == "channels_last":
+        assert out.is_contiguous(memory_format=torch.channels_last)
 
 
 @needs_nnpack
 def test_winograd_moves_a_network_by_well_under_a_thousandth_of_a_pixel():
-    from sgru_ros.model.layers import winograd_convolutions
-
     torch.manual_seed(0)
     model = SelectiveRAFT(RaftConfig()).eval()
     left, right = torch.rand(2, 1, 3, 128, 192).mul(255).unbind(0)
@@ -141,3 +144,13 @@ def test_winograd_moves_a_network_by_well_under_a_thousandth_of_a_pixel():
             direct = model(left, right, iters=4).disparities[-1]
     assert not torch.equal(fast, direct)
     assert (fast - direct).abs().max() < 1e-3
+
+
+def test_raft_feature_encoder_on_each_image_is_the_function_of_one_batch_also_in_training():
+    """SelectiveRAFT encodes left and right apart on the CPU: exact because its norm is per image."""
+    torch.manual_seed(0)
+    encoder = FeatureEncoder((16, 24, 32), out_dim=40, downsample=2).train()
+    left, right = torch.randn(2, 3, 64, 96), torch.randn(2, 3, 64, 96)
+    together = encoder(torch.cat([left, right]))
+    apart = torch.cat([encoder(left), encoder(right)])
+    assert torch.allclose(together, apart, atol=1e-5)

@@ -62,7 +62,7 @@ class ConvGRU(nn.Module):
         h, c = self.hidden_dim, self.context_dim
         convs = (self.convz, self.convr, self.convq)
         share = conv2d(context, torch.cat([conv.weight[:, h:h + c] for conv in convs]),
-                         torch.cat([conv.bias for conv in convs]), padding=self.convz.padding)
+                       torch.cat([conv.bias for conv in convs]), self.convz.padding)
         without_context = [torch.cat([conv.weight[:, :h], conv.weight[:, h + c:]], dim=1) for conv in convs]
         return GRUStep(zr_weight=torch.cat(without_context[:2]), q_weight=without_context[2],
                        share=share, padding=self.convz.padding)
@@ -87,9 +87,9 @@ class GRUStep:
         """h: B x hidden x H x W, y: B x |y| x H x W, hy: [h, y] concatenated (the
         caller's two GRUs share it) -> the new h, B x hidden x H x W."""
         hidden = h.shape[1]
-        zr = torch.sigmoid(conv2d(hy, self.zr_weight, padding=self.padding) + self.share[:, :2 * hidden])
+        zr = torch.sigmoid(conv2d(hy, self.zr_weight, None, self.padding) + self.share[:, :2 * hidden])
         z, r = zr[:, :hidden], zr[:, hidden:]
-        q = torch.tanh(conv2d(torch.cat([r * h, y], dim=1), self.q_weight, padding=self.padding)
+        q = torch.tanh(conv2d(torch.cat([r * h, y], dim=1), self.q_weight, None, self.padding)
                        + self.share[:, 2 * hidden:])
         return h + z * (q - h)
 

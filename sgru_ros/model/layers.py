@@ -56,34 +56,40 @@ def winograd_convolutions(enabled: bool) -> Iterator[None]:
         _winograd = before
 
 
-def _takes_winograd(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether a stride-1, undilated, ungrouped convolution of x (B x C x H x W) with weight
-    (O x C x kh x kw) runs faster as NNPACK's Winograd convolution.
+def _takes_winograd(x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int]) -> bool:
+    """Whether a stride-1, undilated, ungrouped, zero-padded convolution of x (B x C x H x W) with
+    weight (O x C x kh x kw) runs faster as NNPACK's Winograd convolution.
 
     The shapes are those measured faster on 2 cores of an AMD EPYC (AVX2), PyTorch 2.13, one image
-    at a time: 3 x 3 kernel, maps of at least 32 x 48 pixels, at least 64 channels in and out (e.g.
-    384 -> 256 channels at 64 x 96: 28 ms against oneDNN's 61 ms). Smaller maps and few channels ran
-    slower, and so did batches of two in one call (``conv2d`` passes NNPACK one image at a time).
+    at a time (``scripts/winograd_ab.py --shapes``): 3 x 3 kernel, maps of at least 32 x 48 = 1536
+    pixels, at least 64 channels in and out (e.g. 384 -> 256 channels at 64 x 96: 28 ms against
+    oneDNN's 61 ms). Maps of 16 x 24 with many channels ran slower, so did 32 channels from 64 x 96 up
+    and batches of two in one call (``conv2d`` passes NNPACK one image at a time); 48 channels ran
+    faster in the grid, but the networks' few such convolutions were not measured in place and stay
+    direct. NNPACK needs a padding smaller than the kernel, a contiguous (NCHW) input, and
+    ``torch.backends.nnpack`` enabled. Dynamo cannot trace NNPACK's operator, so compiled code
+    (checked first, so that compiled graphs do not depend on the switch) and exports stay direct.
     """
-    return (_winograd and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and x.dim() == 4 and x.shape[1] >= 64 and weight.shape[0] >= 64
-            and weight.shape[-2:] == (3, 3) and x.shape[-2] * x.shape[-1] >= 32 * 48
+    return (not _compiling() and _winograd and x.device.type == "cpu"
+            and x.dtype == weight.dtype == torch.float32 and x.dim() == 4 and x.shape[0] > 0
+            and x.is_contiguous() and x.shape[1] >= 64 and weight.shape[0] >= 64
+            and weight.shape[-2:] == (3, 3) and max(padding) < 3 and x.shape[-2] * x.shape[-1] >= 32 * 48
             and not torch.is_grad_enabled() and not _cpu_autocast() and not torch.onnx.is_in_onnx_export()
-            and not _compiling() and torch._nnpack_available())
+            and torch._C._get_nnpack_enabled() and torch._nnpack_available())
 
 
-def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-           padding: tuple[int, int] = (1, 1)) -> torch.Tensor:
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+           padding: tuple[int, int]) -> torch.Tensor:
     """A stride-1 2D convolution with zero padding: B x C x H x W -> B x O x H' x W'.
 
     Large 3 x 3 ones of CPU float32 inference run as NNPACK's Winograd convolution (``_takes_winograd``):
     it computes the same sums with about a quarter of the multiplications, transforming 3 x 3 kernels
     and input tiles so that each output tile becomes an element-wise product (Lavin & Gray,
     "Fast Algorithms for Convolutional Neural Networks", CVPR 2016). The rounding differs from the
-    direct convolution's: about 1e-5 of the output's magnitude, and at most 5e-5 px on the
+    direct convolution's: about 1e-5 of the output's magnitude, and at most 1.3e-4 px on the
     released networks' disparities (docs/performance.md). The rest goes to ``F.conv2d``.
     """
-    if _takes_winograd(x, weight):
+    if _takes_winograd(x, weight, padding):
         images = [torch._nnpack_spatial_convolution(image, weight, bias, list(padding), [1, 1])
                   for image in x.split(1)]  # one call per image: see _takes_winograd
         return images[0] if len(images) == 1 else torch.cat(images)
