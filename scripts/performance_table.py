@@ -9,8 +9,9 @@ bf16 with --bf16), and the onnxruntime engine.
 Every configuration runs in a process of its own (so peak RSS belongs to it): one warm-up, then
 `--repeats` timed passes (medians). The baseline is timed the same way (StereoEstimator.estimate on the
 same pair) from the older tree, which has no bench command. Slow combinations are limited: onnxruntime
-(and bf16) only at the first size and iteration count (--extras-everywhere lifts that). bf16 is off by
-default: on CPUs without bf16 instructions one pass takes minutes (scripts/precision_report.py).
+and bf16 run only at the first size and iteration count of each model (--everywhere onnxruntime bf16
+lifts that). bf16 is off by default and can be asked for some models only (--bf16 bundled): on CPUs
+without bf16 instructions one pass takes minutes (scripts/precision_report.py).
 """
 
 from __future__ import annotations
@@ -80,12 +81,14 @@ def main() -> None:
     parser.add_argument("--iters", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--extras-everywhere", action="store_true",
-                        help="bf16 and onnxruntime at every size and iteration count")
-    parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
+    parser.add_argument("--everywhere", nargs="+", default=[], choices=["onnxruntime", "bf16"],
+                        help="time these at every size and iteration count, not only at the first")
+    parser.add_argument("--bf16", nargs="*", choices=list(MODELS), metavar="MODEL",
+                        help="also time bf16 autocast, for these models (all when none is named)")
     parser.add_argument("--json", help="write every figure here")
     args = parser.parse_args()
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
+    bf16_models = [] if args.bf16 is None else args.bf16 or list(MODELS)
     rows = []
     print("| model | size (WxH) | iters | before (ms) | fp32 (ms) | speed-up | bf16 (ms) | onnxruntime (ms) "
           "| peak RSS fp32 (MB) |")
@@ -96,10 +99,10 @@ def main() -> None:
                 row = {"model": model, "height": size[0], "width": size[1], "iters": iters}
                 row["before"] = baseline(args.baseline_tree, model, size, iters, args.repeats, args.threads)
                 row["fp32"] = bench(model, size, iters, "fp32", "torch", args.repeats, args.threads)
-                extras = args.extras_everywhere or (i == 0 and j == 0)
-                if extras and args.bf16:
+                first = i == 0 and j == 0
+                if model in bf16_models and (first or "bf16" in args.everywhere):
                     row["bf16"] = bench(model, size, iters, "bf16", "torch", args.repeats, args.threads)
-                if extras:
+                if first or "onnxruntime" in args.everywhere:
                     row["onnxruntime"] = bench(model, size, iters, "fp32", "onnxruntime", args.repeats, args.threads)
                 rows.append(row)
                 cell = lambda key: f"{row[key]['total_ms']:.0f}" if key in row else "–"  # noqa: E731
