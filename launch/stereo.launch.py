@@ -35,6 +35,7 @@ NODE_ARGUMENTS = {
     'iterations': (int, 'GRU iterations per frame'),
     'device': (str, 'auto, cpu, cuda or cuda:N'),
     'precision': (str, 'fp32, fp16 (CUDA) or bf16'),
+    'graphs': (bool, 'CUDA: replay each camera size\'s pass as a CUDA graph'),
     'image_transport': (str, 'raw, or compressed: subscribe to <camera>/image_rect/compressed'),
     'confidence_threshold': (float, 'Disparities less confident than this (0..1) are invalid; 0: off'),
     'approximate_sync': (bool, 'Match inputs by nearest stamp instead of identical stamps'),

@@ -7,10 +7,15 @@
 Each configuration runs ``warmup`` passes, then ``repeats`` timed passes of
 ``StereoEstimator.estimate`` (the whole inference path: padding, network,
 cropping) on the Motorcycle pair resized to the size; times are medians.
-The per-stage split (``model.base.STAGES``) comes from ``repeats`` further
+The per-stage split (``model.base.STAGES``) comes from ``profiled`` further
 passes under ``torch.profiler``, kept apart so its overhead never enters the
 totals; on CUDA it is the GPU time of each stage's kernels. The
-onnxruntime engine runs one fused graph, so it has totals only. Memory: on
+onnxruntime engine runs one fused graph, and a CUDA graph replays what was
+captured without the stage ranges, so both have totals only. On CUDA the
+profiled passes also give the summed time of all kernels per frame (the
+frame's floor: wall time near it means the GPU, not the host, sets the pace),
+the kernels run and the host's launch calls per frame (a graph replay is
+one). Memory: on
 the CPU the process's peak resident set size while the timed passes ran
 (sampled every 2 ms; the model and the process's other memory included),
 on CUDA ``torch.cuda.max_memory_allocated``.
@@ -41,6 +46,7 @@ class BenchConfig:
     iters: int = 8
     repeats: int = 3
     warmup: int = 1
+    profiled: int = 3  # passes under the profiler for the stage and kernel figures (kept out of the totals)
 
 
 @dataclass
@@ -53,6 +59,7 @@ class BenchResult:
     precision: str
     engine: str
     compiled: bool  # the torch engine's encoders compiled (``inference.compile_encoders``)
+    graphs: bool  # the pass replayed as a CUDA graph (``sgru_ros.graphs``)
     threads: int
     height: int
     width: int
@@ -63,6 +70,12 @@ class BenchResult:
     stages_ms: dict[str, float] | None
     #: Each GRU iteration (look-up + update), in order; None for the onnxruntime engine.
     iterations_ms: list[float] | None
+    #: CUDA only (else None): all kernels' time per frame summed, total_ms / kernel_ms, the kernels
+    #: run and the host's launch calls (kernel and graph launches) per frame; medians of the profiled passes.
+    kernel_ms: float | None
+    wall_to_kernel: float | None
+    kernels_per_frame: int | None
+    launches_per_frame: int | None
     peak_memory_mb: float
     memory: str  # what peak_memory_mb measures: "rss" or "cuda_max_allocated"
     runs_ms: list[float] = field(default_factory=list)
@@ -107,26 +120,50 @@ class PeakRss:
         self.peak = max(self.peak, _rss_mb())
 
 
-def _stage_times(estimator: StereoEstimator, left, right, iters: int) -> tuple[dict[str, float], list[float]]:
-    """One profiled pass -> (ms per stage, ms per GRU iteration)."""
+#: The CUDA runtime and driver calls that start work on the GPU, as the profiler names them.
+LAUNCH_CALLS = frozenset({"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx",
+                          "cudaGraphLaunch", "cuGraphLaunch"})
+
+
+@dataclass
+class ProfiledPass:
+    """One pass under ``torch.profiler``: ms per stage, ms per GRU iteration (in order), and on CUDA
+    the summed kernel ms, the kernels and the launch calls (else 0)."""
+
+    stages: dict[str, float]
+    iterations: list[float]
+    kernel_ms: float = 0.0
+    kernels: int = 0
+    launches: int = 0
+
+
+def profile_pass(estimator: StereoEstimator, left, right, iters: int) -> ProfiledPass:
+    """Run ``estimator.estimate`` once under the profiler and read its stages and kernels."""
     activities = [torch.profiler.ProfilerActivity.CPU]
     cuda = estimator.device.type == "cuda"
     if cuda:
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as profile:
         estimator.estimate(left, right, iters=iters)
-    stages = dict.fromkeys(STAGES, 0.0)
+    result = ProfiledPass(stages=dict.fromkeys(STAGES, 0.0), iterations=[])
     iterations = []
     for event in profile.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:  # a kernel (or copy) on the GPU
+            result.kernel_ms += event.time_range.elapsed_us() / 1e3
+            result.kernels += 1
+            continue
+        if event.name in LAUNCH_CALLS:
+            result.launches += 1
         # The CPU-side range; on CUDA its device_time_total sums the kernels it launched.
-        if not event.name.startswith("sgru.") or event.device_type != torch.autograd.DeviceType.CPU:
+        if not event.name.startswith("sgru."):
             continue
         ms = (event.device_time_total if cuda else event.cpu_time_total) / 1e3
         name = event.name[len("sgru."):]
-        stages[name] = stages.get(name, 0.0) + ms
+        result.stages[name] = result.stages.get(name, 0.0) + ms
         if name == "gru_iteration":
             iterations.append((event.time_range.start, ms))
-    return stages, [ms for _, ms in sorted(iterations)]
+    result.iterations = [ms for _, ms in sorted(iterations)]
+    return result
 
 
 def _sync(device: torch.device) -> None:
@@ -153,27 +190,40 @@ def run_bench(estimator: StereoEstimator, config: BenchConfig, model_name: str =
     peak, memory = rss.peak, "rss"
     if device.type == "cuda":
         peak, memory = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
-    stages_ms = iterations_ms = None
-    if estimator.engine == "torch":
-        profiled = [_stage_times(estimator, left, right, config.iters) for _ in range(config.repeats)]
-        stages_ms = {name: statistics.median(p[0][name] for p in profiled) for name in profiled[0][0]}
-        iterations_ms = [statistics.median(p[1][i] for p in profiled) for i in range(len(profiled[0][1]))]
     total = statistics.median(runs)
+    stages_ms = iterations_ms = kernel_ms = wall_to_kernel = kernels = launches = None
+    profiled = [profile_pass(estimator, left, right, config.iters)
+                for _ in range(config.profiled if estimator.engine == "torch" or device.type == "cuda" else 0)]
+    if estimator.engine == "torch" and not estimator.graphs:
+        stages_ms = {name: statistics.median(p.stages[name] for p in profiled) for name in profiled[0].stages}
+        iterations_ms = [statistics.median(p.iterations[i] for p in profiled)
+                         for i in range(len(profiled[0].iterations))]
+    if device.type == "cuda":
+        kernel_ms = statistics.median(p.kernel_ms for p in profiled)
+        wall_to_kernel = total / kernel_ms if kernel_ms > 0 else None
+        kernels = round(statistics.median(p.kernels for p in profiled))
+        launches = round(statistics.median(p.launches for p in profiled))
     return BenchResult(model=model_name, variant=estimator.variant, device=str(device),
                        precision=estimator.precision, engine=estimator.engine,
-                       compiled=estimator.compiled, threads=torch.get_num_threads(),
+                       compiled=estimator.compiled, graphs=estimator.graphs, threads=torch.get_num_threads(),
                        height=config.height, width=config.width, iters=config.iters, total_ms=total,
-                       fps=1e3 / total, stages_ms=stages_ms, iterations_ms=iterations_ms, peak_memory_mb=peak,
+                       fps=1e3 / total, stages_ms=stages_ms, iterations_ms=iterations_ms, kernel_ms=kernel_ms,
+                       wall_to_kernel=wall_to_kernel, kernels_per_frame=kernels, launches_per_frame=launches,
+                       peak_memory_mb=peak,
                        memory=memory, runs_ms=runs)
 
 
 def format_result(result: BenchResult) -> str:
     """A few lines for the terminal."""
     lines = [f"{result.model or result.variant} {result.width}x{result.height}, {result.iters} iterations, "
-             f"{result.device}, {result.precision}, {result.engine}{' (compiled)' if result.compiled else ''}, "
+             f"{result.device}, {result.precision}, {result.engine}{' (compiled)' if result.compiled else ''}"
+             f"{' (CUDA graph)' if result.graphs else ''}, "
              f"{result.threads} threads: "
              f"{result.total_ms:.1f} ms/frame ({result.fps:.2f} fps), peak {result.memory} "
              f"{result.peak_memory_mb:.0f} MB"]
+    if result.kernel_ms is not None:
+        lines.append(f"  kernels {result.kernel_ms:.1f} ms/frame (wall {result.wall_to_kernel or float('nan'):.2f}x), "
+                     f"{result.kernels_per_frame} kernels and {result.launches_per_frame} launch calls per frame")
     if result.stages_ms is not None:
         lines.append("  " + ", ".join(f"{name} {ms:.1f}" for name, ms in result.stages_ms.items()) + " ms")
         its = result.iterations_ms or []

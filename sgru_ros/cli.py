@@ -117,6 +117,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="torch engine: compile the per-frame encoders with torch.compile (needs a C++ "
                              "compiler on the CPU; the first frame of each size takes seconds to a minute)")
+    parser.add_argument("--graphs", action="store_true",
+                        help="torch engine on CUDA: capture each image size's pass as a CUDA graph and replay it "
+                             "(the first frame of each size captures it)")
 
 
 def estimator_from_args(args: argparse.Namespace, model: SelectiveStereo | None = None) -> StereoEstimator:
@@ -124,7 +127,7 @@ def estimator_from_args(args: argparse.Namespace, model: SelectiveStereo | None 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     options = dict(device=args.device, precision=args.precision, max_disp=args.max_disp, max_width=args.max_width,
-                   engine=args.engine, compile=args.compile,
+                   engine=args.engine, compile=args.compile, graphs=args.graphs,
                    log=lambda line: print(f"sgru-stereo {args.command}: {line}", file=sys.stderr))
     if model is not None:
         return StereoEstimator(model, **options)
@@ -506,7 +509,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     results = []
     for height, width in args.size or [(256, 384)]:
         for iters in args.iters:
-            config = BenchConfig(height=height, width=width, iters=iters, repeats=args.repeats, warmup=args.warmup)
+            config = BenchConfig(height=height, width=width, iters=iters, repeats=args.repeats, warmup=args.warmup,
+                                 profiled=args.profiled)
             results.append(run_bench(estimator, config, model_name=name))
             print(format_result(results[-1]), flush=True)
     if args.json:
@@ -517,8 +521,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from .onnx_engine import FixedPass, export_onnx
 
-    if args.compile:
-        raise CommandError("export takes no --compile: the ONNX graph is traced from the eager network")
+    for flag in ("compile", "graphs"):
+        if getattr(args, flag):
+            raise CommandError(f"export takes no --{flag}: the ONNX graph is traced from the eager network")
     estimator = estimator_from_args(args)
     model = estimator.model.cpu()
     extra = sorted(set(args.output_iters))
@@ -577,6 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--iters", type=_iterations, nargs="+", default=[8], help="GRU iterations (default 8)")
     bench.add_argument("--repeats", type=_int_type(1), default=3, help="timed passes per configuration (default 3)")
     bench.add_argument("--warmup", type=_int_type(0), default=1, help="untimed passes first (default 1)")
+    bench.add_argument("--profiled", type=_int_type(1), default=3,
+                       help="passes under the profiler for the stage (and on CUDA kernel) figures (default 3)")
     bench.add_argument("--json", help="also write the figures to this JSON file")
     bench.set_defaults(func=cmd_bench)
 

@@ -12,6 +12,8 @@ and cropped back; larger ones above ``max_pixels``/``max_width`` are
 downscaled first and the disparity scaled back. ``estimate(..., cancel=event)``
 stops between network stages and GRU iterations once the event is set
 (raising ``InferenceCancelled``), so a shutdown never waits for a whole frame.
+On CUDA, ``graphs=True`` replays each input size's pass as a captured CUDA
+graph (``sgru_ros.graphs``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .graphs import GraphCache, GraphedPass, PassKey
 from .model import SIZE_MULTIPLE, SelectiveIGEV, load_model
 from .model.base import SelectiveStereo, StereoPrediction, StopRule
 from .weights import default_checkpoint
@@ -124,8 +127,8 @@ def uncompile_encoders(model: SelectiveStereo) -> None:
         vars(getattr(model, name)).pop("forward", None)
 
 
-def to_image_tensor(image: ImageLike) -> torch.Tensor:
-    """H x W x 3 RGB (or H x W mono) array/tensor, uint8 or float in 0..255 -> 1 x 3 x H x W float32."""
+def image_hwc(image: ImageLike) -> torch.Tensor:
+    """H x W x 3 RGB (or H x W mono, repeated) array/tensor -> H x W x 3 tensor in its own dtype."""
     tensor = torch.as_tensor(np.ascontiguousarray(image) if isinstance(image, np.ndarray) else image)
     if tensor.dim() == 2:
         tensor = tensor.unsqueeze(-1).expand(*tensor.shape, 3)
@@ -133,7 +136,12 @@ def to_image_tensor(image: ImageLike) -> torch.Tensor:
         raise ValueError(f"expected an H x W x 3 RGB or H x W mono image, got shape {tuple(tensor.shape)}")
     if tensor.shape[0] < 1 or tensor.shape[1] < 1:
         raise ValueError(f"empty image of shape {tuple(tensor.shape)}")
-    return tensor.permute(2, 0, 1).unsqueeze(0).float()
+    return tensor
+
+
+def to_image_tensor(image: ImageLike) -> torch.Tensor:
+    """H x W x 3 RGB (or H x W mono) array/tensor, uint8 or float in 0..255 -> 1 x 3 x H x W float32."""
+    return image_hwc(image).permute(2, 0, 1).unsqueeze(0).float()
 
 
 @dataclass(frozen=True)
@@ -227,17 +235,25 @@ class StereoEstimator:
             compiled encoders a compilation (seconds to a minute).
         compile: torch engine: compile the per-frame encoders with torch.compile
             (``compile_encoders``; same results to about 1e-4 px).
+        graphs: torch engine on CUDA: capture the whole pass of each input size and
+            iteration schedule as a CUDA graph and replay it (``sgru_ros.graphs``); frames
+            with a warm start, latency budget or convergence stop run eagerly.
+        max_graphs: how many captured passes are kept (least recently used dropped first).
     """
 
     def __init__(self, model: SelectiveStereo, device: str = "auto", precision: str = "fp32",
                  max_disp: int = 192, max_width: int | None = None, max_pixels: int | None = None,
                  engine: str = "torch", onnx_output_iters: Sequence[int] = (),
-                 log: Callable[[str], None] | None = None, compile: bool = False) -> None:
+                 log: Callable[[str], None] | None = None, compile: bool = False, graphs: bool = False,
+                 max_graphs: int = 2) -> None:
         self.device = resolve_device(device)
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
         if compile and engine != "torch":
             raise ValueError("compile is for the torch engine (onnxruntime optimises its own graph)")
+        if graphs and (engine != "torch" or self.device.type != "cuda" or compile):
+            raise ValueError("graphs need the torch engine on a CUDA device, without compile "
+                             f"(got engine {engine}, device {self.device}{', compile' if compile else ''})")
         if engine == "onnxruntime" and precision == "bf16":
             raise ValueError("engine onnxruntime runs fp32 (or fp16 with TensorRT); bf16 is for the torch engine")
         self.precision = check_precision(precision, self.device)
@@ -250,10 +266,16 @@ class StereoEstimator:
         self.model = model.to(self.device).eval()
         self.engine = engine
         self.compiled = compile
+        self.graphs = graphs
         self._log = log
         self._compiled_sizes: set[tuple[int, int]] = set()  # input sizes the compiled encoders have seen
         if compile:
             compile_encoders(self.model, self.device)
+        self._graphs = GraphCache(max_graphs, log) if graphs else None
+        self._staging: torch.Tensor | None = None  # pinned host buffer for the uploads (CUDA)
+        if self.device.type == "cuda":
+            # Each camera keeps its size, so cuDNN's per-shape autotuning pays for itself after a frame.
+            torch.backends.cudnn.benchmark = True
         self._onnx = None
         if engine == "onnxruntime":
             from .onnx_engine import OnnxEngine
@@ -265,8 +287,16 @@ class StereoEstimator:
         self.max_pixels = max_pixels
         self._cancel: threading.Event | None = None
         # Checked before each top-level stage (encoders, cost volume) and each GRU iteration.
-        for stage in self.model.children():
-            stage.register_forward_pre_hook(self._check_cancel)
+        self._hooks = [stage.register_forward_pre_hook(self._check_cancel) for stage in self.model.children()]
+
+    def close(self) -> None:
+        """Let go of the model: its cancel hooks removed (they keep this estimator alive and would run
+        for every later estimator of the same model) and the captured CUDA graphs freed."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        if self._graphs is not None:
+            self._graphs.clear()
 
     def _check_cancel(self, *_) -> None:
         if self._cancel is not None and self._cancel.is_set():
@@ -323,61 +353,97 @@ class StereoEstimator:
         ``output_iters`` asked for; ``result.iterations`` says how many ran.
         """
         start = time.perf_counter()
-        left_t, right_t = to_image_tensor(left), to_image_tensor(right)
-        if left_t.shape != right_t.shape:
-            raise ValueError(f"left and right images differ in size: {tuple(left_t.shape[-2:])} vs "
-                             f"{tuple(right_t.shape[-2:])}")
-        height, width = left_t.shape[-2:]
-        proc_h, proc_w = self.processed_size(height, width)
         extra = sorted(set(int(k) for k in output_iters))
         if extra and (extra[0] < 1 or extra[-1] >= iters):
             raise ValueError(f"intermediate iterations must lie in 1..{iters - 1}, got {list(output_iters)}")
         if self._onnx is not None and (disp_init is not None or budget_ms or converged_px):
             raise ValueError("warm start, latency budget and convergence stop need the torch engine")
-        padding = Padding.for_size(proc_h, proc_w, minimum=self.model.min_input_size(self.max_disp))
+        outputs = extra + [iters]
 
         self._cancel = cancel
         with torch.inference_mode():
-            pair = torch.cat([left_t, right_t], dim=0).to(self.device)
-            if (proc_h, proc_w) != (height, width):
-                pair = F.interpolate(pair, size=(proc_h, proc_w), mode="bilinear", align_corners=False,
-                                     antialias=True)
-            pair = padding.pad(pair)
+            pair = self._upload_pair(left, right)
+            size = (pair.shape[-2], pair.shape[-1])
+            proc = self.processed_size(*size)
+            padding = Padding.for_size(*proc, minimum=self.model.min_input_size(self.max_disp))
+            fixed = functools.partial(self._fixed_pass, size=size, proc=proc, padding=padding, iters=iters,
+                                      outputs=outputs)
             try:
                 if self._onnx is not None:
                     self._check_cancel()
-                    disparities, done = self._onnx.run(pair[:1], pair[1:], iters, extra), extra + [iters]
+                    network_pair = padding.pad(_resize(pair, proc))
+                    disparities = [self._to_input_size(d, padding, size, proc[1])
+                                   for d in self._onnx.run(network_pair[:1], network_pair[1:], iters, extra)]
+                    done = outputs
+                elif self._graphs is not None and disp_init is None and not budget_ms and not converged_px:
+                    self._check_cancel()
+                    key = PassKey(*size, iters=iters, outputs=tuple(outputs), precision=self.precision)
+                    graphed = self._graphs.get(key, lambda: GraphedPass(lambda p: fixed(p)[0], pair))
+                    disparities, done = graphed(pair), outputs
                 else:
-                    kwargs = {"max_disp": self.max_disp} if isinstance(self.model, SelectiveIGEV) else {}
                     if disp_init is not None:
-                        kwargs["disp_init"] = self._working_resolution(disp_init, (height, width), (proc_h, proc_w),
-                                                                       padding)
+                        disp_init = self._working_resolution(disp_init, size, proc, padding)
                     # working-resolution pixels -> input pixels
-                    scale = self.model.downsample_factor * width / proc_w
+                    scale = self.model.downsample_factor * size[1] / proc[1]
                     stop = iteration_stop(start, budget_ms, converged_px, scale, self.device,
                                           at_least=max(extra, default=0) + 1)
-                    run = functools.partial(self.model, pair[:1], pair[1:], iters=iters,
-                                            output_iters=extra + [iters], stop=stop, **kwargs)
-                    with self._autocast():
-                        if self.compiled and pair.shape[-2:] not in self._compiled_sizes:
-                            prediction = self._first_compiled_pass(run, pair.shape[-2:])
-                        else:
-                            prediction = run()
-                    disparities, done = prediction.disparities, prediction.iterations
+                    run = functools.partial(fixed, pair, stop=stop, disp_init=disp_init)
+                    network_size = (proc[0] + padding.top + padding.bottom, proc[1] + padding.left + padding.right)
+                    if self.compiled and network_size not in self._compiled_sizes:
+                        disparities, done = self._first_compiled_pass(run, network_size)
+                    else:
+                        disparities, done = run()
             finally:
                 self._cancel = None
-            outputs = [self._to_input_pixels(d, padding, (height, width), proc_w) for d in disparities]
-        return StereoResult(disparity=outputs[-1], intermediate=dict(zip(done[:-1], outputs[:-1])),
-                            processed_size=(proc_h, proc_w), iterations=done[-1])
+            host = [d[0, 0].cpu().numpy() for d in disparities]
+        return StereoResult(disparity=host[-1], intermediate=dict(zip(done[:-1], host[:-1])),
+                            processed_size=proc, iterations=done[-1])
 
-    def _first_compiled_pass(self, run: Callable[[], StereoPrediction], size: torch.Size) -> StereoPrediction:
-        """``run()`` at an input size the compiled encoders have not seen: announced, as it compiles. A
-        failed compilation would fail every later frame the same way, so the encoders run eagerly from then on."""
+    def _upload_pair(self, left: ImageLike, right: ImageLike) -> torch.Tensor:
+        """Both images -> 2 x 3 x H x W float32 on the device. They travel in their own dtype (uint8:
+        a quarter of float32's bytes), on CUDA asynchronously from a pinned buffer kept for the next frame."""
+        left_t, right_t = image_hwc(left), image_hwc(right)
+        if left_t.shape != right_t.shape:
+            raise ValueError(f"left and right images differ in size: {tuple(left_t.shape[:2])} vs "
+                             f"{tuple(right_t.shape[:2])}")
+        if self.device.type == "cuda":
+            shape, dtype = (2, *left_t.shape), left_t.dtype
+            if self._staging is None or self._staging.shape != shape or self._staging.dtype != dtype:
+                self._staging = torch.empty(shape, dtype=dtype, pin_memory=True)
+            # The last frame's upload is done: its disparities were downloaded (synchronously) since.
+            self._staging[0].copy_(left_t)
+            self._staging[1].copy_(right_t)
+            pair = self._staging.to(self.device, non_blocking=True)
+        else:
+            pair = torch.stack([left_t, right_t])
+        return pair.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+
+    def _fixed_pass(self, pair: torch.Tensor, size: tuple[int, int], proc: tuple[int, int], padding: Padding,
+                    iters: int, outputs: list[int], stop: StopRule | None = None,
+                    disp_init: torch.Tensor | None = None) -> tuple[list[torch.Tensor], list[int]]:
+        """The network's pass on the device: pair 2 x 3 x H x W (``size``) -> resized to ``proc``, padded,
+        the network, cropped and resized back -> (1 x 1 x H x W disparities in input pixels, their
+        iterations). Without ``stop`` and ``disp_init`` the same kernels on the same shapes every call
+        (what ``GraphedPass`` captures)."""
+        network_pair = padding.pad(_resize(pair, proc))
+        kwargs = {"max_disp": self.max_disp} if isinstance(self.model, SelectiveIGEV) else {}
+        if disp_init is not None:
+            kwargs["disp_init"] = disp_init
+        with self._autocast():
+            prediction = self.model(network_pair[:1], network_pair[1:], iters=iters, output_iters=outputs,
+                                    stop=stop, **kwargs)
+        disparities = [self._to_input_size(d, padding, size, proc[1]) for d in prediction.disparities]
+        return disparities, prediction.iterations
+
+    def _first_compiled_pass(self, run: Callable[[], tuple[list[torch.Tensor], list[int]]],
+                             size: tuple[int, int]) -> tuple[list[torch.Tensor], list[int]]:
+        """``run()`` at a network input size the compiled encoders have not seen: announced, as it compiles.
+        A failed compilation would fail every later frame the same way, so the encoders run eagerly from then on."""
         if self._log is not None:
-            self._log(f"compiling the encoders for the network input of {size[-1]}x{size[-2]} (the first frame "
+            self._log(f"compiling the encoders for the network input of {size[1]}x{size[0]} (the first frame "
                       "of each size; seconds to a minute)")
         try:
-            prediction = run()
+            result = run()
         except torch._dynamo.exc.TorchDynamoException as err:  # imported by torch.compile
             uncompile_encoders(self.model)
             self.compiled = False
@@ -387,14 +453,15 @@ class StereoEstimator:
                           f"{type(cause).__name__}: {(str(cause).strip() or '?').splitlines()[0]}")
             return run()
         self._compiled_sizes.add(size)
-        return prediction
+        return result
 
-    def _to_input_pixels(self, disp: torch.Tensor, padding: Padding, size: tuple[int, int],
-                         proc_w: int) -> np.ndarray:
+    @staticmethod
+    def _to_input_size(disp: torch.Tensor, padding: Padding, size: tuple[int, int], proc_w: int) -> torch.Tensor:
+        """1 x 1 x padded disparity at the network's size -> 1 x 1 x H x W float32 in input pixels."""
         disp = padding.unpad(disp.float())
         if disp.shape[-2:] != size:
             disp = F.interpolate(disp, size=size, mode="bilinear", align_corners=False) * (size[1] / proc_w)
-        return disp[0, 0].cpu().numpy().astype(np.float32)
+        return disp
 
     def _working_resolution(self, disp_init: ImageLike, size: tuple[int, int], proc: tuple[int, int],
                             padding: Padding) -> torch.Tensor:
@@ -410,4 +477,11 @@ class StereoEstimator:
         factor = self.model.downsample_factor
         working = (disp.shape[-2] // factor, disp.shape[-1] // factor)
         return F.interpolate(disp, size=working, mode="area") / factor
+
+
+def _resize(pair: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """B x C x H x W -> B x C x size, antialiased when shrinking (unchanged when the size is its own)."""
+    if tuple(pair.shape[-2:]) == size:
+        return pair
+    return F.interpolate(pair, size=size, mode="bilinear", align_corners=False, antialias=True)
 

@@ -148,7 +148,8 @@ class StereoWiring:
         self.estimator = StereoEstimator.from_checkpoint(
             p("model") or None, device=p("device"), precision=p("precision"), max_disp=p("max_disp"),
             max_width=max_width or None, max_pixels=max_pixels or None, engine=p("engine"),
-            onnx_output_iters=sorted(intermediate), log=self.get_logger().info, compile=p("compile"))
+            onnx_output_iters=sorted(intermediate), log=self.get_logger().info, compile=p("compile"),
+            graphs=p("graphs"))
         self.pipeline = StereoPipeline(self.estimator)
         overrides = QoSOverridingOptions.with_default_policies()
         self.outputs = {name: self.create_publisher(msg_type, name, OUTPUT_QOS, qos_overriding_options=overrides)
@@ -163,7 +164,8 @@ class StereoWiring:
         params = sum(t.numel() for t in self.estimator.model.parameters()) / 1e6
         self.get_logger().info(
             f"model {self.estimator.variant} ({model}, {params:.1f} M parameters), device {self.estimator.device}, "
-            f"precision {self.estimator.precision}, engine {p('engine')}{' (compiled)' if p('compile') else ''}, "
+            f"precision {self.estimator.precision}, engine {p('engine')}{' (compiled)' if p('compile') else ''}"
+            f"{' (CUDA graphs)' if p('graphs') else ''}, "
             f"iterations {p('iterations')}"
             f"{self._iteration_limits()}, max_width "
             f"{max_width or 'none'}, max_pixels {max_pixels or 'none'}, "
@@ -268,6 +270,9 @@ class StereoWiring:
         declare("compile", False, "torch engine: compile the per-frame encoders with torch.compile (needs a C++ "
                 "compiler on the CPU; the first frame of each camera size takes seconds to a minute and cannot be "
                 "cancelled midway)", read_only=True)
+        declare("graphs", False, "torch engine on CUDA: capture the pass of each camera size and iteration count as "
+                "a CUDA graph and replay it per frame (frames with warm_start, latency_budget_ms or "
+                "convergence_threshold_px run eagerly)", read_only=True)
         declare("device", "auto", "auto, cpu, cuda or cuda:N", read_only=True)
         declare("precision", "fp32", "fp32, fp16 (CUDA) or bf16", read_only=True, choices=PRECISIONS)
         declare("threads", 0, "CPU threads of the network (0: PyTorch's default, one per core); fewer leave "
@@ -311,6 +316,8 @@ class StereoWiring:
                     "runs fixed iterations from the network's own start)")
         if get("engine") == "onnxruntime" and get("compile"):
             return "compile needs engine torch (onnxruntime optimises its own graph)"
+        if get("graphs") and (get("engine") != "torch" or get("compile")):
+            return "graphs need engine torch without compile (a CUDA graph replays the eager pass)"
         return ""
 
     def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:

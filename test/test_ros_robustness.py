@@ -196,6 +196,9 @@ def test_the_log_file_keeps_the_last_lines_after_sigint(rig, tmp_path, monkeypat
     ("run", ["flying_pixel_threshold:=.nan"], "parameter flying_pixel_threshold: "),
     ("run", ["model:=/nonexistent/model.pth"], "no such checkpoint file"),
     ("run", ["publish_iterations:=[1.5]"], "'publish_iterations' to '[1.5]'"),
+    ("run", ["graphs:=true", "engine:=onnxruntime"], "graphs need engine torch without compile"),
+    ("run", ["graphs:=true", "device:=cpu"], "graphs need the torch engine on a CUDA device, without compile "
+                                             "(got engine torch, device cpu)"),
     ("source", ["rate:=0.0"], "parameter rate: "),
     ("source", ["rate:=.nan"], "parameter rate: "),
     ("source", ["frames:=-1"], "parameter frames: "),
