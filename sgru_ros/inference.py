@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .graphs import GraphCache, GraphedPass, PassKey
-from .model import SIZE_MULTIPLE, SelectiveIGEV, load_model
+from .model import SIZE_MULTIPLE, load_model
 from .model.base import SelectiveStereo, StereoPrediction, StopRule
 from .weights import default_checkpoint
 
@@ -261,8 +261,7 @@ class StereoEstimator:
             raise ValueError(f"max_width must be at least {SIZE_MULTIPLE}, got {max_width}")
         if max_pixels is not None and max_pixels < SIZE_MULTIPLE**2:
             raise ValueError(f"max_pixels must be at least {SIZE_MULTIPLE**2}, got {max_pixels}")
-        if isinstance(model, SelectiveIGEV) and (max_disp < 32 or max_disp % 32):
-            raise ValueError(f"max_disp must be a positive multiple of 32, got {max_disp}")
+        model.check_max_disp(max_disp)
         self.model = model.to(self.device).eval()
         self.engine = engine
         self.compiled = compile
@@ -311,7 +310,7 @@ class StereoEstimator:
 
     @property
     def variant(self) -> str:
-        return "igev" if isinstance(self.model, SelectiveIGEV) else "raft"
+        return self.model.variant
 
     def processed_size(self, height: int, width: int) -> tuple[int, int]:
         """The size the network runs at for an input of this size (before padding):
@@ -426,12 +425,9 @@ class StereoEstimator:
         iterations). Without ``stop`` and ``disp_init`` the same kernels on the same shapes every call
         (what ``GraphedPass`` captures)."""
         network_pair = padding.pad(_resize(pair, proc))
-        kwargs = {"max_disp": self.max_disp} if isinstance(self.model, SelectiveIGEV) else {}
-        if disp_init is not None:
-            kwargs["disp_init"] = disp_init
         with self._autocast():
             prediction = self.model(network_pair[:1], network_pair[1:], iters=iters, output_iters=outputs,
-                                    stop=stop, **kwargs)
+                                    stop=stop, disp_init=disp_init, max_disp=self.max_disp)
         disparities = [self._to_input_size(d, padding, size, proc[1]) for d in prediction.disparities]
         return disparities, prediction.iterations
 

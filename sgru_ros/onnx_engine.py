@@ -30,7 +30,6 @@ import torch
 from torch import nn
 
 from . import __version__
-from .model import SelectiveIGEV
 from .model.base import SelectiveStereo
 
 #: ONNX opset of the exported files (GridSample with align_corners needs 16 or later).
@@ -53,10 +52,11 @@ class FixedPass(nn.Module):
         self.model = model
         self.iters = iters
         self.outputs = sorted(set(output_iters) | {iters})
-        self.kwargs = {"max_disp": max_disp} if isinstance(model, SelectiveIGEV) else {}
+        self.max_disp = max_disp
 
     def forward(self, left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.model(left, right, iters=self.iters, output_iters=self.outputs, **self.kwargs).disparities)
+        return tuple(self.model(left, right, iters=self.iters, output_iters=self.outputs,
+                                max_disp=self.max_disp).disparities)
 
 
 def output_names(iters: int, output_iters: Sequence[int] = ()) -> list[str]:
@@ -166,8 +166,7 @@ class OnnxEngine:
 
     def onnx_path(self, height: int, width: int, iters: int, output_iters: Sequence[int]) -> Path:
         outs = "-".join(str(k) for k in sorted(output_iters)) or "last"
-        variant = "igev" if isinstance(self.model, SelectiveIGEV) else "raft"
-        return self.cache / f"{variant}-{self.digest}-{width}x{height}-{iters}it-{outs}-d{self.max_disp}.onnx"
+        return self.cache / f"{self.model.variant}-{self.digest}-{width}x{height}-{iters}it-{outs}-d{self.max_disp}.onnx"
 
     def session(self, height: int, width: int, iters: int, output_iters: Sequence[int]):
         """The onnxruntime session for this size and iteration count whose graph returns at least

@@ -115,7 +115,7 @@ class StereoPipeline:
 
     def max_disparity(self, width: int) -> float:
         """The largest disparity the network can give: IGEV's cost volume, else the image width."""
-        return float(self.estimator.max_disp if self.estimator.variant == "igev" else width)
+        return self.estimator.model.largest_disparity(width, self.estimator.max_disp)
 
     def process(self, left: np.ndarray, right: np.ndarray, p_left: np.ndarray, p_right: np.ndarray, *,
                 iterations: int, extra_iterations: Sequence[int] = (), depth: bool = True,

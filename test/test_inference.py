@@ -21,6 +21,16 @@ def test_padding_roundtrip():
     assert (pad.top + pad.bottom, pad.left + pad.right) == (28, 10)
     assert (pad.left, pad.right) == (5, 5) and (pad.top, pad.bottom) == (14, 14)
     assert Padding.for_size(64, 96) == Padding(0, 0, 0, 0)
+    import torch
+
+    image = torch.arange(2 * 100 * 150, dtype=torch.float32).view(1, 2, 100, 150)
+    padded = pad.pad(image)
+    assert padded.shape == (1, 2, 128, 160)
+    # Edge replication: the border rows and columns repeat the image's outermost ones.
+    assert torch.equal(padded[..., :14, 5:155], image[..., :1, :].expand(1, 2, 14, 150))
+    assert torch.equal(padded[..., 14:114, :5], image[..., :, :1].expand(1, 2, 100, 5))
+    assert torch.equal(pad.unpad(padded), image)
+    assert Padding.for_size(64, 96).pad(image) is image
 
 
 def test_any_size_in_input_size_out(estimator, stereo_pair_files):

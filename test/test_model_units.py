@@ -76,10 +76,32 @@ def test_model_input_checks():
 def test_output_schedule():
     assert output_schedule(8, None) == [8]
     assert output_schedule(8, [8, 2, 2, 4]) == [2, 4, 8]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"output iterations must lie in 1\.\.8, got \[9\]"):
         output_schedule(8, [9])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="iters must be at least 1, got 0"):
         output_schedule(0, None)
+
+
+def test_both_networks_take_the_same_call_and_say_what_they_are():
+    """Code outside model/ never asks which network it holds: one call, the variant and the disparity
+    bound come from the network."""
+    from sgru_ros.model import IGEVConfig, SelectiveIGEV
+
+    torch.manual_seed(0)
+    raft = SelectiveRAFT(RaftConfig(hidden_dim=32, encoder_dims=(16, 24, 32), feature_dim=32)).eval()
+    igev = SelectiveIGEV(IGEVConfig(hidden_dim=32, n_gru_layers=2)).eval()
+    left, right = torch.rand(1, 3, 64, 128) * 255, torch.rand(1, 3, 64, 128) * 255
+    with torch.no_grad():
+        for model in (raft, igev):
+            pred = model(left, right, iters=2, output_iters=[1, 2], max_disp=64, return_init=True)
+            assert pred.iterations == [1, 2] and pred.final.shape == (1, 1, 64, 128)
+        assert raft(left, right, iters=1, max_disp=64, return_init=True).init_disp is None  # RAFT has no volume
+        assert igev(left, right, iters=1, max_disp=64, return_init=True).init_disp.shape == (1, 1, 64, 128)
+    assert (raft.variant, igev.variant) == ("raft", "igev")
+    assert (raft.largest_disparity(640, 192), igev.largest_disparity(640, 192)) == (640.0, 192.0)
+    raft.check_max_disp(100)  # no cost volume of fixed range: any value
+    with pytest.raises(ValueError, match="max_disp must be a positive multiple of 32, got 100"):
+        igev.check_max_disp(100)
 
 
 def test_config_validation():

@@ -45,9 +45,9 @@ def test_queue_size_bounds_memory():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="need at least one input and a queue of at least 1"):
         StereoSynchronizer(inputs=2, queue_size=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="tolerance must be >= 0"):
         StereoSynchronizer(inputs=2, queue_size=1, tolerance_ns=-1)
 
 

@@ -83,9 +83,17 @@ StopRule = Callable[[int, torch.Tensor], bool]
 
 
 class SelectiveStereo(nn.Module):
-    """Base class: the GRU refinement loop shared by Selective-RAFT and -IGEV."""
+    """Base class: the GRU refinement loop shared by Selective-RAFT and -IGEV.
+
+    Both networks take the same call, ``model(left, right, iters=..., output_iters=...,
+    disp_init=..., max_disp=..., return_init=..., stop=...)``, and say what they are
+    (``variant``) and what bounds their disparity (``check_max_disp``,
+    ``largest_disparity``), so code outside ``model/`` never asks which one it holds.
+    """
 
     update_block: SelectiveUpdateBlock
+    #: 'raft' or 'igev', as checkpoints and the CLI name them.
+    variant: str = ""
     #: The 2D encoders run once per frame, by attribute name: what ``inference.compile_encoders`` hands
     #: to torch.compile. Chains of convolution, norm and ReLU at up to full resolution, where inductor's
     #: fused kernels pay (256x384, each timed alone on 2 cores: Selective-RAFT's feature encoder
@@ -94,6 +102,14 @@ class SelectiveStereo(nn.Module):
     #: (inductor's 3D convolution is PyTorch's slow reference kernel there, see ``layers.Conv3d``:
     #: 1163 -> 1249 ms per frame).
     encoder_names: tuple[str, ...] = ()
+
+    def check_max_disp(self, max_disp: int) -> None:
+        """ValueError when ``max_disp`` (the cost-volume range in input pixels) cannot be used;
+        networks without a cost volume of fixed range accept any value and ignore it."""
+
+    def largest_disparity(self, width: int, max_disp: int) -> float:
+        """The largest disparity this network can return for an image ``width`` pixels wide."""
+        return float(width)
 
     def min_input_size(self, max_disp: int = 0) -> tuple[int, int]:
         """Smallest (height, width) the network runs at, a multiple of SIZE_MULTIPLE.

@@ -120,9 +120,20 @@ class SelectiveIGEV(SelectiveStereo):
         self.cost_agg = Hourglass(8)
         self.classifier = Conv3d(8, 1, 3, 1, 1, bias=False)
 
+    variant = "igev"
+
     @property
     def downsample_factor(self) -> int:
         return 4
+
+    def check_max_disp(self, max_disp: int) -> None:
+        """The hourglass halves the 1/4-resolution disparity axis three times: a multiple of 32."""
+        if max_disp < 32 or max_disp % 32:
+            raise ValueError(f"max_disp must be a positive multiple of 32, got {max_disp}")
+
+    def largest_disparity(self, width: int, max_disp: int) -> float:
+        """The cost volume's range."""
+        return float(max_disp)
 
     def min_input_size(self, max_disp: int = 192) -> tuple[int, int]:
         """The group-wise volume compares each 1/4-resolution pixel with max_disp/4
@@ -147,8 +158,7 @@ class SelectiveIGEV(SelectiveStereo):
         the refinement early (``SelectiveStereo.refine``).
         """
         check_pair(left, right)
-        if max_disp < 32 or max_disp % 32:
-            raise ValueError(f"max_disp must be a positive multiple of 32, got {max_disp}")
+        self.check_max_disp(max_disp)
         outputs = output_schedule(iters, output_iters)
         c = self.config
         batch = left.shape[0]

@@ -50,19 +50,23 @@ class SelectiveRAFT(SelectiveStereo):
         self.sam = SpatialAttention()
         self.cam = ChannelAttention(c.hidden_dim)
 
+    variant = "raft"
+
     @property
     def downsample_factor(self) -> int:
         return self.config.downsample_factor
 
     def forward(self, left: torch.Tensor, right: torch.Tensor, iters: int = 22,
                 output_iters: Sequence[int] | None = None, disp_init: torch.Tensor | None = None,
-                stop: StopRule | None = None) -> StereoPrediction:
+                max_disp: int = 0, return_init: bool = False, stop: StopRule | None = None) -> StereoPrediction:
         """left, right: B x 3 x H x W RGB in 0..255, H and W multiples of 32.
 
         iters: GRU iterations. output_iters: which iterations to upsample and
         return (default: the last). disp_init: optional B x 1 x H/f x W/f
         positive disparity at the working resolution to start from (warm start).
-        stop: ends the refinement early (``SelectiveStereo.refine``).
+        stop: ends the refinement early (``SelectiveStereo.refine``). max_disp and return_init are
+        Selective-IGEV's (its cost-volume range and initial estimate): RAFT's all-pairs correlation
+        has neither, so they are accepted for the common call and ignored.
         """
         check_pair(left, right)
         outputs = output_schedule(iters, output_iters)

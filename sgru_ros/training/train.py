@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..model import IGEVConfig, RaftConfig, SelectiveIGEV, build_model, save_checkpoint
+from ..model import IGEVConfig, RaftConfig, build_model, save_checkpoint
 from ..model.base import SelectiveStereo
 from ..model.checkpoint import CheckpointError, load_state, read_state_dict
 from .synthetic import SceneConfig, SyntheticStereo, existing_photo_dirs
@@ -159,11 +159,9 @@ def warm_start_prior(target: torch.Tensor, factor: int, generator: torch.Generat
 def forward_for_loss(model: SelectiveStereo, left: torch.Tensor, right: torch.Tensor, iters: int,
                      max_disp: int, disp_init: torch.Tensor | None = None,
                      ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-    if isinstance(model, SelectiveIGEV):
-        pred = model(left, right, iters=iters, output_iters=range(1, iters + 1), max_disp=max_disp,
-                     return_init=True, disp_init=disp_init)
-    else:
-        pred = model(left, right, iters=iters, output_iters=range(1, iters + 1), disp_init=disp_init)
+    """Every iteration's full-resolution disparity and, where the network has one, its initial estimate."""
+    pred = model(left, right, iters=iters, output_iters=range(1, iters + 1), max_disp=max_disp,
+                 return_init=True, disp_init=disp_init)
     return pred.disparities, pred.init_disp
 
 
@@ -201,8 +199,7 @@ def validate(model: SelectiveStereo, batches: list, iters: int, max_disp: int,
     counts = sorted({iters * m for m in multiples})
     errors: dict[int, list[torch.Tensor]] = {k: [] for k in counts}
     for left, right, target in batches:
-        kwargs = {"max_disp": max_disp} if isinstance(model, SelectiveIGEV) else {}
-        pred = model(left, right, iters=counts[-1], output_iters=counts, **kwargs)
+        pred = model(left, right, iters=counts[-1], output_iters=counts, max_disp=max_disp)
         valid = torch.isfinite(target)
         for k, disparity in zip(pred.iterations, pred.disparities):
             errors[k].append((disparity - target).abs()[valid])
