@@ -46,8 +46,8 @@ setup(
     license="MIT",
     entry_points={"console_scripts": [
         "sgru-stereo = sgru_ros.cli:main",
-        "stereo_node = sgru_ros.node:main",
-        "stereo_lifecycle_node = sgru_ros.node:lifecycle_main",
-        "sample_source = sgru_ros.sample_source:main",
+        "stereo_node = sgru_ros.ros.node:main",
+        "stereo_lifecycle_node = sgru_ros.ros.node:lifecycle_main",
+        "sample_source = sgru_ros.ros.sample_source:main",
     ]},
 )

@@ -36,7 +36,7 @@ def main() -> int:
     from sensor_msgs.msg import PointCloud2
     from stereo_msgs.msg import DisparityImage
 
-    from sgru_ros.ros_conversions import stamp_ns
+    from sgru_ros.ros.conversions import stamp_ns
 
     command = [sys.executable, "-m", "sgru_ros.cli"]
     node = subprocess.Popen([*command, "run", "--ros-args", "-p", f"iterations:={args.iters}", *args.node_args])

@@ -29,7 +29,7 @@ from .io import DISPARITY_FORMATS, IMAGE_FORMATS, read_image, write_disparity, w
 from .model import SIZE_MULTIPLE, CheckpointError
 from .model.base import SelectiveStereo
 from .model.checkpoint import VARIANTS
-from .bag import DEFAULT_OUTPUTS, OUTPUTS
+from .ros.bag import DEFAULT_OUTPUTS, OUTPUTS
 from .confidence import SPARSIFICATION_FRACTIONS, confidence_map, earlier_iteration, sparsification
 from .geometry import CloudLayout
 from .pipeline import GeometryOptions, StereoPipeline
@@ -334,7 +334,7 @@ class _Progress:
 
 
 def cmd_bag(args: argparse.Namespace) -> None:
-    from .bag import BagOptions, StereoTopics, convert_bag, open_bag, parse_outputs
+    from .ros.bag import BagOptions, StereoTopics, convert_bag, open_bag, parse_outputs
 
     image = "image_rect/compressed" if args.compressed else "image_rect"
     chosen = {"left_image": args.left_image, "right_image": args.right_image, "left_info": args.left_info,
@@ -477,7 +477,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo
+    from .ros.demo import run_demo
 
     _check_folder("--out", Path(args.out), Path(args.out), create=True)
     status = run_demo(Path(args.out), frames=args.frames, iterations=args.iters, checkpoint=args.checkpoint,
@@ -725,12 +725,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("run", "run-lifecycle", "source"):  # ROS nodes: the rest is for rclpy (--ros-args ...)
         if argv[0] == "run":
-            from .node import main as node_main
+            from .ros.node import main as node_main
             return node_main(["sgru-stereo", *argv[1:]])
         if argv[0] == "run-lifecycle":
-            from .node import lifecycle_main
+            from .ros.node import lifecycle_main
             return lifecycle_main(["sgru-stereo", *argv[1:]])
-        from .sample_source import main as source_main
+        from .ros.sample_source import main as source_main
         return source_main(["sgru-stereo", *argv[1:]])
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -17,7 +17,7 @@ from rclpy.qos import QoSProfile
 from stereo_msgs.msg import DisparityImage
 
 from sgru_ros.io import write_image_rgb
-from sgru_ros.ros_conversions import stamp_ns
+from sgru_ros.ros.conversions import stamp_ns
 
 from conftest import REPO, STEP_PX, known_answer_checkpoint  # noqa: F401 -- re-exported for the ROS tests
 
@@ -137,8 +137,8 @@ class CameraRig(Observer):
                      p_left: list[float] | None = None) -> int:
         from std_msgs.msg import Header
 
-        from sgru_ros.ros_conversions import array_to_image
-        from sgru_ros.sample_source import camera_info
+        from sgru_ros.ros.conversions import array_to_image
+        from sgru_ros.ros.sample_source import camera_info
 
         header = Header(frame_id="rig_left_optical")
         header.stamp.sec = sec
@@ -165,7 +165,7 @@ class CameraRig(Observer):
 def _mono_image(image: np.ndarray, header):
     from sensor_msgs.msg import Image
 
-    from sgru_ros.ros_conversions import byte_array
+    from sgru_ros.ros.conversions import byte_array
 
     gray = np.ascontiguousarray(image if image.ndim == 2 else image[..., 0])
     msg = Image(header=header, height=gray.shape[0], width=gray.shape[1], encoding="mono8", is_bigendian=0,

@@ -18,8 +18,8 @@ from std_msgs.msg import Header  # noqa: E402
 from stereo_msgs.msg import DisparityImage  # noqa: E402
 
 from sgru_ros.calibration import MOTORCYCLE, StereoCalibration, motorcycle_pair  # noqa: E402
-from sgru_ros.ros_conversions import array_to_image, compressed_image, stamp_ns  # noqa: E402
-from sgru_ros.sample_source import camera_info  # noqa: E402
+from sgru_ros.ros.conversions import array_to_image, compressed_image, stamp_ns  # noqa: E402
+from sgru_ros.ros.sample_source import camera_info  # noqa: E402
 
 from conftest import run_cli  # noqa: E402
 from ros_helpers import STEP_PX, CameraRig, known_answer_checkpoint, remapped_inputs, start_process, stop_process  # noqa: E402,E501

@@ -102,7 +102,7 @@ def _runtime_imports() -> dict[str, set[str]]:
     """Top-level third-party modules imported anywhere (function-local imports too) by the node, the
     sample source, everything of sgru_ros they import, and the launch file -> who imports them."""
     found: dict[str, set[str]] = {}
-    todo = [("sgru_ros.node", None), ("sgru_ros.sample_source", None), ("stereo_launch", REPO / "launch/stereo.launch.py")]
+    todo = [("sgru_ros.ros.node", None), ("sgru_ros.ros.sample_source", None), ("stereo_launch", REPO / "launch/stereo.launch.py")]
     seen = set()
     while todo:
         name, path = todo.pop()
@@ -132,7 +132,7 @@ def _runtime_imports() -> dict[str, set[str]]:
                         todo.append((imported, None))
                 elif top != "__future__" and top not in sys.stdlib_module_names:
                     found.setdefault(top, set()).add(name)
-    assert {"sgru_ros.node", "sgru_ros.sample_source", "sgru_ros.calibration", "sgru_ros.inference"} <= seen
+    assert {"sgru_ros.ros.node", "sgru_ros.ros.sample_source", "sgru_ros.calibration", "sgru_ros.inference"} <= seen
     return found
 
 
@@ -163,6 +163,34 @@ def test_every_runtime_import_is_declared_for_pip_and_rosdep():
         if rosdep_key is not None:
             assert rosdep_key in exec_deps, f"{name}: <exec_depend>{rosdep_key}</exec_depend> missing"
     assert {"skimage", "yaml", "cv2", "torch", "rclpy", "launch_ros"} <= set(imports)
+
+
+#: Top-level modules that only a ROS installation (or the `ros`/`bag` extras) provides.
+ROS_MODULES = {"rclpy", "rosidl_runtime_py", "rosidl_parser", "rcl_interfaces", "builtin_interfaces", "std_msgs",
+               "sensor_msgs", "stereo_msgs", "diagnostic_msgs", "lifecycle_msgs", "ament_index_python", "launch",
+               "launch_ros", "message_filters", "cv_bridge", "rosbags", "rosbag2_py"}
+
+
+def _imported_top_levels(path: Path) -> set[str]:
+    """Top-level module names a file imports anywhere (function-local imports too), relative ones as '.'."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.partition(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names.add("." if node.level else node.module.partition(".")[0])
+    return names
+
+
+def test_every_ros_import_lives_under_sgru_ros_ros():
+    """The network, inference, pipeline, CLI and tools run without ROS: only sgru_ros/ros/ imports it."""
+    package = REPO / "sgru_ros"
+    offenders = {str(path.relative_to(REPO)): sorted(_imported_top_levels(path) & ROS_MODULES)
+                 for path in package.rglob("*.py") if (package / "ros") not in path.parents}
+    offenders = {path: names for path, names in offenders.items() if names}
+    assert not offenders, f"ROS imports outside sgru_ros/ros/: {offenders}"
+    inside = set().union(*(_imported_top_levels(path) for path in (package / "ros").rglob("*.py")))
+    assert {"rclpy", "sensor_msgs", "stereo_msgs", "diagnostic_msgs"} <= inside  # the check looks at real imports
 
 
 def test_console_scripts_go_to_bin_and_lib_wrappers_hand_over():

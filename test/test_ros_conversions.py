@@ -11,7 +11,7 @@ from sensor_msgs.msg import Image, PointField  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from sgru_ros.geometry import CloudLayout, StereoGeometry  # noqa: E402
-from sgru_ros.ros_conversions import array_to_image, cloud_message, image_to_rgb  # noqa: E402
+from sgru_ros.ros.conversions import array_to_image, cloud_message, image_to_rgb  # noqa: E402
 
 RGB = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
 GEOMETRY = StereoGeometry.from_projections([2, 0, 0.5, 0, 0, 2, -1, 0, 0, 0, 1, 0],

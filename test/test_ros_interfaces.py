@@ -18,8 +18,8 @@ from std_msgs.msg import Header  # noqa: E402
 from stereo_msgs.msg import DisparityImage  # noqa: E402
 
 from sgru_ros.calibration import StereoCalibration  # noqa: E402
-from sgru_ros.ros_conversions import compressed_image, stamp_ns  # noqa: E402
-from sgru_ros.sample_source import camera_info  # noqa: E402
+from sgru_ros.ros.conversions import compressed_image, stamp_ns  # noqa: E402
+from sgru_ros.ros.sample_source import camera_info  # noqa: E402
 
 from ros_helpers import (STEP_PX, CameraRig, Observer, known_answer_checkpoint, remapped_inputs,  # noqa: E402
                          start_process, stop_process)

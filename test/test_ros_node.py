@@ -19,8 +19,8 @@ from std_msgs.msg import Header  # noqa: E402
 from stereo_msgs.msg import DisparityImage  # noqa: E402
 
 from sgru_ros.calibration import StereoCalibration  # noqa: E402
-from sgru_ros.ros_conversions import array_to_image, stamp_ns  # noqa: E402
-from sgru_ros.sample_source import camera_info  # noqa: E402
+from sgru_ros.ros.conversions import array_to_image, stamp_ns  # noqa: E402
+from sgru_ros.ros.sample_source import camera_info  # noqa: E402
 
 from conftest import REPO  # noqa: E402
 from ros_helpers import STEP_PX, Observer, known_answer_checkpoint, remapped_inputs, start_process, stop_process  # noqa: E402,E501
@@ -166,7 +166,7 @@ def test_pair_in_disparity_and_cloud_out_with_consistent_geometry(rig):
 def test_confidence_is_the_pipelines_and_its_threshold_invalidates_pixels(rig, tmp_path):
     from sgru_ros.inference import StereoEstimator
     from sgru_ros.pipeline import StereoPipeline
-    from sgru_ros.sample_source import camera_info as info_of
+    from sgru_ros.ros.sample_source import camera_info as info_of
 
     left, right = textured_pair()
     out = rig.frame(left, right, sec=150)

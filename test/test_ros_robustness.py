@@ -100,7 +100,7 @@ def test_an_out_of_memory_frame_is_skipped_and_the_next_one_answered(rig, node_p
 
 
 def test_diagnostics_return_to_ok_once_errors_are_old(rig, node_process):
-    from sgru_ros.node import ERROR_HOLD_S
+    from sgru_ros.ros.diagnostics import ERROR_HOLD_S
 
     rig.spin_for(ERROR_HOLD_S + 1.0)
     status = rig.last_status()
@@ -225,7 +225,7 @@ def test_invalid_start_up_parameters_give_one_line_and_exit_status_1(command, pa
 ])
 def test_the_stall_warning_says_what_is_missing_or_which_stamps_differ(rig, sync_params, stamp_offset_ns,
                                                                         publish_right_info, expected, not_expected):
-    from sgru_ros.sample_source import camera_info
+    from sgru_ros.ros.sample_source import camera_info
 
     namespace, camera = "/stall", "/stall_cam"
     stall_rig = CameraRig(namespace, camera, CALIBRATION, name="test_stall_rig")
@@ -238,7 +238,7 @@ def test_the_stall_warning_says_what_is_missing_or_which_stamps_differ(rig, sync
         for sec in range(1, 9):  # 8 frames at 2 Hz: inputs arrive, no set forms
             from std_msgs.msg import Header
 
-            from sgru_ros.ros_conversions import array_to_image
+            from sgru_ros.ros.conversions import array_to_image
 
             header = Header(frame_id="left")
             header.stamp.sec = sec

@@ -31,10 +31,10 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
-from .calibration import MOTORCYCLE, StereoCalibration, motorcycle_pair
-from .io import read_image
-from .node import declare_checked, spin_node
-from .ros_conversions import array_to_image, compressed_image
+from ..calibration import MOTORCYCLE, StereoCalibration, motorcycle_pair
+from ..io import read_image
+from .runtime import declare_checked, spin_node
+from .conversions import array_to_image, compressed_image
 
 SOURCES = ("motorcycle", "folder", "video")
 #: After the last frame: how long reliable subscribers get to acknowledge everything before the process

@@ -47,7 +47,7 @@ def run_pipeline(frames: int, iterations: int, checkpoint: str | None, device: s
     from stereo_msgs.msg import DisparityImage
 
     from .node import StereoNode
-    from .ros_conversions import stamp_ns
+    from .conversions import stamp_ns
     from .sample_source import SampleSource
 
     rclpy.init(args=[])
@@ -107,8 +107,8 @@ def run_demo(out_dir: Path, frames: int, iterations: int, checkpoint: str | None
              rate: float, timeout_s: float) -> int:
     import cv2
 
-    from .geometry import write_ply
-    from .io import write_disparity
+    from ..geometry import write_ply
+    from ..io import write_disparity
 
     run = run_pipeline(frames, iterations, checkpoint, device, {"rate": rate}, timeout_s)
     if run is None:

@@ -14,7 +14,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, Poi
 from std_msgs.msg import Header
 from stereo_msgs.msg import DisparityImage
 
-from .geometry import CloudLayout, DisparityProducts, StereoGeometry, pack_cloud
+from ..geometry import CloudLayout, DisparityProducts, StereoGeometry, pack_cloud
 
 
 #: encoding -> (channels, dtype, channel order to get RGB)

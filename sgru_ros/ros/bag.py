@@ -19,10 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .geometry import CloudLayout
-from .inference import release_memory
-from .pipeline import GeometryOptions, StereoPipeline, failure_kind
-from .sync import StereoSynchronizer
+from ..geometry import CloudLayout
+from ..inference import release_memory
+from ..pipeline import GeometryOptions, StereoPipeline, failure_kind
+from ..sync import StereoSynchronizer
 
 #: Outputs a bag can get, as topic names under the output namespace.
 OUTPUTS = ("disparity", "points2", "depth/image_rect", "depth/camera_info", "confidence")
@@ -148,7 +148,7 @@ def convert_bag(source: str | Path, target: str | Path, pipeline: StereoPipeline
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
-    from .ros_conversions import array_to_image, cloud_message, disparity_message, image_to_rgb, projection, stamp_ns
+    from .conversions import array_to_image, cloud_message, disparity_message, image_to_rgb, projection, stamp_ns
 
     unknown = [o for o in options.outputs if o not in OUTPUTS]
     if unknown or not options.outputs:

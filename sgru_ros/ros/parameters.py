@@ -1,0 +1,148 @@
+"""The stereo node's parameter table: each parameter declared with its descriptor (range, choices,
+read-only), read back, and the combinations rclpy cannot check checked at start-up and on every change."""
+
+from __future__ import annotations
+
+from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import ReliabilityPolicy
+
+from ..inference import ENGINES, MAX_ITERATIONS, PRECISIONS
+from ..pipeline import GeometryOptions
+from .runtime import declare_checked
+
+#: Pixels above which frames are downscaled before the network: a 4000 x 3000 frame at full size
+#: peaks near 6 GB; 1920 x 1080 (2.07 MP) still runs at full size.
+DEFAULT_MAX_PIXELS = 2_500_000
+IMAGE_TRANSPORTS = ("raw", "compressed")
+RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
+INPUT_RELIABILITY = ("auto", *RELIABILITY)
+#: Parameters that may change at run time and take part in a combination check.
+_CHECKED_AT_RUN_TIME = frozenset({"iterations", "publish_iterations", "min_depth", "max_depth", "latency_budget_ms",
+                                  "convergence_threshold_px", "warm_start"})
+
+
+class StereoParameters:
+    """Declares the stereo node's parameters on ``node`` and reads them: ``params("iterations")``.
+
+    Raises ValueError (one line: the parameter, the reason, what is allowed) for a start-up value
+    out of range or a combination that does not fit; run-time changes that do not fit are refused
+    with the reason."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        declare_stereo_parameters(node)
+        reason = self.invalid_combination({})
+        if reason:
+            raise ValueError(reason)
+        node.add_on_set_parameters_callback(self.validate)
+
+    def __call__(self, name: str):
+        if name == "publish_iterations":  # declared without a value: unset means none
+            try:
+                return list(self._node.get_parameter(name).value or [])
+            except ParameterUninitializedException:
+                return []
+        return self._node.get_parameter(name).value
+
+    def invalid_combination(self, new: dict) -> str:
+        """Why the parameters, with ``new`` values replacing current ones, do not fit together ('' if they do)."""
+        get = lambda name: new.get(name, self(name))  # noqa: E731
+        iterations = get("iterations")
+        bad = [k for k in get("publish_iterations") or [] if not 1 <= k < iterations]
+        if bad:
+            return f"publish_iterations {bad} must lie in 1..{iterations - 1} (below iterations {iterations})"
+        if not get("min_depth") < get("max_depth"):
+            return f"min_depth {get('min_depth')} must be below max_depth {get('max_depth')}"
+        if get("engine") == "onnxruntime" and (get("latency_budget_ms") or get("convergence_threshold_px")
+                                               or get("warm_start")):
+            return ("latency_budget_ms, convergence_threshold_px and warm_start need engine torch (onnxruntime "
+                    "runs fixed iterations from the network's own start)")
+        if get("engine") == "onnxruntime" and get("compile"):
+            return "compile needs engine torch (onnxruntime optimises its own graph)"
+        if get("graphs") and (get("engine") != "torch" or get("compile")):
+            return "graphs need engine torch without compile (a CUDA graph replays the eager pass)"
+        return ""
+
+    def validate(self, params: list[Parameter]) -> SetParametersResult:
+        """Run-time changes: ranges are checked by rclpy from the descriptors, combinations here
+        (only when a parameter of one is being set, so unrelated declarations never fail)."""
+        new = {p.name: p.value for p in params}
+        if self("engine") == "onnxruntime" and new.keys() & {"iterations", "publish_iterations"}:
+            return SetParametersResult(successful=False, reason=(
+                "iterations and publish_iterations are fixed in the ONNX graph under engine onnxruntime; "
+                "restart the node to change them"))
+        if not new.keys() & _CHECKED_AT_RUN_TIME:
+            return SetParametersResult(successful=True)
+        reason = self.invalid_combination(new)
+        return SetParametersResult(successful=not reason, reason=reason)
+
+
+def declare_stereo_parameters(node: Node) -> None:
+    """The table (README: Parameters); ``declare_checked`` raises for a bad start-up value."""
+    def declare(name, default, description, **limits):
+        declare_checked(node, name, default, description, **limits)
+
+    declare("queue_size", 10, "Messages kept per input, by the subscription and for synchronisation (reliable "
+            "DDS delivers the four topics with up to a few hundred ms of skew)", read_only=True,
+            integer_range=(1, 100))
+    declare("approximate_sync", False, "Match inputs by nearest stamp instead of identical stamps",
+            read_only=True)
+    declare("approximate_sync_tolerance_seconds", 0.02, "Largest stamp spread of an approximate set",
+            read_only=True, float_range=(0.0, 10.0))
+    declare("backlog_seconds", 0.5, "Synchronised sets wait for inference while the node could work through "
+            "them within one camera period plus this time at its recent pace; older ones are dropped as stale",
+            float_range=(0.0, 10.0))
+    declare("image_transport", "raw", "raw: sensor_msgs/Image on <camera>/image_rect; compressed: "
+            "sensor_msgs/CompressedImage (JPEG/PNG) on <camera>/image_rect/compressed", read_only=True,
+            choices=IMAGE_TRANSPORTS)
+    declare("use_color", True, "Colour the point cloud from the left image (rgb field)")
+    declare("avoid_point_cloud_padding", False, "16-byte points (no padding after xyz) instead of 32")
+    declare("model", "", "Checkpoint file (the authors' .pth or this package's); empty: bundled weights",
+            read_only=True)
+    declare("max_disp", 192, "Selective-IGEV cost-volume range in processed pixels (multiple of 32)",
+            read_only=True, integer_range=(32, 1024, 32))
+    declare("input_reliability", "auto", "Reliability of the input subscriptions: auto follows the publishers "
+            "(reliable when all are), or force reliable / best_effort", read_only=True,
+            choices=INPUT_RELIABILITY)
+    declare("iterations", 8, "GRU refinement iterations per frame (more: finer, slower)",
+            integer_range=(1, MAX_ITERATIONS))
+    node.declare_parameter("publish_iterations", Parameter.Type.INTEGER_ARRAY, ParameterDescriptor(
+        description="Also publish disparity/iter_K for these K < iterations (same pass)",
+        type=ParameterType.PARAMETER_INTEGER_ARRAY))
+    declare("latency_budget_ms", 0.0, "Stop the GRU iterations of a frame once another would end its network "
+            "pass later than this after it began (at least one runs; 0: off; torch engine)",
+            float_range=(0.0, 60000.0))
+    declare("convergence_threshold_px", 0.0, "Stop the GRU iterations once one changes the disparity by less "
+            "than this on average, in pixels (0: off; torch engine)", float_range=(0.0, 100.0))
+    declare("warm_start", False, "Start each frame's GRU iterations from the previous frame's disparity "
+            "(video: fewer iterations for the same accuracy when the view changes little; torch engine)")
+    declare("engine", "torch", "torch, or onnxruntime (an ONNX file per camera resolution, built on first use "
+            "and cached; fixed iterations)", read_only=True, choices=ENGINES)
+    declare("compile", False, "torch engine: compile the per-frame encoders with torch.compile (needs a C++ "
+            "compiler on the CPU; the first frame of each camera size takes seconds to a minute and cannot be "
+            "cancelled midway)", read_only=True)
+    declare("graphs", False, "torch engine on CUDA: capture the pass of each camera size and iteration count as "
+            "a CUDA graph and replay it per frame (frames with warm_start, latency_budget_ms or "
+            "convergence_threshold_px run eagerly)", read_only=True)
+    declare("device", "auto", "auto, cpu, cuda or cuda:N", read_only=True)
+    declare("precision", "fp32", "fp32, fp16 (CUDA) or bf16", read_only=True, choices=PRECISIONS)
+    declare("threads", 0, "CPU threads of the network (0: PyTorch's default, one per core); fewer leave "
+            "cores to DDS and the other nodes", read_only=True, integer_range=(0, 1024))
+    declare("max_width", 0, "Downscale wider images to this width before the network (0: never)",
+            read_only=True, integer_range=(0, 16384))
+    declare("max_pixels", DEFAULT_MAX_PIXELS, "Downscale frames with more pixels than this before the network "
+            "(memory budget; 0: never)", read_only=True, integer_range=(0, 1 << 30))
+    geometry = GeometryOptions()
+    declare("confidence_threshold", geometry.confidence_threshold, "Disparities with a confidence below this "
+            "are invalid in disparity, depth/image_rect and points2 (0: off; see the confidence topic)",
+            float_range=(0.0, 1.0))
+    declare("min_depth", geometry.min_depth, "Points nearer than this (m) are left out of points2 and depth",
+            float_range=(0.0, 1000.0))
+    declare("max_depth", geometry.max_depth, "Points farther than this (m) are left out of points2 and depth",
+            float_range=(0.0, 100000.0))
+    declare("filter_flying_pixels", True, "Drop points on depth discontinuities (see README)")
+    declare("flying_pixel_threshold", geometry.flying_pixel_threshold,
+            "Disparity range (px) in a 3x3 window that marks a flying pixel", float_range=(0.0, 100.0))
