@@ -58,7 +58,7 @@ class BenchResult:
     device: str
     precision: str
     engine: str
-    compiled: bool  # the torch engine's encoders compiled (``inference.compile_encoders``)
+    compiled: bool  # the torch engine's encoders compiled (``compiled.compile_encoders``)
     graphs: bool  # the pass replayed as a CUDA graph (``sgru_ros.graphs``)
     threads: int
     height: int

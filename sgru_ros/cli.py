@@ -24,7 +24,8 @@ import cv2
 import numpy as np
 import torch
 
-from .inference import ENGINES, MAX_ITERATIONS, PRECISIONS, StereoEstimator, StereoResult, is_out_of_memory
+from .device import PRECISIONS, is_out_of_memory
+from .inference import ENGINES, MAX_ITERATIONS, StereoEstimator, StereoResult
 from .io import DISPARITY_FORMATS, IMAGE_FORMATS, read_image, write_disparity, write_image
 from .model import SIZE_MULTIPLE, CheckpointError
 from .model.base import SelectiveStereo

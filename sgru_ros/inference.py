@@ -18,7 +18,6 @@ graph (``sgru_ros.graphs``).
 
 from __future__ import annotations
 
-import gc
 import functools
 import math
 import threading
@@ -26,105 +25,29 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .compiled import CompiledEncoders
+from .device import check_precision, resolve_device
 from .graphs import GraphCache, GraphedPass, PassKey
 from .model import SIZE_MULTIPLE, load_model
-from .model.base import SelectiveStereo, StereoPrediction, StopRule
+from .model.base import SelectiveStereo, StopRule
 from .weights import default_checkpoint
 
-Precision = Literal["fp32", "fp16", "bf16"]
-PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "bf16")
 #: ``torch``: PyTorch eager (every feature); ``onnxruntime``: an ONNX export per input size
 #: (``onnx_engine``), fixed iterations (no warm start, early stop or mid-pass cancel).
 ENGINES = ("torch", "onnxruntime")
 #: The largest GRU iteration count the node, the CLI and the API accept.
 MAX_ITERATIONS = 64
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-#: torch.compile's settings for ``compile_encoders``: one graph per input size (a camera keeps its size;
-#: dynamic shapes cost speed). Not inductor's ``freezing`` (weights as constants): no faster per frame
-#: here, and its graphs miss inductor's disk cache, so every process compiled again (docs/performance.md,
-#: "Compiled encoders").
-_COMPILE_OPTIONS = {"dynamic": False}
 ImageLike = np.ndarray | torch.Tensor
 
 
 class InferenceCancelled(Exception):
     """``estimate`` was abandoned because its ``cancel`` event was set."""
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """True for the allocation failures of a frame that is too large (CPU or CUDA)."""
-    # torch.OutOfMemoryError exists from PyTorch 2.5 on; before, CUDA's is torch.cuda.OutOfMemoryError.
-    if isinstance(err, (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))):
-        return True
-    text = str(err)
-    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
-def release_memory(device: torch.device) -> None:
-    """Give back what a failed frame left: Python garbage and, on CUDA, the allocator's cache."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def resolve_device(spec: str) -> torch.device:
-    """'auto' (CUDA if present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec == "cpu":
-        return torch.device("cpu")
-    if spec == "cuda" or spec.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {spec!r} asked for, but this PyTorch sees no CUDA GPU")
-        device = torch.device(spec)
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s)")
-        return device
-    raise ValueError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N")
-
-
-def check_precision(precision: str, device: torch.device) -> Precision:
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 needs a CUDA device; use bf16 on the CPU")
-    return precision  # type: ignore[return-value]
-
-
-def compile_encoders(model: SelectiveStereo, device: torch.device) -> None:
-    """Hand the model's per-frame encoders (``SelectiveStereo.encoder_names``) to torch.compile, in place.
-
-    Only each encoder's ``forward`` is compiled: the module hooks (the estimator's cancel check) stay
-    outside the graph, the state dict keeps its keys and the weights are read at run time (a deep
-    copy of the model still calls the original's compiled encoders: copy before compiling). The
-    first pass at each input size compiles (up to a minute on 2 cores; a few seconds once inductor's
-    disk cache holds it, also for later processes); dynamo keeps a few sizes per encoder (its
-    recompile limit) and runs further ones eagerly. On the CPU inductor builds C++, so a C++ compiler
-    must be installed: ValueError when there is none.
-    """
-    if device.type == "cpu":
-        from torch._inductor import cpp_builder
-
-        try:
-            cpp_builder.get_cpp_compiler()
-        except Exception as err:  # noqa: BLE001 -- inductor's own error types differ between releases
-            raise ValueError("compile needs a C++ compiler for PyTorch's inductor on the CPU "
-                             f"(install g++ or set CXX): {str(err).splitlines()[0] if str(err) else err!r}") from err
-    for name in model.encoder_names:
-        encoder = getattr(model, name)
-        encoder.forward = torch.compile(encoder.forward, **_COMPILE_OPTIONS)
-
-
-def uncompile_encoders(model: SelectiveStereo) -> None:
-    """Undo ``compile_encoders``: each encoder's class ``forward`` runs again (eager)."""
-    for name in model.encoder_names:
-        vars(getattr(model, name)).pop("forward", None)
 
 
 def image_hwc(image: ImageLike) -> torch.Tensor:
@@ -264,12 +187,9 @@ class StereoEstimator:
         model.check_max_disp(max_disp)
         self.model = model.to(self.device).eval()
         self.engine = engine
-        self.compiled = compile
         self.graphs = graphs
         self._log = log
-        self._compiled_sizes: set[tuple[int, int]] = set()  # input sizes the compiled encoders have seen
-        if compile:
-            compile_encoders(self.model, self.device)
+        self._compiled = CompiledEncoders(self.model, self.device, log) if compile else None
         self._graphs = GraphCache(max_graphs, log) if graphs else None
         self._staging: torch.Tensor | None = None  # pinned host buffer for the uploads (CUDA)
         if self.device.type == "cuda":
@@ -287,6 +207,11 @@ class StereoEstimator:
         self._cancel: threading.Event | None = None
         # Checked before each top-level stage (encoders, cost volume) and each GRU iteration.
         self._hooks = [stage.register_forward_pre_hook(self._check_cancel) for stage in self.model.children()]
+
+    @property
+    def compiled(self) -> bool:
+        """The encoders run compiled (False again after a compilation failed)."""
+        return self._compiled is not None and self._compiled.active
 
     def close(self) -> None:
         """Let go of the model: its cancel hooks removed (they keep this estimator alive and would run
@@ -337,19 +262,15 @@ class StereoEstimator:
         """Disparity of the left image.
 
         left, right: H x W x 3 RGB (or H x W mono), uint8 or float in 0..255.
-        iters: GRU iterations (the most that run). output_iters: further
-        iteration counts (< iters) whose predictions of the same pass are
-        returned in ``intermediate``.
-        disp_init: H x W disparity in input pixels to start from (e.g. the
-        previous frame's), or None to start from the model's own initial state.
-        cancel: when this event is set, the pass stops at the next stage or GRU
-        iteration with ``InferenceCancelled``.
-        budget_ms: stop iterating once another GRU iteration would end the pass
-        later than this many milliseconds after it began (at least one runs;
-        the final upsampling comes after). converged_px: stop once an
-        iteration changes the disparity by less than this on average (input
-        pixels). Both are torch-engine features and never stop before the
-        ``output_iters`` asked for; ``result.iterations`` says how many ran.
+        iters: GRU iterations (the most that run). output_iters: further iteration counts (< iters)
+        whose predictions of the same pass are returned in ``intermediate``.
+        disp_init: H x W disparity in input pixels to start from (e.g. the previous frame's), or None.
+        cancel: when this event is set, the pass stops at the next stage or GRU iteration with
+        ``InferenceCancelled``.
+        budget_ms: stop iterating once another GRU iteration would end the pass later than this many
+        milliseconds after it began (at least one runs; the final upsampling comes after).
+        converged_px: stop once an iteration changes the disparity by less than this on average (input pixels).
+        Both are torch-engine features, never stop before ``output_iters``; ``result.iterations`` says how many ran.
         """
         start = time.perf_counter()
         extra = sorted(set(int(k) for k in output_iters))
@@ -358,7 +279,6 @@ class StereoEstimator:
         if self._onnx is not None and (disp_init is not None or budget_ms or converged_px):
             raise ValueError("warm start, latency budget and convergence stop need the torch engine")
         outputs = extra + [iters]
-
         self._cancel = cancel
         with torch.inference_mode():
             pair = self._upload_pair(left, right)
@@ -380,18 +300,15 @@ class StereoEstimator:
                     graphed = self._graphs.get(key, lambda: GraphedPass(lambda p: fixed(p)[0], pair))
                     disparities, done = graphed(pair), outputs
                 else:
-                    if disp_init is not None:
-                        disp_init = self._working_resolution(disp_init, size, proc, padding)
-                    # working-resolution pixels -> input pixels
-                    scale = self.model.downsample_factor * size[1] / proc[1]
+                    scale = self.model.downsample_factor * size[1] / proc[1]  # working -> input pixels
                     stop = iteration_stop(start, budget_ms, converged_px, scale, self.device,
                                           at_least=max(extra, default=0) + 1)
+                    if disp_init is not None:
+                        disp_init = self._working_resolution(disp_init, size, proc, padding)
                     run = functools.partial(fixed, pair, stop=stop, disp_init=disp_init)
-                    network_size = (proc[0] + padding.top + padding.bottom, proc[1] + padding.left + padding.right)
-                    if self.compiled and network_size not in self._compiled_sizes:
-                        disparities, done = self._first_compiled_pass(run, network_size)
-                    else:
-                        disparities, done = run()
+                    disparities, done = run() if self._compiled is None else \
+                        self._compiled.run(run, (proc[0] + padding.top + padding.bottom,
+                                                 proc[1] + padding.left + padding.right))
             finally:
                 self._cancel = None
             host = [d[0, 0].cpu().numpy() for d in disparities]
@@ -430,26 +347,6 @@ class StereoEstimator:
                                     stop=stop, disp_init=disp_init, max_disp=self.max_disp)
         disparities = [self._to_input_size(d, padding, size, proc[1]) for d in prediction.disparities]
         return disparities, prediction.iterations
-
-    def _first_compiled_pass(self, run: Callable[[], tuple[list[torch.Tensor], list[int]]],
-                             size: tuple[int, int]) -> tuple[list[torch.Tensor], list[int]]:
-        """``run()`` at a network input size the compiled encoders have not seen: announced, as it compiles.
-        A failed compilation would fail every later frame the same way, so the encoders run eagerly from then on."""
-        if self._log is not None:
-            self._log(f"compiling the encoders for the network input of {size[1]}x{size[0]} (the first frame "
-                      "of each size; seconds to a minute)")
-        try:
-            result = run()
-        except torch._dynamo.exc.TorchDynamoException as err:  # imported by torch.compile
-            uncompile_encoders(self.model)
-            self.compiled = False
-            if self._log is not None:
-                cause = getattr(err, "inner_exception", None) or err  # BackendCompilerFailed wraps it
-                self._log("compiling the encoders failed, running them eagerly from now on: "
-                          f"{type(cause).__name__}: {(str(cause).strip() or '?').splitlines()[0]}")
-            return run()
-        self._compiled_sizes.add(size)
-        return result
 
     @staticmethod
     def _to_input_size(disp: torch.Tensor, padding: Padding, size: tuple[int, int], proc_w: int) -> torch.Tensor:

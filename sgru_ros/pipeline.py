@@ -22,7 +22,8 @@ import numpy as np
 
 from .confidence import confidence_map, earlier_iteration
 from .geometry import DisparityProducts, StereoGeometry, depth_products, disparity_products
-from .inference import StereoEstimator, is_out_of_memory
+from .device import is_out_of_memory
+from .inference import StereoEstimator
 
 
 @dataclass(frozen=True)

@@ -209,7 +209,7 @@ def test_a_set_cancel_event_stops_the_pass(estimator, stereo_pair_files):
 def test_out_of_memory_errors_are_recognised():
     import torch
 
-    from sgru_ros.inference import is_out_of_memory
+    from sgru_ros.device import is_out_of_memory
 
     assert is_out_of_memory(MemoryError())
     assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:116] DefaultCPUAllocator: can't allocate "

@@ -94,7 +94,7 @@ class SelectiveStereo(nn.Module):
     update_block: SelectiveUpdateBlock
     #: 'raft' or 'igev', as checkpoints and the CLI name them.
     variant: str = ""
-    #: The 2D encoders run once per frame, by attribute name: what ``inference.compile_encoders`` hands
+    #: The 2D encoders run once per frame, by attribute name: what ``compiled.compile_encoders`` hands
     #: to torch.compile. Chains of convolution, norm and ReLU at up to full resolution, where inductor's
     #: fused kernels pay (256x384, each timed alone on 2 cores: Selective-RAFT's feature encoder
     #: 626 -> 364 ms, context encoder 255 -> 178 ms). Not listed: the GRU iterations (their convolutions

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..geometry import CloudLayout
-from ..inference import release_memory
+from ..device import release_memory
 from ..pipeline import GeometryOptions, StereoPipeline, failure_kind
 from ..sync import StereoSynchronizer
 

@@ -34,7 +34,8 @@ from sensor_msgs.msg import CameraInfo
 from ..backlog import FrameBacklog
 from ..confidence import earlier_iteration
 from ..geometry import CloudLayout
-from ..inference import InferenceCancelled, StereoEstimator, release_memory
+from ..device import release_memory
+from ..inference import InferenceCancelled, StereoEstimator
 from ..pipeline import FrameResult, GeometryOptions, StereoPipeline, failure_kind
 from ..sync import StereoSynchronizer
 from .conversions import image_to_rgb, projection, stamp_ns
@@ -81,7 +82,7 @@ class StereoWiring:
         self.params = StereoParameters(self)
         p = self.params
         self.stats = FrameStats(inputs=len(INPUT_NAMES))
-        self.sync = StereoSynchronizer(len(INPUT_NAMES), p("queue_size"), self._sync_tolerance_ns())
+        self.sync = StereoSynchronizer(len(INPUT_NAMES), p("queue_size"), self.params.sync_tolerance_ns())
         self._previous_disparity: np.ndarray | None = None  # for warm_start
         self._error_logged: dict[str, float] = {}  # failure kind -> when it was last logged
         self._last_input_time = [-float("inf")] * len(INPUT_NAMES)
@@ -91,10 +92,6 @@ class StereoWiring:
         self.context.on_shutdown(self._stop_worker)
         self.inputs = StereoInputs(self, p("image_transport"), p("input_reliability"), p("queue_size"),
                                    self._on_input)
-
-    def _sync_tolerance_ns(self) -> int | None:
-        p = self.params
-        return round(p("approximate_sync_tolerance_seconds") * 1e9) if p("approximate_sync") else None
 
     def _load(self) -> None:
         p = self.params
@@ -113,10 +110,10 @@ class StereoWiring:
         self.outputs = StereoOutputs(self)
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diagnostics_timer = self.create_timer(1.0, self._on_timer)
-        self.get_logger().info(startup_summary(self.estimator, p, self.inputs.topics))
+        self.get_logger().info(p.summary(self.estimator, self.inputs.topics))
 
     def _start(self) -> None:
-        self.sync = StereoSynchronizer(len(INPUT_NAMES), self.params("queue_size"), self._sync_tolerance_ns())
+        self.sync = StereoSynchronizer(len(INPUT_NAMES), self.params("queue_size"), self.params.sync_tolerance_ns())
         self._last_input_time = [-float("inf")] * len(INPUT_NAMES)
         self._last_set_time = time.monotonic()
         self._received_at_last_set = list(self.stats.received)
@@ -308,22 +305,6 @@ class StereoWiring:
     def busy(self) -> bool:
         """The inference thread is alive: inside a frame or waiting for one (after destroy_node: abandoned)."""
         return self._worker is not None and self._worker.is_alive()
-
-
-def startup_summary(estimator: StereoEstimator, p: StereoParameters, topics: list[str]) -> str:
-    """The node's one start-up line: model, device, precision, engine, iterations and their limits, sizes,
-    sync, transport and inputs."""
-    params = sum(t.numel() for t in estimator.model.parameters()) / 1e6
-    limits = [f"budget {p('latency_budget_ms'):g} ms" if p("latency_budget_ms") else "",
-              f"converged below {p('convergence_threshold_px'):g} px" if p("convergence_threshold_px") else ""]
-    iteration_limits = f" (at most; {', '.join(x for x in limits if x)})" if any(limits) else ""
-    return (f"model {estimator.variant} ({p('model') or 'bundled default'}, {params:.1f} M parameters), device "
-            f"{estimator.device}, precision {estimator.precision}, engine {p('engine')}"
-            f"{' (compiled)' if p('compile') else ''}{' (CUDA graphs)' if p('graphs') else ''}, "
-            f"iterations {p('iterations')}{iteration_limits}, max_width {p('max_width') or 'none'}, "
-            f"max_pixels {p('max_pixels') or 'none'}, {'approximate' if p('approximate_sync') else 'exact'} sync, "
-            f"{p('image_transport')} images, input reliability {p('input_reliability')}; inputs {', '.join(topics)} "
-            "(subscribed while an output has a subscriber)")
 
 
 class StereoNode(StereoWiring, Node):

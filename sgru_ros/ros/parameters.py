@@ -9,7 +9,8 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import ReliabilityPolicy
 
-from ..inference import ENGINES, MAX_ITERATIONS, PRECISIONS
+from ..device import PRECISIONS
+from ..inference import ENGINES, MAX_ITERATIONS, StereoEstimator
 from ..pipeline import GeometryOptions
 from .runtime import declare_checked
 
@@ -46,6 +47,26 @@ class StereoParameters:
             except ParameterUninitializedException:
                 return []
         return self._node.get_parameter(name).value
+
+    def sync_tolerance_ns(self) -> int | None:
+        """The synchroniser's tolerance: None for exact sync."""
+        return round(self("approximate_sync_tolerance_seconds") * 1e9) if self("approximate_sync") else None
+
+    def summary(self, estimator: StereoEstimator, topics: list[str]) -> str:
+        """The node's one start-up line: model, device, precision, engine, iterations and their limits, sizes,
+        sync, transport and inputs."""
+        p = self
+        millions = sum(t.numel() for t in estimator.model.parameters()) / 1e6
+        limits = [f"budget {p('latency_budget_ms'):g} ms" if p("latency_budget_ms") else "",
+                  f"converged below {p('convergence_threshold_px'):g} px" if p("convergence_threshold_px") else ""]
+        iteration_limits = f" (at most; {', '.join(x for x in limits if x)})" if any(limits) else ""
+        return (f"model {estimator.variant} ({p('model') or 'bundled default'}, {millions:.1f} M parameters), device "
+                f"{estimator.device}, precision {estimator.precision}, engine {p('engine')}"
+                f"{' (compiled)' if p('compile') else ''}{' (CUDA graphs)' if p('graphs') else ''}, "
+                f"iterations {p('iterations')}{iteration_limits}, max_width {p('max_width') or 'none'}, "
+                f"max_pixels {p('max_pixels') or 'none'}, {'approximate' if p('approximate_sync') else 'exact'} sync, "
+                f"{p('image_transport')} images, input reliability {p('input_reliability')}; inputs {', '.join(topics)} "
+                "(subscribed while an output has a subscriber)")
 
     def invalid_combination(self, new: dict) -> str:
         """Why the parameters, with ``new`` values replacing current ones, do not fit together ('' if they do)."""

@@ -254,7 +254,7 @@ class Trainer:
     step: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
-        from ..inference import resolve_device
+        from ..device import resolve_device
 
         cfg = self.config
         if cfg.preset not in PRESETS:
