@@ -196,3 +196,27 @@ def test_out_of_memory_is_one_line_naming_the_pair(monkeypatch, capsys, tmp_path
     assert status == 1 and err == f"sgru-stereo infer: error: {left}: out of memory at 150x100 pixels; " \
                                   "try a smaller --max-width\n"
     assert not (tmp_path / "d.npy").exists()
+
+
+def test_train_options_are_made_from_train_config():
+    """Every TrainConfig field is an option of the same name with the field's help and default; what is given
+    reaches the config, what is not keeps the field's default."""
+    import dataclasses
+
+    from sgru_ros.cli import build_parser
+    from sgru_ros.training.train import TrainConfig
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--out", "x", "--batch-size", "16", "--crop", "96", "160",
+                              "--val-multiples", "1", "4", "--best-over-multiples", "--photo-dir", "a",
+                              "--photo-dir", "b"])
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+    assert given == {"batch_size": 16, "crop": [96, 160], "val_multiples": [1, 4], "best_over_multiples": True,
+                     "photo_dirs": ["a", "b"]}
+    train = next(action for action in parser._subparsers._group_actions[0].choices["train"]._actions
+                 if action.dest == "steps")
+    field = next(f for f in dataclasses.fields(TrainConfig) if f.name == "steps")
+    assert train.option_strings == ["--steps"] and train.help == f"{field.metadata['help']} (default 2000)"
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--out", "x", "--preset", "nope"])
+    assert exited.value.code == 1

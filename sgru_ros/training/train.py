@@ -49,44 +49,49 @@ RUN_RESOURCES = frozenset({"device", "workers", "init"})
 LOSS_GAMMA = 0.9
 
 
+def _option(default, help: str, **kwargs):
+    """A TrainConfig field with its help text (``sgru-stereo train`` builds its options from these)."""
+    if callable(default):
+        return field(default_factory=default, metadata={"help": help}, **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
 @dataclass
 class TrainConfig:
     """One run's recipe. Everything here is fixed for the run's life: a resumed
-    run must have the same values (the schedule, data and validation depend on them)."""
+    run must have the same values (the schedule, data and validation depend on them),
+    except ``RUN_RESOURCES``."""
 
-    preset: str = "raft-compact"
-    steps: int = 2000  # the one-cycle schedule's length: resuming continues the same curve
-    batch_size: int = 4
-    crop: tuple[int, int] = (128, 288)
-    lr: float = 4e-4
-    weight_decay: float = 1e-5
-    train_iters: int = 8
-    valid_iters: int = 8  # the deployed default; validation also reports twice as many
-    max_disp: int = 192  # IGEV cost volume; also the loss ignores larger ground truth (as released)
-    data_max_disparity: float = 96.0
-    seed: int = 1234
-    val_every: int = 250
-    val_samples: int = 48
-    device: str = "auto"
-    workers: int = 1
-    # Start from these weights, e.g. to fine-tune; a 1/8 model's weights also start a 1/4
-    # model of the same widths (see ``transfer_state``).
-    init: str = ""
-    # Fraction of batches that start from a noisy, holed prior (warm start): the network
-    # learns to refine an estimate instead of erasing it.
-    warm_start: float = 0.25
-    # Index of the first training scene: a later stage (started with ``init`` from an
-    # earlier run) begins past the scenes that run saw, so every scene is new to it.
-    first_sample: int = 0
-    # Above train_iters: each step draws its iteration count from train_iters..train_iters_max,
-    # so the network learns to stay put once converged (more iterations at run time must
-    # not hurt; trained at one count, the GRU drifts past it).
-    train_iters_max: int = 0
-    # Validation at valid_iters times each of these.
-    val_multiples: tuple[int, ...] = (1, 2)
-    # Keep best.pth by the worst bad-2 over val_multiples instead of bad-2 at valid_iters.
-    best_over_multiples: bool = False
-    photo_dirs: tuple[str, ...] = field(default_factory=existing_photo_dirs)
+    preset: str = _option("raft-compact", "architecture: " + ", ".join(PRESETS))
+    steps: int = _option(2000, "optimisation steps: the one-cycle schedule's length (a resumed run continues "
+                               "the same curve)")
+    batch_size: int = _option(4, "scenes per step")
+    crop: tuple[int, int] = _option((128, 288), "scene size H W, multiples of 32")
+    lr: float = _option(4e-4, "peak learning rate")
+    weight_decay: float = _option(1e-5, "AdamW weight decay")
+    train_iters: int = _option(8, "GRU iterations per step")
+    valid_iters: int = _option(8, "iterations at validation, the deployed count (multiples of it are reported too)")
+    max_disp: int = _option(192, "IGEV cost-volume range; the loss also ignores larger ground truth (as released)")
+    data_max_disparity: float = _option(96.0, "largest disparity in the scenes")
+    seed: int = _option(1234, "data and initialisation seed")
+    val_every: int = _option(250, "validate and save every N steps")
+    val_samples: int = _option(48, "validation scenes (drawn past every training scene)")
+    device: str = _option("auto", "auto, cpu, cuda, cuda:N")
+    workers: int = _option(1, "data-generation processes")
+    init: str = _option("", "start from these weights (same widths as the preset), e.g. to fine-tune; a 1/8 "
+                            "model's weights also start a 1/4 model of the same widths")
+    warm_start: float = _option(0.25, "fraction of batches started from a noisy, holed prior: the network learns "
+                                      "to refine an estimate instead of erasing it")
+    first_sample: int = _option(0, "index of the first training scene: a later stage started with --init from an "
+                                   "earlier run begins past the scenes that run saw")
+    train_iters_max: int = _option(0, "above train_iters: draw each step's iteration count from "
+                                      "train_iters..this, so more iterations at run time do not hurt (0: fixed)")
+    val_multiples: tuple[int, ...] = _option((1, 2), "validate at valid_iters times each of these")
+    best_over_multiples: bool = _option(False, "keep best.pth by the worst bad-2 over val_multiples instead of "
+                                               "bad-2 at valid_iters")
+    photo_dirs: tuple[str, ...] = _option(existing_photo_dirs, "folders of texture photographs (default: "
+                                                               "Debian's mate-backgrounds nature photos when "
+                                                               "installed)")
 
     def scene(self) -> SceneConfig:
         return SceneConfig(height=self.crop[0], width=self.crop[1], max_disparity=self.data_max_disparity,
