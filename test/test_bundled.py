@@ -39,3 +39,12 @@ def test_demo_writes_png_pfm_and_ply(tmp_path):
     import cv2
     color = cv2.imread(str(tmp_path / "demo/disparity_color.png"))
     assert color.shape == (500, 741, 3) and np.count_nonzero(color.sum(-1)) > 0.8 * 741 * 500
+    # The PFM holds x_left - x_right as Middlebury's ground truth does (not d' = d - (cx_l - cx_r), 31 px less).
+    from sgru_ros.calibration import motorcycle_pair
+    from sgru_ros.io import read_pfm
+
+    _, _, gt = motorcycle_pair()
+    written = read_pfm(tmp_path / "demo/disparity.pfm")
+    known = np.isfinite(gt) & np.isfinite(written)
+    assert known.mean() > 0.5 and np.abs(written[known] - gt[known]).mean() < 5.0
+    assert "ROS_DOMAIN_ID" in proc.stdout and "skipped as stale" in proc.stdout

@@ -19,9 +19,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..geometry import CloudLayout
 from ..device import release_memory
-from ..pipeline import GeometryOptions, StereoPipeline, failure_kind
+from ..pipeline import FrameResult, GeometryOptions, StereoPipeline, failure_kind
 from ..sync import StereoSynchronizer
 
 #: Outputs a bag can get, as topic names under the output namespace.
@@ -138,18 +140,7 @@ def open_bag(source: str | Path, topics: StereoTopics):
     return reader
 
 
-def convert_bag(source: str | Path, target: str | Path, pipeline: StereoPipeline, topics: StereoTopics,
-                options: BagOptions = BagOptions(),
-                progress: Callable[[int, int], object] | None = None) -> BagSummary:
-    """Run every synchronised set of ``source`` and write ``target`` (a new rosbag2 folder).
-    progress: called as progress(sets handled, left images in range) after each set.
-    Raises ValueError for a bag it cannot use."""
-    from rclpy.serialization import deserialize_message, serialize_message
-    from rosbags.rosbag2 import StoragePlugin, Writer
-    from rosbags.typesys import Stores, get_typestore
-
-    from .conversions import array_to_image, cloud_message, disparity_message, image_to_rgb, projection, stamp_ns
-
+def _check_options(options: BagOptions, target: Path) -> None:
     unknown = [o for o in options.outputs if o not in OUTPUTS]
     if unknown or not options.outputs:
         raise ValueError(f"unknown output {unknown[0] if unknown else '(none given)'}; choose from "
@@ -158,11 +149,98 @@ def convert_bag(source: str | Path, target: str | Path, pipeline: StereoPipeline
         raise ValueError(f"--every must be >= 1, got {options.every}")
     if options.storage not in ("mcap", "sqlite3"):
         raise ValueError(f"storage must be mcap or sqlite3, got {options.storage!r}")
-    target = Path(target)
     if target.exists():
         raise ValueError(f"{target} exists; the output bag must be a new folder")
+
+
+def _window(reader, options: BagOptions, topics: StereoTopics) -> tuple[int, int | None, int]:
+    """(first, end or None, left images in the window): the window in the bag's clock (ns); the image count
+    is exact without a window, else in proportion (for the progress bar)."""
+    start = reader.start_time + round(options.start * 1e9)
+    stop = None if math.isinf(options.end) else reader.start_time + round(options.end * 1e9) + 1
+    in_range = reader.topics[topics.left_image].msgcount
+    if options.start > 0 or stop is not None:
+        window = min(stop or reader.end_time, reader.end_time) - max(start, reader.start_time)
+        in_range = max(0, round(in_range * window / max(reader.duration, 1)))
+    return start, stop, in_range
+
+
+class _OutputBag:
+    """The written bag's connections: the chosen outputs under the output namespace and, with
+    ``copy_inputs``, the inputs under their own names and definitions; counts what it writes."""
+
+    def __init__(self, writer, inputs: list, options: BagOptions, summary: BagSummary) -> None:
+        from rosbags.typesys import Stores, get_typestore
+
+        typestore = get_typestore(Stores.ROS2_KILTED)
+        self.writer, self.options, self.summary = writer, options, summary
+        namespace = "/" + options.output_namespace.strip("/") if options.output_namespace.strip("/") else ""
+        self.outputs = {name: writer.add_connection(f"{namespace}/{name}", OUTPUT_TYPES[name], typestore=typestore)
+                        for name in options.outputs}
+        self.copies = {}
+        for c in inputs if options.copy_inputs else ():
+            if c.topic not in self.copies:  # the input's own definition where it has one (rosbag2 >= Iron)
+                own = c.msgdef.data and c.digest.startswith("RIHS01_")
+                self.copies[c.topic] = writer.add_connection(c.topic, c.msgtype, typestore=typestore,
+                                                             msgdef=c.msgdef.data if own else None,
+                                                             rihs01=c.digest if own else None)
+
+    def copy(self, topic: str, log_time: int, raw: bytes) -> None:
+        if topic in self.copies:
+            self.writer.write(self.copies[topic], log_time, raw)
+            self.summary.written[topic] += 1
+
+    def write_frame(self, log_time: int, result, left, left_info) -> None:
+        """The chosen outputs of one processed set, stamped as its left camera_info."""
+        from rclpy.serialization import serialize_message
+
+        from .conversions import array_to_image, cloud_message, disparity_message
+
+        header = left_info.header
+        messages = {
+            "disparity": lambda: disparity_message(result.disparity, result.geometry, header),
+            "points2": lambda: cloud_message(result.depth, result.geometry, left, self.options.cloud, header),
+            "depth/image_rect": lambda: array_to_image(result.depth, "32FC1", header),
+            "depth/camera_info": lambda: left_info,
+            "confidence": lambda: array_to_image(result.confidence, "32FC1", header)}
+        for name, connection in self.outputs.items():
+            self.writer.write(connection, log_time, serialize_message(messages[name]()))
+            self.summary.written[connection.topic] += 1
+
+
+def _process_set(pipeline: StereoPipeline, options: BagOptions, left_msg, right_msg, left_info, right_info
+                 ) -> tuple[FrameResult | None, np.ndarray | None, str]:
+    """(the pipeline's result, the left image RGB, '') of one set, or (None, None, why it was skipped) after
+    printing one line."""
+    from .conversions import image_to_rgb, projection, stamp_ns
+
+    try:
+        left, right = image_to_rgb(left_msg), image_to_rgb(right_msg)
+        return pipeline.process(
+            left, right, projection(left_info), projection(right_info), iterations=options.iterations,
+            depth=any(o in options.outputs for o in ("points2", "depth/image_rect")),
+            confidence="confidence" in options.outputs, options=options.geometry,
+            calibrated_sizes=[(i.width, i.height) for i in (left_info, right_info)]), left, ""
+    except Exception as err:  # noqa: BLE001 -- one bad set is counted and skipped, the rest go on
+        kind = failure_kind(err)
+        print(f"set at {stamp_ns(left_info.header) / 1e9:.6f} skipped ({kind}): "
+              f"{str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+        return None, None, kind
+
+
+def convert_bag(source: str | Path, target: str | Path, pipeline: StereoPipeline, topics: StereoTopics,
+                options: BagOptions = BagOptions(),
+                progress: Callable[[int, int], object] | None = None) -> BagSummary:
+    """Run every synchronised set of ``source`` and write ``target`` (a new rosbag2 folder).
+    progress: called as progress(sets handled, left images in range) after each set.
+    Raises ValueError for a bag it cannot use."""
+    from rclpy.serialization import deserialize_message
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from .conversions import stamp_ns
+
+    _check_options(options, target := Path(target))
     ros_types = _ros_types()
-    typestore = get_typestore(Stores.ROS2_KILTED)
     tolerance = None if options.tolerance_s is None else round(options.tolerance_s * 1e9)
     sync = StereoSynchronizer(4, options.queue_size, tolerance)
     summary = BagSummary()
@@ -171,79 +249,28 @@ def convert_bag(source: str | Path, target: str | Path, pipeline: StereoPipeline
         duration_s = reader.duration / 1e9
         by_topic = {t: i for i, t in enumerate(topics)}
         inputs = [c for c in reader.connections if c.topic in by_topic]
-        start = reader.start_time + round(options.start * 1e9)
-        stop = None if math.isinf(options.end) else reader.start_time + round(options.end * 1e9) + 1
-        # Left images in the window, for the progress bar: exact without a window, else in proportion.
-        in_range = reader.topics[topics.left_image].msgcount
-        if options.start > 0 or stop is not None:
-            window = min(stop or reader.end_time, reader.end_time) - max(start, reader.start_time)
-            in_range = max(0, round(in_range * window / max(reader.duration, 1)))
-        namespace = "/" + options.output_namespace.strip("/") if options.output_namespace.strip("/") else ""
+        start, stop, in_range = _window(reader, options, topics)
         plugin = StoragePlugin.MCAP if options.storage == "mcap" else StoragePlugin.SQLITE3
         with Writer(target, version=Writer.VERSION_LATEST, storage_plugin=plugin) as writer:
-            out = {name: writer.add_connection(f"{namespace}/{name}", OUTPUT_TYPES[name], typestore=typestore)
-                   for name in options.outputs}
-            copies = {}
-            for c in inputs if options.copy_inputs else ():
-                if c.topic not in copies:  # the input's own definition where it has one (rosbag2 >= Iron)
-                    own = c.msgdef.data and c.digest.startswith("RIHS01_")
-                    copies[c.topic] = writer.add_connection(c.topic, c.msgtype, typestore=typestore,
-                                                            msgdef=c.msgdef.data if own else None,
-                                                            rihs01=c.digest if own else None)
-
-            def write(name: str, log_time: int, msg) -> None:
-                writer.write(out[name], log_time, serialize_message(msg))
-                summary.written[out[name].topic] += 1
-
-            def run_set(log_time: int, left_msg, right_msg, left_info, right_info) -> str:
-                """Process one set and write its outputs; returns why it was skipped, or ''."""
-                if (summary.sets - 1) % options.every:
-                    return f"--every {options.every}"
-                try:
-                    left, right = image_to_rgb(left_msg), image_to_rgb(right_msg)
-                    result = pipeline.process(
-                        left, right, projection(left_info), projection(right_info), iterations=options.iterations,
-                        depth=any(o in options.outputs for o in ("points2", "depth/image_rect")),
-                        confidence="confidence" in options.outputs, options=options.geometry,
-                        calibrated_sizes=[(i.width, i.height) for i in (left_info, right_info)])
-                except Exception as err:  # noqa: BLE001 -- one bad set is counted and skipped, the rest go on
-                    kind = failure_kind(err)
-                    print(f"set at {stamp_ns(left_info.header) / 1e9:.6f} skipped ({kind}): "
-                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
-                    return kind
-                header = left_info.header
-                if "disparity" in out:
-                    write("disparity", log_time, disparity_message(result.disparity, result.geometry, header))
-                if "points2" in out:
-                    write("points2", log_time, cloud_message(result.depth, result.geometry, left,
-                                                             options.cloud, header))
-                if "depth/image_rect" in out:
-                    write("depth/image_rect", log_time, array_to_image(result.depth, "32FC1", header))
-                if "depth/camera_info" in out:
-                    write("depth/camera_info", log_time, left_info)
-                if "confidence" in out:
-                    write("confidence", log_time, array_to_image(result.confidence, "32FC1", header))
-                return ""
-
+            out = _OutputBag(writer, inputs, options, summary)
             for connection, log_time, raw in reader.messages(inputs, start=start, stop=stop):
-                index = by_topic[connection.topic]
                 summary.messages_in[connection.topic] += 1
-                if connection.topic in copies:
-                    writer.write(copies[connection.topic], log_time, raw)
-                    summary.written[connection.topic] += 1
+                out.copy(connection.topic, log_time, raw)
                 msg = deserialize_message(raw, ros_types[connection.msgtype])
-                frame = sync.add(index, stamp_ns(msg.header), (log_time, msg))
+                frame = sync.add(by_topic[connection.topic], stamp_ns(msg.header), (log_time, msg))
                 if frame is None:
                     continue
                 summary.sets += 1
                 (log_time, left_msg), (_, right_msg), (_, left_info), (_, right_info) = frame
-                skipped = run_set(log_time, left_msg, right_msg, left_info, right_info)
+                result, left, skipped = (None, None, f"--every {options.every}") if (summary.sets - 1) % options.every \
+                    else _process_set(pipeline, options, left_msg, right_msg, left_info, right_info)
+                if result is not None:
+                    out.write_frame(log_time, result, left, left_info)
+                    summary.processed += 1
+                else:
+                    summary.skipped[skipped] += 1
                 if skipped == "out_of_memory":  # out of the except block: its traceback held the set's tensors
                     release_memory(pipeline.estimator.device)
-                if skipped:
-                    summary.skipped[skipped] += 1
-                else:
-                    summary.processed += 1
                 if progress is not None:
                     progress(summary.sets, in_range)
     except BaseException:

@@ -255,8 +255,8 @@ class StereoWiring:
             self.stats.resolution = size
         self.stats.last_iterations = frame.iterations
         self._previous_disparity = frame.network_disparity if self.params("warm_start") else None
-        self.stats.processed += 1
         self.stats.stages_ms = stages_ms  # one assignment: the diagnostics timer (executor thread) reads it
+        self.stats.processed += 1  # after the times: a reader that sees the count sees that frame's times
         self._backlog.frame_done(stages_ms["total"] / 1e3)
 
     def _warm_start_from(self, size: tuple[int, int]) -> np.ndarray | None:
