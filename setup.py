@@ -1,12 +1,16 @@
+import re
 from glob import glob
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
 package_name = "sgru_ros"
+# The version lives in package.xml only (ROS's release tools bump it there, with CHANGELOG.rst).
+version = re.search(r"<version>([^<]+)</version>", (Path(__file__).parent / "package.xml").read_text()).group(1)
 
 setup(
     name=package_name,
-    version="0.1.0",
+    version=version,
     packages=find_packages(exclude=["test"]),
     package_data={package_name: ["weights/*.pth"]},
     data_files=[

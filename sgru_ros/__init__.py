@@ -9,4 +9,22 @@ import os
 # only takes effect if sgru_ros is imported before torch; a value the user set is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__version__ = "0.1.0"
+
+
+def _version() -> str:
+    """The installed distribution's version (setup.py takes it from package.xml), else package.xml beside
+    this source tree."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sgru_ros")
+    except PackageNotFoundError:
+        import re
+        from pathlib import Path
+
+        package_xml = Path(__file__).resolve().parents[1] / "package.xml"
+        found = re.search(r"<version>([^<]+)</version>", package_xml.read_text()) if package_xml.is_file() else None
+        return found.group(1) if found else "unknown"
+
+
+__version__ = _version()

@@ -321,3 +321,14 @@ def test_importing_the_package_lets_openmp_threads_sleep_unless_the_user_chose()
         run_env = env if given is None else {**env, "OMP_WAIT_POLICY": given}
         out = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == expected
+
+
+def test_the_version_lives_in_package_xml_and_heads_the_changelog():
+    import sgru_ros
+
+    version = ET.parse(REPO / "package.xml").getroot().findtext("version")
+    releases = re.findall(r"^(\d+\.\d+\.\d+) \((\d{4}-\d{2}-\d{2})\)\n-+$", (REPO / "CHANGELOG.rst").read_text(), re.M)
+    assert releases and releases[0][0] == version, (version, releases[:1])
+    assert [r[1] for r in releases] == sorted((r[1] for r in releases), reverse=True)  # newest first
+    assert not re.search(r"version\s*=\s*['\"]", (REPO / "setup.py").read_text())  # read from package.xml
+    assert sgru_ros.__version__ == version
