@@ -28,7 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -38,7 +37,7 @@ from sgru_ros.bench import BenchConfig, bench_pair, format_result, run_bench  # 
 from sgru_ros.calibration import MOTORCYCLE, motorcycle_pair  # noqa: E402
 from sgru_ros.geometry import CloudLayout, pack_cloud  # noqa: E402
 from sgru_ros.inference import StereoEstimator  # noqa: E402
-from sgru_ros.model import IGEVConfig, RaftConfig, build_model, load_model  # noqa: E402
+from sgru_ros.model import load_model, released_model  # noqa: E402
 from sgru_ros.pipeline import StereoPipeline  # noqa: E402
 from sgru_ros.weights import default_checkpoint  # noqa: E402
 
@@ -59,9 +58,7 @@ def write(out: Path, name: str, data) -> None:
 
 def models() -> dict[str, torch.nn.Module]:
     """The released widths of both variants (random weights: time does not depend on values) and the bundled model."""
-    torch.manual_seed(0)
-    return {"igev": build_model(IGEVConfig()), "raft": build_model(RaftConfig()),
-            "bundled": load_model(default_checkpoint())}
+    return {"igev": released_model("igev"), "raft": released_model("raft"), "bundled": load_model(default_checkpoint())}
 
 
 def set_tf32(enabled: bool | None, defaults: tuple[bool, bool]) -> None:

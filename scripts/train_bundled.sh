@@ -14,7 +14,7 @@
 # TIME_BUDGET (default 2h; seconds, or 90m, 2h) with the state saved. The one-cycle
 # schedule is defined over the whole stage, so every piece continues the same
 # curve. EXTRA_ARGS adds options that do not change the recipe (e.g. "--workers
-# 12"); scripts/device_train.sh runs a piece on a lent GPU.
+# 12"); scripts/gpu_train.sh runs a piece on a GPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGE=${1:?give the stage: 1, 2 or 3}

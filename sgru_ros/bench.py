@@ -90,8 +90,9 @@ def bench_pair(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     return tuple(cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA) for image in (left, right))
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as statm:
+def rss_mb(pid: int | str = "self") -> float:
+    """Resident set size of a process (this one by default), MB (Linux: /proc/PID/statm)."""
+    with open(f"/proc/{pid}/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
@@ -106,18 +107,18 @@ class PeakRss:
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_mb())
+            self.peak = max(self.peak, rss_mb())
             time.sleep(self.interval)
 
     def __enter__(self) -> PeakRss:
-        self.peak = _rss_mb()
+        self.peak = rss_mb()
         self._thread.start()
         return self
 
     def __exit__(self, *_) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _rss_mb())
+        self.peak = max(self.peak, rss_mb())
 
 
 #: The CUDA runtime and driver calls that start work on the GPU, as the profiler names them.

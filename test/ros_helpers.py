@@ -60,13 +60,6 @@ def stop_process(proc: subprocess.Popen) -> str:
     return proc.communicate()[0] or ""
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
 class Observer(Node):
     """Subscribes like rviz or a mapping node would and records disparities (with arrival times)
     and the stereo node's diagnostics."""

@@ -47,9 +47,30 @@ def test_installed_layout_for_ros2_run_and_launch():
     assert Path(get_package_share_directory("sgru_ros")) == prefix / "share/sgru_ros"
 
 
-def test_launch_file_compiles():
-    source = (REPO / "launch/stereo.launch.py").read_text()
-    compile(source, "stereo.launch.py", "exec")
+def _declared_parameters() -> set[str]:
+    """The stereo node's parameters, read off its table (sgru_ros/ros/parameters.py) without ROS."""
+    tree = ast.parse((REPO / "sgru_ros/ros/parameters.py").read_text())
+    return {node.args[0].value for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in
+            ("declare", "declare_parameter") and node.args and isinstance(node.args[0], ast.Constant)}
+
+
+def test_launch_arguments_and_the_params_file_name_the_nodes_parameters():
+    """Every node argument of the launch file and every key of config/stereo.yaml is a parameter the node
+    declares, and the params file lists every one of them (a user edits it as the full reference)."""
+    import yaml
+
+    declared = _declared_parameters()
+    assert {"iterations", "publish_iterations", "model", "graphs", "flying_pixel_threshold"} <= declared
+    launch = ast.parse((REPO / "launch/stereo.launch.py").read_text())
+    table = next(node.value for node in ast.walk(launch) if isinstance(node, ast.Assign)
+                 and getattr(node.targets[0], "id", "") == "NODE_ARGUMENTS")
+    arguments = {key.value for key in table.keys}
+    assert arguments <= declared, arguments - declared
+    text = (REPO / "config/stereo.yaml").read_text()
+    params = yaml.safe_load(text)["/**/sgru_stereo"]["ros__parameters"]
+    commented = set(re.findall(r"^ +# (\w+): ", text, re.M))  # shown, but without a value (publish_iterations)
+    assert set(params) | commented == declared, (set(params) | commented) ^ declared
 
 
 def test_launch_description_builds():

@@ -287,7 +287,7 @@ def test_bad_input_is_reported_and_the_node_keeps_running(rig, node_process):
 
 def test_compiled_encoders_give_the_known_answer(rig, tmp_path):
     """compile:=true wired through: the node starts, announces the compilation at the first frame and
-    answers (the known answer does not depend on the encoders; test_speed compares compiled and eager)."""
+    answers (the known answer does not depend on the encoders; test_engines_and_bench compares compiled and eager)."""
     namespace = "/rig_compiled"
     checkpoint = known_answer_checkpoint(tmp_path / "known_answer.pth")
     proc = start_process("run", "-r", f"__ns:={namespace}", "-p", f"model:={checkpoint}", "-p", "device:=cpu",

@@ -12,7 +12,8 @@ rclpy = pytest.importorskip("rclpy")
 from rclpy.qos import QoSProfile  # noqa: E402
 from sensor_msgs.msg import PointCloud2  # noqa: E402
 
-from ros_helpers import Observer, remapped_inputs, rss_mb, start_process, stop_process, write_folder_source  # noqa: E402
+from ros_helpers import Observer, remapped_inputs, start_process, stop_process, write_folder_source  # noqa: E402
+from sgru_ros.bench import rss_mb  # noqa: E402
 
 FRAMES, RATE = 300, 30.0
 RSS_GROWTH_LIMIT_MB = 50.0

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from ..model.base import SelectiveStereo
 from .common import CommandError, add_model_arguments, estimator_from_args, int_type, iterations
 
@@ -31,13 +29,11 @@ def _bench_model(args: argparse.Namespace) -> tuple[SelectiveStereo | None, str]
     """--random-weights: the released architecture of --variant, seeded; else None (--checkpoint)."""
     if not args.random_weights:
         return None, Path(args.checkpoint).name if args.checkpoint else "bundled"
-    from ..model import IGEVConfig, RaftConfig, build_model
+    from ..model import released_model
 
     if args.variant is None or args.checkpoint:
         raise CommandError("--random-weights needs --variant raft|igev and no --checkpoint")
-    torch.manual_seed(0)
-    model = build_model(IGEVConfig() if args.variant == "igev" else RaftConfig())
-    return model, f"selective-{args.variant} (random weights)"
+    return released_model(args.variant), f"selective-{args.variant} (random weights)"
 
 
 def run(args: argparse.Namespace) -> None:

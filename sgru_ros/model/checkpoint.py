@@ -153,6 +153,16 @@ def build_model(config: ModelConfig) -> SelectiveStereo:
     return SelectiveRAFT(config) if isinstance(config, RaftConfig) else SelectiveIGEV(config)
 
 
+def released_model(variant: Variant, seed: int = 0) -> SelectiveStereo:
+    """The authors' released architecture of ``variant`` with weights drawn from ``seed`` (the global RNG is
+    left as it was): for timing, where the arithmetic does not depend on the values, and for tests."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; use one of {', '.join(VARIANTS)}")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return build_model(IGEVConfig() if variant == "igev" else RaftConfig())
+
+
 def load_model(path: str | Path, variant: Variant | None = None) -> SelectiveStereo:
     """Build the network a checkpoint describes and load its weights (eval mode, CPU).
 

@@ -1,16 +1,18 @@
 #!/bin/bash
-# A piece of the bundled model's training on a lent GPU machine (the `device` tool), in one call:
+# A piece of the bundled model's training on a machine with a CUDA GPU, which may have no package index
+# and none of this machine's files:
 #
-#   here:   bash scripts/device_train.sh pack STAGE        # -> .device_carry/ (git-ignored)
-#   device: run(command="bash scripts/device_train.sh train STAGE 8m", carry=[".device_carry"], timeout_s=600)
-#   here:   bash scripts/device_train.sh unpack STAGE FILES_AT
+#   here:         bash scripts/gpu_train.sh pack STAGE                  # -> .device_carry/ (git-ignored)
+#   GPU machine:  bash scripts/gpu_train.sh train STAGE 8m OUT_DIR      # this tree with .device_carry/ copied along
+#   here:         bash scripts/gpu_train.sh unpack STAGE OUT_DIR        # OUT_DIR brought back
 #
 # pack copies the runs the stage needs (its own state, if started, and the weights
 # it starts from) and the texture photographs (the run's photo_dirs, which the GPU
 # machine lacks) into .device_carry; train puts them where the recipe expects them,
 # resumes or starts the stage with scripts/train_bundled.sh for the budget (more
 # data workers: scene i is the same whichever process makes it) and leaves the run
-# folder in $OUT, its state split below the 16 MiB file limit; unpack joins it back.
+# folder in OUT_DIR, its state split into 15 MB parts (for transfers with a file-size
+# limit); unpack joins it back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PHOTOS=/usr/share/backgrounds/mate/nature
@@ -20,7 +22,7 @@ run_dir() {
   case "$1" in
     1) echo runs/bundled ;;
     2|3) echo "runs/bundled_stage$1" ;;
-    *) echo "device_train: stage is 1, 2 or 3, not $1" >&2; exit 2 ;;
+    *) echo "gpu_train: stage is 1, 2 or 3, not $1" >&2; exit 2 ;;
   esac
 }
 case "${1:-}" in
@@ -41,7 +43,8 @@ case "${1:-}" in
     ;;
   train)
     RUN=$(run_dir "${2:?give the stage}")
-    BUDGET=${3:-8m}
+    BUDGET=${3:?give the time budget, e.g. 8m}
+    OUT=${4:?give the output folder}
     [ -d "$PHOTOS" ] || { mkdir -p "$PHOTOS" && cp "$CARRY"/photos/* "$PHOTOS/"; }
     [ -d "$CARRY/runs" ] && { mkdir -p runs && cp -r "$CARRY"/runs/. runs/; }
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
@@ -53,17 +56,17 @@ case "${1:-}" in
     ;;
   unpack)
     RUN=$(run_dir "${2:?give the stage}")
-    FROM=${3:?give the files_at folder of the device call}
+    FROM=${3:?give the output folder of the train step}
     mkdir -p "$RUN"
     cat "$FROM"/run/train_state.pt.part* > "$RUN/train_state.pt.new"
     "${PYTHON:-python3}" -c "import torch, sys; s = torch.load(sys.argv[1], map_location='cpu', weights_only=True); print('state at step', s['step'])" \
       "$RUN/train_state.pt.new"
     mv "$RUN/train_state.pt.new" "$RUN/train_state.pt"
     cp "$FROM"/run/*.csv "$FROM"/run/config.json "$FROM"/run/best.pth "$RUN/"
-    chmod u+w "$RUN"/*  # the device tool hands its files back read-only
+    chmod u+w "$RUN"/*  # copies brought back may be read-only
     ;;
   *)
-    echo "usage: $0 pack STAGE | train STAGE [BUDGET] | unpack STAGE FILES_AT" >&2
+    echo "usage: $0 pack STAGE | train STAGE BUDGET OUT_DIR | unpack STAGE OUT_DIR" >&2
     exit 2
     ;;
 esac

@@ -1,5 +1,5 @@
-"""The speed tools: the bench command (a smoke run, no timing assertion), the ONNX export and the
-onnxruntime engine, and the iteration controls (latency budget, convergence stop)."""
+"""The bench command (a smoke run, no timing assertion), the ONNX export and the onnxruntime engine, the
+compiled encoders, and the iteration controls (latency budget, convergence stop)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from sgru_ros.bench import bench_pair
 from sgru_ros.inference import StereoEstimator
-from sgru_ros.model import IGEVConfig, RaftConfig, build_model
+from sgru_ros.model import released_model
 from sgru_ros.model.layers import winograd_convolutions
 
 
@@ -65,8 +65,7 @@ def network(args: argparse.Namespace) -> None:
         estimator = StereoEstimator.from_checkpoint(args.checkpoint, variant=None if args.variant == "bundled"
                                                     else args.variant, device="cpu")
     else:
-        torch.manual_seed(0)
-        estimator = StereoEstimator(build_model(IGEVConfig() if args.variant == "igev" else RaftConfig()),
+        estimator = StereoEstimator(released_model(args.variant),
                                     device="cpu")
     left, right = bench_pair(*args.size)
 
