@@ -61,7 +61,7 @@ def _takes_winograd(x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, i
     weight (O x C x kh x kw) runs faster as NNPACK's Winograd convolution.
 
     The shapes are those measured faster on 2 cores of an AMD EPYC (AVX2), PyTorch 2.13, one image
-    at a time (``scripts/winograd_ab.py --shapes``): 3 x 3 kernel, maps of at least 32 x 48 = 1536
+    at a time (``tools/experiments/winograd_ab.py --shapes``): 3 x 3 kernel, maps of at least 32 x 48 = 1536
     pixels, at least 64 channels in and out (e.g. 384 -> 256 channels at 64 x 96: 28 ms against
     oneDNN's 61 ms). Maps of 16 x 24 with many channels ran slower, so did 32 channels from 64 x 96 up
     and batches of two in one call (``conv2d`` passes NNPACK one image at a time); 48 channels ran

@@ -2,7 +2,7 @@
 """Before/after speed of the network code, interleaved in one process (steadier than separate runs).
 
     git worktree add /tmp/before db58fcc
-    python scripts/ab_before_after.py --before-tree /tmp/before --variant igev [--size 256 384 --iters 8 --rounds 3]
+    python tools/experiments/ab_before_after.py --before-tree /tmp/before --variant igev [--size 256 384 --iters 8 --rounds 3]
 
 The older tree's ``sgru_ros`` is copied to a temporary folder as ``sgru_ros_before`` and imported beside
 this checkout's; both networks get the same weights (the bundled ones, or random ones at the released

@@ -7,8 +7,8 @@ after warping by the ground truth, how the disparity mass is spread, and the
 share of depth edges and occlusions. The Motorcycle pair is only measured,
 never trained on.
 
-    python scripts/data_stats.py                       # the package's generator
-    python scripts/data_stats.py --generator old_synthetic.py --label before
+    python tools/experiments/data_stats.py                       # the package's generator
+    python tools/experiments/data_stats.py --generator old_synthetic.py --label before
 
 ``--generator`` loads another version of ``sgru_ros/training/synthetic.py``
 from a file (e.g. ``git show REV:sgru_ros/training/synthetic.py``), so a

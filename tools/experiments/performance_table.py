@@ -4,14 +4,14 @@ each model, size and iteration count, and for each path: the code before issue 1
 checkout of that commit, e.g. `git worktree add /tmp/today db58fcc`), today's torch path in fp32 (and
 bf16 with --bf16), and the onnxruntime engine.
 
-    python scripts/performance_table.py --baseline-tree /tmp/today [--json docs/performance_cpu.json]
+    python tools/experiments/performance_table.py --baseline-tree /tmp/today [--json docs/performance_cpu.json]
 
 Every configuration runs in a process of its own (so peak RSS belongs to it): one warm-up, then
 `--repeats` timed passes (medians). The baseline is timed the same way (StereoEstimator.estimate on the
 same pair) from the older tree, which has no bench command. Slow combinations are limited: onnxruntime
 and bf16 run only at the first size and iteration count of each model (--everywhere onnxruntime bf16
 lifts that). bf16 is off by default and can be asked for some models only (--bf16 bundled): on CPUs
-without bf16 instructions one pass takes minutes (scripts/precision_report.py).
+without bf16 instructions one pass takes minutes (tools/experiments/precision_report.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Speed and disparity drift of reduced precision against fp32 on the Motorcycle pair (741x500).
 
-    python scripts/precision_report.py [--checkpoint C] [--iters 8] [--device cpu] [--precisions fp32 bf16]
+    python tools/experiments/precision_report.py [--checkpoint C] [--iters 8] [--device cpu] [--precisions fp32 bf16]
                                        [--max-width 384]
 
 For each precision: milliseconds for one pass (after an untimed pass on a 96 x 128 crop, which sets up

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Warm start on a moving synthetic sequence: accuracy against iterations and time, cold and warm.
 
-    python scripts/warm_start_sequence.py [--checkpoint C] [--frames 10 --step 4 --iters 1 2 4 8 16]
+    python tools/experiments/warm_start_sequence.py [--checkpoint C] [--frames 10 --step 4 --iters 1 2 4 8 16]
                                           [--png docs/warm_start.png]
 
 The sequence is one procedural scene (``training.synthetic``, seed 90210, no photometric changes,

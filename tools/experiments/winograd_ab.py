@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Winograd (NNPACK) against direct convolutions: the whole network, or single convolution shapes.
 
-    python scripts/winograd_ab.py --variant igev [--checkpoint official_igev.pth] [--size 256 384 --iters 8
+    python tools/experiments/winograd_ab.py --variant igev [--checkpoint official_igev.pth] [--size 256 384 --iters 8
         --rounds 4]
-    python scripts/winograd_ab.py --shapes
+    python tools/experiments/winograd_ab.py --shapes
 
 The first form runs ``StereoEstimator.estimate`` on the Motorcycle pair resized to the size with the Winograd
 path on and off (``sgru_ros.model.layers.winograd_convolutions``), alternately (who goes first alternates
