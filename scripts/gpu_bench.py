@@ -10,7 +10,7 @@ scikit-image (the Motorcycle pair). Writes, each as soon as it is done (a run cu
   graph_check.json   CUDA-graph replay against the eager pass, fp32, every model at each size: largest
                      difference (bar 1e-3 px), two different frames replayed
   precision.json     each precision against strict fp32 (no TF32): mean and 99.9th-percentile |difference|
-                     (bars 0.05 / 0.5 px) on the bundled model (Motorcycle) and the parity fixtures when present
+                     (bars 0.05 / 0.5 px) on the bundled model (Motorcycle) and the parity fixtures' networks (their Motorcycle crop)
   table.json         sgru-stereo bench cells: wall ms (median of --repeats), summed kernel ms, their ratio,
                      fps, peak memory, kernels and launch calls per frame; the done conditions' cells first
   pipeline.json      image in host memory -> disparity, depth and packed cloud in host memory, against the
@@ -25,6 +25,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from sgru_ros.model import load_model, released_model  # noqa: E402
 from sgru_ros.pipeline import StereoPipeline  # noqa: E402
 from sgru_ros.weights import default_checkpoint  # noqa: E402
 
-PARITY_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "parity"
+PARITY_DIR = Path(__file__).resolve().parents[1] / "test" / "fixtures" / "parity"
 #: Precision settings: name -> (estimator precision, TF32 for matmul and cuDNN). "fp32-strict" is the reference.
 PRECISIONS = {"fp32-strict": ("fp32", False), "fp32": ("fp32", None), "tf32": ("fp32", True),
               "fp16": ("fp16", None), "bf16": ("bf16", None)}
@@ -105,19 +106,21 @@ def graph_check(nets: dict, device: str, sizes: list[tuple[int, int]], iters: in
 
 
 def precision_inputs(nets: dict) -> list[tuple[str, torch.nn.Module, np.ndarray, np.ndarray, int]]:
-    """(name, model, left, right, max_disp): the bundled model on Motorcycle, the parity fixtures' networks on theirs."""
+    """(name, model, left, right, max_disp): the bundled model on Motorcycle, and both released architectures
+    with the parity fixtures' weights on their Motorcycle crop (test/fixtures/parity)."""
+    import importlib.util
+
     left, right, _ = motorcycle_pair()
     cases = [("bundled/motorcycle", nets["bundled"], left, right, 192)]
+    spec = importlib.util.spec_from_file_location("parity_weights", PARITY_DIR / "weights.py")
+    weights = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(weights)
     for variant in ("igev", "raft"):
-        path = PARITY_DIR / f"{variant}_motorcycle.pt"
-        if not path.is_file():
-            log(f"precision: {path} not present, skipped")
-            continue
-        fixture = torch.load(path, map_location="cpu", weights_only=True)
-        state = Path("/tmp") / f"sgru_gpu_bench_{variant}.pth"
-        torch.save(fixture["state_dict"], state)
-        images = [fixture[k][0].permute(1, 2, 0).numpy() for k in ("left", "right")]
-        cases.append((f"fixture-{variant}", load_model(state), *images, fixture["args"].get("max_disp", 192)))
+        fixture = torch.load(PARITY_DIR / f"{variant}_motorcycle_crop.pt", weights_only=True)
+        state = Path(tempfile.mkdtemp()) / f"{variant}.pth"
+        torch.save(weights.make_state(fixture["layout"], fixture["seed"]), state)
+        cases.append((f"fixture-{variant}", load_model(state), fixture["left"].numpy(), fixture["right"].numpy(),
+                      fixture["args"].get("max_disp", 192)))
     return cases
 
 

@@ -12,7 +12,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 PARITY_DIR = REPO.parent / "shared" / "fixtures" / "parity"
-FIXTURE_NAMES = ("raft", "igev")
+#: Made by scripts/make_parity_fixtures.py: the authors' outputs on a Motorcycle crop, weights from a seed.
+CROP_PARITY_DIR = REPO / "test" / "fixtures" / "parity"
+#: "-crop": the fixtures in this repository (always there); plain: the larger ones in ../shared.
+FIXTURE_NAMES = ("raft-crop", "igev-crop", "raft", "igev")
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -22,6 +25,19 @@ os.environ.setdefault("ROS_DOMAIN_ID", "73")
 
 
 def parity_fixture(name: str) -> dict:
+    """A fixture of the authors' outputs: variant, args, left/right (1 x 3 x H x W float 0..255), iters,
+    test_out, train_preds (init_disp for IGEV) and state_dict (module.-prefixed, as their training saves)."""
+    if name.endswith("-crop"):
+        import importlib.util
+
+        fixture = torch.load(CROP_PARITY_DIR / f"{name[:-5]}_motorcycle_crop.pt", weights_only=True)
+        spec = importlib.util.spec_from_file_location("parity_weights", CROP_PARITY_DIR / "weights.py")
+        weights = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(weights)
+        fixture["state_dict"] = weights.make_state(fixture["layout"], fixture["seed"])
+        for side in ("left", "right"):
+            fixture[side] = fixture[side].permute(2, 0, 1)[None].float()
+        return fixture
     path = PARITY_DIR / f"{name}_motorcycle.pt"
     if not path.is_file():
         pytest.skip(f"parity fixture {path} not present (../shared is only beside the project's own checkout)")

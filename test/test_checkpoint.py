@@ -80,7 +80,7 @@ def test_cli_gives_one_line_and_nonzero_exit(tmp_path, small_raft_checkpoint, st
 
 
 def test_official_raft_forced_as_igev_is_refused(tmp_path):
-    fixture = parity_fixture("raft")
+    fixture = parity_fixture("raft-crop")
     torch.save(fixture["state_dict"], tmp_path / "raft.pth")
     with pytest.raises(CheckpointError, match="holds a Selective-RAFT state dict, not Selective-IGEV"):
         load_model(tmp_path / "raft.pth", variant="igev")

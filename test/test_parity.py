@@ -1,4 +1,5 @@
-"""The package reproduces the authors' own outputs (../shared/fixtures/parity)."""
+"""The package reproduces the authors' own outputs: the fixtures in test/fixtures/parity (made by
+scripts/make_parity_fixtures.py) and, where present, the larger ones in ../shared/fixtures/parity."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def _sign(fixture: dict) -> int:
 def loaded(request, tmp_path_factory):
     fixture = parity_fixture(request.param)
     path = tmp_path_factory.mktemp(request.param) / "official.pth"
-    torch.save(fixture["state_dict"], path)  # module.-prefixed float16, as in the fixture
+    torch.save(fixture["state_dict"], path)  # module.-prefixed, as the authors' training script saves
     return fixture, load_model(path), path
 
 
