@@ -22,24 +22,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 
 def write_input(folder: Path) -> None:
     """The Motorcycle pair at 640x480 with its calibration scaled, as the folder source reads it."""
     from sgru_ros.bench import bench_pair
-    from sgru_ros.calibration import MOTORCYCLE, motorcycle_pair
-    from sgru_ros.io import write_image_rgb
+    from sgru_ros.calibration import MOTORCYCLE, StereoCalibration, motorcycle_pair
+    from sgru_ros.ros.sample_source import write_folder_source
 
     full_height, full_width = motorcycle_pair()[0].shape[:2]
     sx, sy = 640 / full_width, 480 / full_height
-    for side, image in zip(("left", "right"), bench_pair(480, 640)):
-        (folder / side).mkdir()
-        write_image_rgb(folder / side / "000.png", image)
-    calib = MOTORCYCLE.scaled(sx)  # x scale; cy scaled by y below
-    (folder / "calibration.yaml").write_text(yaml.safe_dump({
-        "focal_length": calib.focal_length, "cx": calib.cx, "cy": MOTORCYCLE.cy * sy,
-        "cx_right": calib.cx_right, "baseline": calib.baseline}))
+    calib = MOTORCYCLE.scaled(sx)  # x scale; cy scaled by y
+    write_folder_source(folder, [bench_pair(480, 640)], StereoCalibration(
+        calib.focal_length, calib.cx, MOTORCYCLE.cy * sy, calib.cx_right, calib.baseline))
 
 
 def collect(frames: int, timeout_s: float,

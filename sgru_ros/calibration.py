@@ -52,6 +52,13 @@ class StereoCalibration:
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: {err}") from None
 
+    def to_yaml(self, path: str | Path) -> None:
+        """Write the file ``from_yaml`` reads."""
+        import yaml
+
+        Path(path).write_text(yaml.safe_dump({"focal_length": self.focal_length, "cx": self.cx, "cy": self.cy,
+                                              "cx_right": self.cx_right, "baseline": self.baseline}))
+
     def scaled(self, factor: float) -> StereoCalibration:
         """The calibration of the images resized by ``factor``."""
         return StereoCalibration(self.focal_length * factor, self.cx * factor, self.cy * factor,

@@ -16,7 +16,6 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from stereo_msgs.msg import DisparityImage
 
-from sgru_ros.io import write_image_rgb
 from sgru_ros.ros.conversions import stamp_ns
 
 from conftest import REPO, STEP_PX, known_answer_checkpoint  # noqa: F401 -- re-exported for the ROS tests
@@ -101,16 +100,15 @@ class Observer(Node):
 
 
 def write_folder_source(folder: Path, width: int, height: int, shift: int = 8) -> tuple[Path, Path]:
-    """One textured pair of this size (right = left shifted by ``shift`` px) under folder/left and
-    folder/right, and a calibration YAML; returns (folder, calibration file)."""
+    """One textured pair of this size (right = left shifted by ``shift`` px) as the folder source reads it;
+    returns (folder, calibration file)."""
+    from sgru_ros.calibration import StereoCalibration
+    from sgru_ros.ros.sample_source import write_folder_source as write
+
     rng = np.random.default_rng(width)
     texture = rng.integers(0, 255, size=(height, width + shift, 3), dtype=np.uint8)
-    for side, image in (("left", texture[:, :width]), ("right", texture[:, shift:])):
-        (folder / side).mkdir(parents=True, exist_ok=True)
-        write_image_rgb(folder / side / "000.png", np.ascontiguousarray(image))
-    calibration = folder / "calibration.yaml"
-    calibration.write_text(f"focal_length: {width * 0.8}\ncx: {width / 2}\ncy: {height / 2}\nbaseline: 0.1\n")
-    return folder, calibration
+    calibration = StereoCalibration(width * 0.8, width / 2, height / 2, width / 2, 0.1)
+    return folder, write(folder, [(texture[:, :width], texture[:, shift:])], calibration)
 
 
 class CameraRig(Observer):

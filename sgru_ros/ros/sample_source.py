@@ -32,7 +32,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
 from ..calibration import MOTORCYCLE, StereoCalibration, motorcycle_pair
-from ..io import read_image
+from ..io import read_image, write_image_rgb
 from .runtime import declare_checked, spin_node
 from .conversions import array_to_image, compressed_image
 
@@ -41,6 +41,18 @@ SOURCES = ("motorcycle", "folder", "video")
 #: ends. Fast DDS repairs a lost fragment after its next heartbeat, which comes every 3 s by default.
 ACK_WAIT_S = 10.0
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", ".tif", ".tiff"}
+
+
+def write_folder_source(folder: Path, pairs: list[tuple[np.ndarray, np.ndarray]],
+                        calibration: StereoCalibration) -> Path:
+    """What ``source:=folder`` reads: folder/left/NNN.png, folder/right/NNN.png (RGB pairs) and a calibration
+    YAML; returns the calibration file's path."""
+    for index, pair in enumerate(pairs):
+        for side, image in zip(("left", "right"), pair):
+            (folder / side).mkdir(parents=True, exist_ok=True)
+            write_image_rgb(folder / side / f"{index:03d}.png", np.ascontiguousarray(image))
+    calibration.to_yaml(folder / "calibration.yaml")
+    return folder / "calibration.yaml"
 
 
 def folder_frames(path: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
