@@ -353,3 +353,14 @@ def test_the_version_lives_in_package_xml_and_heads_the_changelog():
     assert [r[1] for r in releases] == sorted((r[1] for r in releases), reverse=True)  # newest first
     assert not re.search(r"version\s*=\s*['\"]", (REPO / "setup.py").read_text())  # read from package.xml
     assert sgru_ros.__version__ == version
+
+
+def test_the_sample_source_starts_without_torch():
+    """The sample source shares the nodes' runtime helpers (ros/runtime.py), which never import torch: it
+    starts in a fraction of the node's time on a small board."""
+    import subprocess
+    import sys
+
+    code = "import sys, sgru_ros.ros.sample_source; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stdout + done.stderr
