@@ -18,6 +18,7 @@ from ..inference import ENGINES, MAX_ITERATIONS, StereoEstimator, StereoResult
 from ..model import SIZE_MULTIPLE
 from ..model.base import SelectiveStereo
 from ..model.checkpoint import VARIANTS
+from ..options import OPTION_HELP
 
 
 class CommandError(Exception):
@@ -82,28 +83,22 @@ iterations = int_type(1, MAX_ITERATIONS)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", help="state dict file (the authors' .pth or this package's); "
-                                             "default: the bundled compact model")
+    """The model options, with the help texts the node's parameters of the same name share (``OPTION_HELP``)."""
+    parser.add_argument("--checkpoint", help=OPTION_HELP["model"] + "; default: the bundled compact model")
     parser.add_argument("--variant", choices=VARIANTS, default=None,
                         help="insist on raft or igev (default: detected from the checkpoint)")
     parser.add_argument("--max-disp", type=int_type(32, multiple=32), default=192,
-                        help="Selective-IGEV cost-volume range in pixels, multiple of 32 (default 192)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="default fp32")
+                        help=OPTION_HELP["max_disp"] + " (default 192)")
+    parser.add_argument("--device", default="auto", help=OPTION_HELP["device"] + " (default auto)")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help=OPTION_HELP["precision"]
+                        + " (default fp32)")
     parser.add_argument("--max-width", type=int_type(SIZE_MULTIPLE), default=None,
-                        help=f"downscale wider inputs to this width first, >= {SIZE_MULTIPLE} "
-                             "(disparity is scaled back)")
+                        help=OPTION_HELP["max_width"] + f", >= {SIZE_MULTIPLE}")
     parser.add_argument("--threads", type=int_type(1), default=None,
-                        help=f"CPU threads for the network (default: PyTorch's, here {torch.get_num_threads()})")
-    parser.add_argument("--engine", choices=ENGINES, default="torch",
-                        help="torch (default) or onnxruntime: an ONNX export per image size, built on first "
-                             "use and cached (see docs/performance.md)")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch engine: compile the per-frame encoders with torch.compile (needs a C++ "
-                             "compiler on the CPU; the first frame of each size takes seconds to a minute)")
-    parser.add_argument("--graphs", action="store_true",
-                        help="torch engine on CUDA: capture each image size's pass as a CUDA graph and replay it "
-                             "(the first frame of each size captures it)")
+                        help=OPTION_HELP["threads"] + f" (default: PyTorch's, here {torch.get_num_threads()})")
+    parser.add_argument("--engine", choices=ENGINES, default="torch", help=OPTION_HELP["engine"] + " (default torch)")
+    parser.add_argument("--compile", action="store_true", help=OPTION_HELP["compile"])
+    parser.add_argument("--graphs", action="store_true", help=OPTION_HELP["graphs"])
 
 
 def estimator_from_args(args: argparse.Namespace, model: SelectiveStereo | None = None) -> StereoEstimator:

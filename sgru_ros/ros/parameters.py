@@ -11,6 +11,7 @@ from rclpy.qos import ReliabilityPolicy
 
 from ..device import PRECISIONS
 from ..inference import ENGINES, MAX_ITERATIONS, StereoEstimator
+from ..options import OPTION_HELP
 from ..pipeline import GeometryOptions
 from .runtime import declare_checked
 
@@ -121,10 +122,8 @@ def declare_stereo_parameters(node: Node) -> None:
             choices=IMAGE_TRANSPORTS)
     declare("use_color", True, "Colour the point cloud from the left image (rgb field)")
     declare("avoid_point_cloud_padding", False, "16-byte points (no padding after xyz) instead of 32")
-    declare("model", "", "Checkpoint file (the authors' .pth or this package's); empty: bundled weights",
-            read_only=True)
-    declare("max_disp", 192, "Selective-IGEV cost-volume range in processed pixels (multiple of 32)",
-            read_only=True, integer_range=(32, 1024, 32))
+    declare("model", "", OPTION_HELP["model"] + "; empty: the bundled compact model", read_only=True)
+    declare("max_disp", 192, OPTION_HELP["max_disp"], read_only=True, integer_range=(32, 1024, 32))
     declare("input_reliability", "auto", "Reliability of the input subscriptions: auto follows the publishers "
             "(reliable when all are), or force reliable / best_effort", read_only=True,
             choices=INPUT_RELIABILITY)
@@ -140,20 +139,14 @@ def declare_stereo_parameters(node: Node) -> None:
             "than this on average, in pixels (0: off; torch engine)", float_range=(0.0, 100.0))
     declare("warm_start", False, "Start each frame's GRU iterations from the previous frame's disparity "
             "(video: fewer iterations for the same accuracy when the view changes little; torch engine)")
-    declare("engine", "torch", "torch, or onnxruntime (an ONNX file per camera resolution, built on first use "
-            "and cached; fixed iterations)", read_only=True, choices=ENGINES)
-    declare("compile", False, "torch engine: compile the per-frame encoders with torch.compile (needs a C++ "
-            "compiler on the CPU; the first frame of each camera size takes seconds to a minute and cannot be "
-            "cancelled midway)", read_only=True)
-    declare("graphs", False, "torch engine on CUDA: capture the pass of each camera size and iteration count as "
-            "a CUDA graph and replay it per frame (frames with warm_start, latency_budget_ms or "
-            "convergence_threshold_px run eagerly)", read_only=True)
-    declare("device", "auto", "auto, cpu, cuda or cuda:N", read_only=True)
-    declare("precision", "fp32", "fp32, fp16 (CUDA) or bf16", read_only=True, choices=PRECISIONS)
-    declare("threads", 0, "CPU threads of the network (0: PyTorch's default, one per core); fewer leave "
-            "cores to DDS and the other nodes", read_only=True, integer_range=(0, 1024))
-    declare("max_width", 0, "Downscale wider images to this width before the network (0: never)",
-            read_only=True, integer_range=(0, 16384))
+    declare("engine", "torch", OPTION_HELP["engine"], read_only=True, choices=ENGINES)
+    declare("compile", False, OPTION_HELP["compile"], read_only=True)
+    declare("graphs", False, OPTION_HELP["graphs"], read_only=True)
+    declare("device", "auto", OPTION_HELP["device"], read_only=True)
+    declare("precision", "fp32", OPTION_HELP["precision"], read_only=True, choices=PRECISIONS)
+    declare("threads", 0, OPTION_HELP["threads"] + " (0: PyTorch's default, one per core)", read_only=True,
+            integer_range=(0, 1024))
+    declare("max_width", 0, OPTION_HELP["max_width"] + " (0: never)", read_only=True, integer_range=(0, 16384))
     declare("max_pixels", DEFAULT_MAX_PIXELS, "Downscale frames with more pixels than this before the network "
             "(memory budget; 0: never)", read_only=True, integer_range=(0, 1 << 30))
     geometry = GeometryOptions()
