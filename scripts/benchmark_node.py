@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from sgru_ros.ros.processes import node_command, stop_node
 
 
 def write_input(folder: Path) -> None:
@@ -106,8 +107,8 @@ def main() -> None:
             node_args += ["-p", f"model:={args.checkpoint}"]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         logs = {command: open(folder / f"{command}.log", "w+") for command in ("source", "run")}
-        processes = [subprocess.Popen([sys.executable, "-m", "sgru_ros.cli", command, "--ros-args", *ros_args],
-                                      cwd=args.code, env=env, stdout=logs[command], stderr=subprocess.STDOUT)
+        processes = [subprocess.Popen(node_command(command, *ros_args), cwd=args.code, env=env,
+                                      stdout=logs[command], stderr=subprocess.STDOUT)
                      for command, ros_args in (("source", source_args), ("run", node_args))]
         try:
             stages, arrivals, dropped = collect(args.frames + 1, args.timeout, processes)
@@ -118,12 +119,7 @@ def main() -> None:
                                      + "".join(log.readlines()[-10:]))
         finally:
             for process in processes:
-                process.send_signal(2)
-            for process in processes:
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+                stop_node(process, timeout=20)
             for log in logs.values():
                 log.close()
     if len(stages) < args.frames + 1:

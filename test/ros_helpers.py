@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import resource
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from rclpy.qos import QoSProfile
 from stereo_msgs.msg import DisparityImage
 
 from sgru_ros.ros.conversions import stamp_ns
+from sgru_ros.ros.processes import node_command, stop_node  # noqa: F401 -- node_command for the tests
 
 from conftest import REPO, STEP_PX, known_answer_checkpoint  # noqa: F401 -- re-exported for the ROS tests
 
@@ -33,11 +33,6 @@ def remapped_inputs(camera: str) -> list[str]:
     return [arg for topic in INPUT_TOPICS for arg in ("-r", f"{topic}:={camera}/{topic}")]
 
 
-def node_command(command: str, *ros_args: str) -> list[str]:
-    """``sgru-stereo run|source --ros-args ...`` as a user would type it."""
-    return [sys.executable, "-m", "sgru_ros.cli", command, "--ros-args", *ros_args]
-
-
 def start_process(command: str, *ros_args: str, memory_limit_bytes: int | None = None) -> subprocess.Popen:
     """``node_command`` in its own process; stdout and stderr together."""
     def limit_memory() -> None:
@@ -49,13 +44,8 @@ def start_process(command: str, *ros_args: str, memory_limit_bytes: int | None =
 
 
 def stop_process(proc: subprocess.Popen) -> str:
-    """SIGINT (as Ctrl-C and launch do), then kill if needed; returns the output."""
-    if proc.poll() is None:
-        proc.send_signal(2)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    """``stop_node``, then the process's output."""
+    stop_node(proc)
     return proc.communicate()[0] or ""
 
 
