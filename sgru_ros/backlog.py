@@ -3,7 +3,9 @@
 DDS delivers in bursts (reliable repairs), which a fast node absorbs, while a node slower than the
 camera should keep just the newest set: a set waits only while the worker could get through the
 sets ahead of it within one camera period plus ``backlog_seconds`` at its recent pace; older ones are
-dropped as stale.
+dropped as stale. The camera period is the median of the recent stamp steps: a stamp far off (a
+driver that stamps 0 once, a clock jump) neither stretches nor shrinks it, so one odd set never lets
+the backlog, and with it the latency, grow.
 
     backlog = FrameBacklog()
     dropped = backlog.push(frame, stamp_ns, queue_size=10, backlog_seconds=0.5)   # a callback thread
@@ -13,9 +15,15 @@ dropped as stale.
 
 from __future__ import annotations
 
+import statistics
 import threading
 from collections import deque
 from typing import Any
+
+#: Stamp steps kept for the camera period (their median).
+PERIOD_STEPS = 15
+#: A step more than this many times the current period (or below its inverse) is a jump, not the camera's pace.
+JUMP_FACTOR = 4.0
 
 
 def moving_average(average: float, value: float) -> float:
@@ -30,17 +38,31 @@ class FrameBacklog:
         self._lock = threading.Condition()
         self._pending: deque[Any] = deque()
         self.frame_seconds = 0.0  # recent time per frame (moving average; 0: none yet)
-        self.camera_period = 0.0  # recent stamp step of consecutive sets (moving average; 0: none yet)
+        self._steps: deque[float] = deque(maxlen=PERIOD_STEPS)  # recent stamp steps of consecutive sets (s)
         self._last_stamp: int | None = None
 
     def __len__(self) -> int:
         return len(self._pending)
 
+    @property
+    def camera_period(self) -> float:
+        """The median of the recent stamp steps, seconds (0: none yet)."""
+        return statistics.median(self._steps) if self._steps else 0.0
+
+    def _observe_stamp(self, stamp_ns: int) -> None:
+        """Keep the step from the last set's stamp unless it goes backwards or is a jump. Until three steps
+        are known every forward step counts; a camera that really changes its rate is followed once most of
+        the kept steps are at the new pace, since steps near the median always count."""
+        if self._last_stamp is not None and stamp_ns > self._last_stamp:
+            step = (stamp_ns - self._last_stamp) / 1e9
+            period = self.camera_period
+            if len(self._steps) < 3 or period / JUMP_FACTOR <= step <= period * JUMP_FACTOR:
+                self._steps.append(step)
+        self._last_stamp = stamp_ns
+
     def push(self, frame: Any, stamp_ns: int, queue_size: int, backlog_seconds: float) -> int:
         """Add a set stamped ``stamp_ns``; returns how many older sets were dropped as stale."""
-        if self._last_stamp is not None and stamp_ns > self._last_stamp:
-            self.camera_period = moving_average(self.camera_period, (stamp_ns - self._last_stamp) / 1e9)
-        self._last_stamp = stamp_ns
+        self._observe_stamp(stamp_ns)
         with self._lock:
             self._pending.append(frame)
             allowed = queue_size
