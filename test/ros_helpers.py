@@ -84,8 +84,8 @@ class Observer(Node):
         statuses = [s for array in self.diagnostics for s in array.status if node in s.name]
         return statuses[-1] if statuses else None
 
-    def last_diagnostics(self) -> dict[str, str]:
-        status = self.last_status()
+    def last_diagnostics(self, node: str = "sgru_stereo") -> dict[str, str]:
+        status = self.last_status(node)
         return {kv.key: kv.value for kv in status.values} if status else {}
 
 

@@ -82,6 +82,31 @@ def test_non_finite_calibration_is_rejected_naming_the_field_and_the_node_goes_o
     assert node_process.poll() is None
 
 
+def test_each_distinct_failure_reason_is_logged_naming_the_camera(rig, tmp_path):
+    """Three bad sets with three different reasons within a few seconds: each gets its own log line (the
+    throttle is per reason, not per kind), naming the camera's image topic and the reason."""
+    camera = CameraRig("/reasons", "/reasons_cam", CALIBRATION, name="reasons_rig")
+    checkpoint = known_answer_checkpoint(tmp_path / "known_answer.pth")
+    proc = start_process("run", "-r", "__ns:=/reasons", "-p", f"model:={checkpoint}", "-p", "device:=cpu",
+                         "-p", "iterations:=1", *remapped_inputs("/reasons_cam"))
+    try:
+        camera.wait_connected()
+        left = textured(120, 160)
+        p_left = CALIBRATION.projection().ravel().tolist()
+        camera.publish_pair(left, left, sec=1, p_left=[*p_left[:2], float("nan"), *p_left[3:]])
+        camera.publish_pair(left, left, sec=2, p_left=[*p_left[:3], float("inf"), *p_left[4:]])
+        camera.publish_pair(left, textured(120, 150), sec=3)
+        failed = lambda: int(camera.last_diagnostics("/reasons/sgru_stereo").get("frames_failed", 0))  # noqa: E731
+        camera.spin_until(lambda: failed() >= 3, 60.0, "three failed sets")
+    finally:
+        output = stop_process(proc)
+        camera.destroy_node()
+    lines = [line for line in output.splitlines() if "skipped (bad_input" in line]
+    assert len(lines) == 3, output
+    assert all("of /reasons_cam/left/image_rect skipped" in line for line in lines), lines
+    assert "P[0,2] is nan" in lines[0] and "P[0,3] is inf" in lines[1] and "150" in lines[2], lines
+
+
 @pytest.mark.parametrize("size", [(1, 200), (200, 1), (1, 1), (32, 32), (33, 33)])
 def test_images_below_the_network_minimum_are_answered(rig, node_process, size):
     h, w = size

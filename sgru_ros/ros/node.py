@@ -84,7 +84,7 @@ class StereoWiring:
         self.stats = FrameStats(inputs=len(INPUT_NAMES))
         self.sync = StereoSynchronizer(len(INPUT_NAMES), p("queue_size"), self.params.sync_tolerance_ns())
         self._previous_disparity: np.ndarray | None = None  # for warm_start
-        self._error_logged: dict[str, float] = {}  # failure kind -> when it was last logged
+        self._error_logged: dict[tuple[str, str], float] = {}  # (kind, reason) -> when it was last logged
         self._last_input_time = [-float("inf")] * len(INPUT_NAMES)
         self._last_set_time = time.monotonic()
         self._received_at_last_set = list(self.stats.received)
@@ -202,15 +202,19 @@ class StereoWiring:
             raise
 
     def _frame_failed(self, stamp: int, err: Exception) -> str:
-        """Count, log (once per kind and ERROR_HOLD_S) and remember a failed frame; returns its kind."""
+        """Count, log (each distinct reason at least once, then at most once per ERROR_HOLD_S) and remember a
+        failed frame; returns its kind."""
         kind = failure_kind(err)
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         now = time.monotonic()
         self.stats.errors[kind] += 1
         self.stats.last_error, self.stats.last_error_time = f"{kind}: {err}", now
-        if now - self._error_logged.get(kind, -float("inf")) >= ERROR_HOLD_S:  # once per kind and period
-            self._error_logged[kind] = now
-            self.get_logger().error(f"frame {stamp / 1e9:.6f} skipped ({kind}, {self.stats.errors[kind]} so far): "
-                                    f"{str(err).splitlines()[0] if str(err) else type(err).__name__}")
+        if now - self._error_logged.get((kind, reason), -float("inf")) >= ERROR_HOLD_S:
+            if len(self._error_logged) > 64:  # a reason that names a changing value must not grow this forever
+                self._error_logged = {key: t for key, t in self._error_logged.items() if now - t < ERROR_HOLD_S}
+            self._error_logged[(kind, reason)] = now
+            self.get_logger().error(f"frame {stamp / 1e9:.9f} of {self.inputs.topics[0]} skipped ({kind}, "
+                                    f"{self.stats.errors[kind]} so far): {reason}")
         return kind
 
     def _process(self, left_msg, right_msg, left_info: CameraInfo, right_info: CameraInfo,
