@@ -5,7 +5,10 @@ the policies are written here (no ROS import): ``exact`` matches identical
 stamps (TimeSynchronizer), ``approximate`` matches stamps within a tolerance
 (ApproximateTimeSynchronizer with ``slop``). Each input keeps at most
 ``queue_size`` messages; once a set is emitted, everything at or before its
-stamps is dropped, so sets come out in time order and never twice.
+stamps is dropped, so sets come out in time order and never twice. A message
+stamped exactly as its input's last emitted one (a driver that publishes the
+same frame again) is dropped on arrival and counted in ``repeated``; earlier
+stamps still form sets (a bag that loops, a driver restart).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ class SyncStats:
     #: Messages per input that left the queues without joining a set (pushed out by a full queue, or
     #: older than an emitted set): with ``emitted`` and the queues they account for every message.
     unmatched: list[int] | None = None
+    #: Of those, messages stamped exactly as the input's last emitted message (dropped on arrival).
+    repeated: list[int] | None = None
 
 
 class StereoSynchronizer:
@@ -35,7 +40,8 @@ class StereoSynchronizer:
             raise ValueError("tolerance must be >= 0")
         self.tolerance_ns = tolerance_ns
         self.queues: list[deque[tuple[int, Any]]] = [deque(maxlen=queue_size) for _ in range(inputs)]
-        self.stats = SyncStats(last_stamps=[None] * inputs, unmatched=[0] * inputs)
+        self.stats = SyncStats(last_stamps=[None] * inputs, unmatched=[0] * inputs, repeated=[0] * inputs)
+        self._emitted_stamps: list[int | None] = [None] * inputs  # per input, the stamp of its last emitted message
 
     def stamp_spread_ns(self) -> int | None:
         """Spread (max - min) of the newest stamp of each input; None until every input has one."""
@@ -46,6 +52,10 @@ class StereoSynchronizer:
 
     def add(self, index: int, stamp_ns: int, message: Any) -> list[Any] | None:
         self.stats.last_stamps[index] = stamp_ns
+        if stamp_ns == self._emitted_stamps[index]:
+            self.stats.repeated[index] += 1
+            self.stats.unmatched[index] += 1
+            return None
         queue = self.queues[index]
         if len(queue) == queue.maxlen:
             self.stats.unmatched[index] += 1  # the oldest is pushed out
@@ -59,6 +69,7 @@ class StereoSynchronizer:
             self.stats.unmatched[i] += len(queue) - len(kept) - 1  # all but the message of the set
             queue.clear()
             queue.extend(kept)
+            self._emitted_stamps[i] = stamp
         self.stats.emitted += 1
         return [message for _, message in chosen]
 

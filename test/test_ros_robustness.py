@@ -82,6 +82,19 @@ def test_non_finite_calibration_is_rejected_naming_the_field_and_the_node_goes_o
     assert node_process.poll() is None
 
 
+def test_a_set_published_again_with_the_same_stamp_is_answered_once(rig, node_process):
+    left = textured(120, 160)
+    answer(rig, left, left, sec=300)
+    key = f"repeated_stamp {CAMERA}/left/image_rect"
+    rig.spin_for(1.5)  # /diagnostics comes once a second: the next one counts the answered frame
+    repeated, processed = (int(rig.last_diagnostics()[k]) for k in (key, "frames_processed"))
+    for _ in range(3):
+        rig.publish_pair(left, left, sec=300)
+    rig.spin_until(lambda: int(rig.last_diagnostics().get(key, 0)) >= repeated + 3, 30.0, f"{key} + 3")
+    rig.spin_for(1.5)  # a frame that had wrongly started would be counted by now
+    assert int(rig.last_diagnostics()["frames_processed"]) == processed
+
+
 def test_each_distinct_failure_reason_is_logged_naming_the_camera(rig, tmp_path):
     """Three bad sets with three different reasons within a few seconds: each gets its own log line (the
     throttle is per reason, not per kind), naming the camera's image topic and the reason."""

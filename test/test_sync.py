@@ -81,3 +81,17 @@ def test_stamps_going_backwards_are_never_emitted_twice_nor_counted_negative():
     assert sync.add(1, 100, "b100 again") is None
     assert min(sync.stats.unmatched) >= 0
     assert sync.add(1, 200, "b200") == ["a200", "b200"]
+
+
+def test_a_repeated_stamp_is_not_emitted_again_and_is_counted():
+    """A driver that publishes the same frame five times: one set, four repeats per input counted; a later
+    or an earlier stamp (a bag that loops) still forms sets."""
+    from sgru_ros.sync import StereoSynchronizer
+
+    for tolerance in (None, 5):
+        sync = StereoSynchronizer(2, queue_size=5, tolerance_ns=tolerance)
+        sets = [sync.add(i, 100, f"{i}:{n}") for n in range(5) for i in range(2)]
+        assert [s for s in sets if s] == [["0:0", "1:0"]]
+        assert sync.stats.repeated == [4, 4] and sync.stats.unmatched == [4, 4]
+        assert sync.add(0, 200, "a") is None and sync.add(1, 200, "b") == ["a", "b"]
+        assert sync.add(0, 50, "c") is None and sync.add(1, 50, "d") == ["c", "d"]

@@ -72,6 +72,7 @@ class NodeState:
     topics: list[str]
     reliability: list[ReliabilityPolicy | None]
     unmatched: list[int]  # per input, from the synchroniser
+    repeated: list[int]  # per input: messages stamped as the input's last set (dropped, counted in unmatched)
     iterations: int
     model: str
     device: str
@@ -104,6 +105,7 @@ def status_values(stats: FrameStats, state: NodeState) -> dict[str, object]:
             "sets_formed": s.sets,
             **{f"received {t}": n for t, n in zip(topics, s.received)},
             **{f"unmatched {t}": n for t, n in zip(topics, state.unmatched)},
+            **{f"repeated_stamp {t}": n for t, n in zip(topics, state.repeated)},
             **{f"reliability {t}": (r.name.lower() if r else "none") for t, r in zip(topics, state.reliability)},
             "inference_thread": "running" if state.worker_alive else "stopped",
             "iterations": state.iterations,

@@ -287,7 +287,8 @@ class StereoWiring:
         state = NodeState(running=self._running, worker_alive=self.busy, sync_stalled=sync_stalled,
                           subscribers=self.outputs.subscribers(self.params("publish_iterations")),
                           topics=self.inputs.topics, reliability=self.inputs.reliability,
-                          unmatched=self.sync.stats.unmatched, iterations=self.params("iterations"),
+                          unmatched=self.sync.stats.unmatched, repeated=self.sync.stats.repeated,
+                          iterations=self.params("iterations"),
                           model=self.estimator.variant, device=str(self.estimator.device))
         self.pub_diagnostics.publish(diagnostic_array(f"{self.get_fully_qualified_name()}: stereo", self.stats,
                                                       state, now, self.get_clock().now().to_msg()))
