@@ -21,6 +21,11 @@ import cv2
 import numpy as np
 
 
+#: How far the rectified cameras' fx, fy and cy may differ, relative: rectification gives both the same;
+#: calibration files round them when written.
+RECTIFIED_TOLERANCE = 1e-3
+
+
 @dataclass(frozen=True)
 class StereoGeometry:
     """The numbers of a rectified stereo pair that depth needs.
@@ -50,6 +55,14 @@ class StereoGeometry:
                                  "be finite")
         if not (pl[0, 0] > 0 and pl[1, 1] > 0 and pr[0, 0] > 0):
             raise ValueError("camera_info P has no positive focal length: is the camera calibrated?")
+        if pl[0, 3] != 0:
+            raise ValueError(f"left camera_info P[0,3] = {pl[0, 3]:g}: the left camera is the reference of a "
+                             "rectified pair and has Tx = 0 (is left/right swapped?)")
+        for (row, col), field in (((0, 0), "fx"), ((1, 1), "fy"), ((1, 2), "cy")):
+            if abs(pl[row, col] - pr[row, col]) > RECTIFIED_TOLERANCE * max(abs(pl[row, col]), 1.0):
+                raise ValueError(f"left camera_info P[{row},{col}] ({field}) = {pl[row, col]:g} but right "
+                                 f"P[{row},{col}] = {pr[row, col]:g}: a rectified pair shares {field}; are these the "
+                                 "rectified camera_infos of one stereo pair?")
         baseline = -pr[0, 3] / pr[0, 0]
         if not baseline > 0:
             raise ValueError(f"right camera_info P[0,3] = {pr[0, 3]:g} gives baseline {baseline:g} m; "

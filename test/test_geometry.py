@@ -38,6 +38,19 @@ def test_projection_parsing():
         StereoGeometry.from_projections(np.zeros(12), np.zeros(12))
 
 
+
+def test_projections_that_are_not_one_rectified_pair_are_refused_naming_the_field():
+    left, right = [F, 0, CX, 0, 0, F, CY, 0, 0, 0, 1, 0], [F, 0, CX + DOFFS, -F * B, 0, F, CY, 0, 0, 0, 1, 0]
+    StereoGeometry.from_projections(left, right)  # cx may differ (Middlebury's doffs)
+    with pytest.raises(ValueError, match=r"^left camera_info P\[0,3\] = 5: .*is left/right swapped\?"):
+        StereoGeometry.from_projections([*left[:3], 5.0, *left[4:]], right)
+    with pytest.raises(ValueError, match=r"^left camera_info P\[0,0\] \(fx\) = .* but right P\[0,0\] = "):
+        StereoGeometry.from_projections(left, [F * 1.01, *right[1:3], -F * 1.01 * B, *right[4:]])
+    with pytest.raises(ValueError, match=r"P\[1,2\] \(cy\)"):
+        StereoGeometry.from_projections(left, [*right[:6], CY + 3, *right[7:]])
+    StereoGeometry.from_projections(left, [F * (1 + 1e-5), *right[1:3], -F * B, *right[4:]])  # rounding passes
+
+
 def test_depth_and_point_by_hand():
     g = motorcycle_geometry()
     d = 50.0

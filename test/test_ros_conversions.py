@@ -69,3 +69,15 @@ def test_cloud_message_refills_an_earlier_clouds_data_of_the_same_size():
     assert np.array_equal(np.frombuffer(second.data, np.float32).reshape(2, 8)[:, :3], GEOMETRY.points(depth)[0])
     larger = cloud_message(np.ones((2, 2), np.float32), GEOMETRY, RGB[:2, :2], layout, header, reuse=first.data)
     assert larger.data is not first.data and len(larger.data) == 128
+
+
+def test_a_colour_and_a_mono_image_do_not_make_a_pair():
+    from sgru_ros.ros.conversions import stereo_pair_to_rgb
+
+    rgb = np.random.default_rng(0).integers(0, 255, (4, 6, 3), dtype=np.uint8)
+    colour = array_to_image(rgb, "rgb8", Header())
+    mono = Image(height=4, width=6, encoding="mono8", step=6, data=rgb[..., 0].tobytes())
+    left, right = stereo_pair_to_rgb(colour, array_to_image(rgb[..., ::-1].copy(), "bgr8", Header()))
+    assert np.array_equal(left, right)
+    with pytest.raises(ValueError, match=r"^left image is rgb8 \(colour\) but right image is mono8 \(mono\)"):
+        stereo_pair_to_rgb(colour, mono)

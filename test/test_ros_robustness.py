@@ -82,6 +82,33 @@ def test_non_finite_calibration_is_rejected_naming_the_field_and_the_node_goes_o
     assert node_process.poll() is None
 
 
+def test_a_set_that_is_not_one_rectified_pair_is_refused_naming_the_field(rig, node_process):
+    """A left P with Tx, and a colour left image with a mono right one: each refused with its reason (both were
+    answered with a wrong disparity and status OK before)."""
+    from std_msgs.msg import Header
+
+    from sgru_ros.ros.conversions import array_to_image
+    from sgru_ros.ros.sample_source import camera_info
+    from ros_helpers import _mono_image
+
+    left = textured(120, 160)
+    rig.spin_for(1.5)
+    failed = int(rig.last_diagnostics().get("frames_failed_bad_input", 0))
+    p_left = CALIBRATION.projection().ravel().tolist()
+    rig.publish_pair(left, left, sec=400, p_left=[*p_left[:3], 5.0, *p_left[4:]])
+    status = wait_for_failure(rig, "bad_input", failed + 1)
+    assert "left camera_info P[0,3] = 5: the left camera is the reference" in status.message
+    header = Header(frame_id="rig_left_optical")
+    header.stamp.sec = 401
+    rig.pubs["left/camera_info"].publish(camera_info(CALIBRATION, False, 160, 120, header))
+    rig.pubs["right/camera_info"].publish(camera_info(CALIBRATION, True, 160, 120, header))
+    rig.pubs["left/image_rect"].publish(array_to_image(left, "rgb8", header))
+    rig.pubs["right/image_rect"].publish(_mono_image(left, header))
+    status = wait_for_failure(rig, "bad_input", failed + 2)
+    assert "left image is rgb8 (colour) but right image is mono8 (mono)" in status.message
+    assert answer(rig, left, left, sec=402).image.width == 160 and node_process.poll() is None
+
+
 def test_a_set_published_again_with_the_same_stamp_is_answered_once(rig, node_process):
     left = textured(120, 160)
     answer(rig, left, left, sec=300)

@@ -212,10 +212,10 @@ def _process_set(pipeline: StereoPipeline, options: BagOptions, left_msg, right_
                  ) -> tuple[FrameResult | None, np.ndarray | None, str]:
     """(the pipeline's result, the left image RGB, '') of one set, or (None, None, why it was skipped) after
     printing one line."""
-    from .conversions import image_to_rgb, projection, stamp_ns
+    from .conversions import projection, stamp_ns, stereo_pair_to_rgb
 
     try:
-        left, right = image_to_rgb(left_msg), image_to_rgb(right_msg)
+        left, right = stereo_pair_to_rgb(left_msg, right_msg)
         return pipeline.process(
             left, right, projection(left_info), projection(right_info), iterations=options.iterations,
             depth=any(o in options.outputs for o in ("points2", "depth/image_rect")),

@@ -54,6 +54,18 @@ def image_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
     return np.ascontiguousarray(pixels[..., order])
 
 
+def stereo_pair_to_rgb(left: Image | CompressedImage, right: Image | CompressedImage
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Both images of a set -> H x W x 3 RGB uint8 each; ValueError (one line) when one is colour and the
+    other mono: the network would match unlike intensities and return a wrong disparity without a sign."""
+    if isinstance(left, Image) and isinstance(right, Image):
+        families = ["mono" if _ENCODINGS.get(msg.encoding, (3,))[0] == 1 else "colour" for msg in (left, right)]
+        if families[0] != families[1]:
+            raise ValueError(f"left image is {left.encoding} ({families[0]}) but right image is {right.encoding} "
+                             f"({families[1]}): both cameras of a pair must publish the same kind of image")
+    return image_to_rgb(left), image_to_rgb(right)
+
+
 def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
     """sensor_msgs/CompressedImage (any format OpenCV decodes: jpeg, png, ...) -> H x W x 3 RGB uint8."""
     data = np.frombuffer(bytes(msg.data), dtype=np.uint8)

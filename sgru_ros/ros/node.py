@@ -38,7 +38,7 @@ from ..device import release_memory
 from ..inference import InferenceCancelled, StereoEstimator
 from ..pipeline import FrameResult, GeometryOptions, StereoPipeline, failure_kind
 from ..sync import StereoSynchronizer
-from .conversions import image_to_rgb, projection, stamp_ns
+from .conversions import projection, stamp_ns, stereo_pair_to_rgb
 from .diagnostics import ERROR_HOLD_S, FrameStats, NodeState, diagnostic_array, stall_reason
 from .inputs import INPUT_NAMES, StereoInputs
 from .outputs import StereoOutputs
@@ -221,7 +221,7 @@ class StereoWiring:
                  cancel: threading.Event) -> None:
         """One synchronised set: messages -> ``StereoPipeline`` -> messages (only those subscribed)."""
         t0 = time.perf_counter()
-        left, right = image_to_rgb(left_msg), image_to_rgb(right_msg)
+        left, right = stereo_pair_to_rgb(left_msg, right_msg)
         p, iterations = self.params, self.params("iterations")
         wanted = self.outputs.wanted()
         options = GeometryOptions(min_depth=p("min_depth"), max_depth=p("max_depth"),
