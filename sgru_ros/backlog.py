@@ -39,6 +39,7 @@ class FrameBacklog:
         self._pending: deque[Any] = deque()
         self.frame_seconds = 0.0  # recent time per frame (moving average; 0: none yet)
         self._steps: deque[float] = deque(maxlen=PERIOD_STEPS)  # recent stamp steps of consecutive sets (s)
+        self._jumps: list[float] = []  # steps left out since the last one kept
         self._last_stamp: int | None = None
 
     def __len__(self) -> int:
@@ -51,13 +52,20 @@ class FrameBacklog:
 
     def _observe_stamp(self, stamp_ns: int) -> None:
         """Keep the step from the last set's stamp unless it goes backwards or is a jump. Until three steps
-        are known every forward step counts; a camera that really changes its rate is followed once most of
-        the kept steps are at the new pace, since steps near the median always count."""
+        are known every forward step counts. A camera that changes its rate within JUMP_FACTOR is followed
+        once most kept steps are at the new pace; one that changes it further, after three jumps in a row."""
         if self._last_stamp is not None and stamp_ns > self._last_stamp:
             step = (stamp_ns - self._last_stamp) / 1e9
             period = self.camera_period
             if len(self._steps) < 3 or period / JUMP_FACTOR <= step <= period * JUMP_FACTOR:
                 self._steps.append(step)
+                self._jumps.clear()
+            else:
+                self._jumps.append(step)
+                if len(self._jumps) >= 3:  # not one odd stamp: the camera's new pace
+                    self._steps.clear()
+                    self._steps.extend(self._jumps)
+                    self._jumps.clear()
         self._last_stamp = stamp_ns
 
     def push(self, frame: Any, stamp_ns: int, queue_size: int, backlog_seconds: float) -> int:
