@@ -150,10 +150,9 @@ class OnnxEngine:
     def __init__(self, model: SelectiveStereo, device: torch.device, max_disp: int = 192, fp16: bool = False,
                  output_iters: Sequence[int] = (), log: Callable[[str], None] | None = None) -> None:
         try:
-            import onnxruntime  # noqa: F401
+            import onnxruntime  # noqa: F401 -- checked here, before minutes of export
         except ImportError:
-            raise ValueError("engine onnxruntime needs the onnxruntime package "
-                             "(pip install onnxruntime onnx onnxscript)") from None
+            raise ValueError("engine onnxruntime: onnxruntime is not installed; pip install 'sgru_ros[onnx]'") from None
         self.model = model
         self.max_disp = max_disp
         self.cache = cache_dir()

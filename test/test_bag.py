@@ -4,6 +4,7 @@ to check that both give the same geometry."""
 
 from __future__ import annotations
 
+import signal
 import time
 
 import numpy as np
@@ -215,3 +216,41 @@ def test_a_bag_without_the_topics_gets_one_line_naming_what_it_has(tmp_path):
     assert "/camera/left/image_rect/compressed missing" in run.stderr
     run = run_cli("bag", str(tmp_path / "nothing"), str(tmp_path / "out"))
     assert run.returncode == 1 and "no such bag" in run.stderr
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_a_run_removes_the_unfinished_bag(tmp_path, signal_number):
+    """Ctrl-C and SIGTERM (a service manager, `timeout`) end a run the same way: no half-written bag, which
+    nothing could read (it has no metadata), and status 130."""
+    import subprocess
+    import sys
+    import time
+
+    rng = np.random.default_rng(7)
+    pair = tuple(rng.integers(0, 255, size=(64, 128, 3), dtype=np.uint8) for _ in range(2))
+    calibration = StereoCalibration(focal_length=50.0, cx=64.0, cy=32.0, cx_right=64.0, baseline=0.1)
+    source, out = tmp_path / "long", tmp_path / "out"
+    write_stereo_bag(source, pair, calibration, list(range(1, 400)))
+    proc = subprocess.Popen([sys.executable, "-m", "sgru_ros.cli", "bag", str(source), str(out), "--namespace",
+                             "/stereo", "--device", "cpu", "--iters", "8", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert out.exists() and proc.poll() is None, "the run ended before it began writing"
+    time.sleep(0.5)
+    proc.send_signal(signal_number)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    assert not out.exists()
+
+
+def test_an_unwritable_output_is_named_before_the_model_loads(tmp_path):
+    rng = np.random.default_rng(8)
+    pair = tuple(rng.integers(0, 255, size=(32, 64, 3), dtype=np.uint8) for _ in range(2))
+    calibration = StereoCalibration(focal_length=50.0, cx=32.0, cy=16.0, cx_right=32.0, baseline=0.1)
+    write_stereo_bag(tmp_path / "in", pair, calibration, [1])
+    run = run_cli("bag", str(tmp_path / "in"), str(tmp_path / "missing" / "out"), "--namespace", "/stereo")
+    assert run.returncode == 1 and "model:" not in run.stdout
+    assert run.stderr == f"sgru-stereo bag: error: output {tmp_path / 'missing' / 'out'}: folder " \
+                         f"{tmp_path / 'missing'} does not exist\n"

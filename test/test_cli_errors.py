@@ -220,3 +220,19 @@ def test_train_options_are_made_from_train_config():
     with pytest.raises(SystemExit) as exited:
         main(["train", "--out", "x", "--preset", "nope"])
     assert exited.value.code == 1
+
+
+@pytest.mark.parametrize("module", ["onnx", "onnxscript", "onnxruntime"])
+def test_a_missing_extra_is_named_in_one_line(tmp_path, stereo_pair_files, module):
+    """Without the `onnx` extra, --engine onnxruntime names what to install (it ended in a traceback)."""
+    import subprocess
+    import sys
+
+    left, right = stereo_pair_files
+    code = (f"import sys; sys.modules[{module!r}] = None; from sgru_ros.cli import main; sys.exit(main(['infer', "
+            f"'--left', {str(left)!r}, '--right', {str(right)!r}, '--out', {str(tmp_path / 'd.npy')!r}, "
+            "'--engine', 'onnxruntime', '--iters', '1', '--device', 'cpu']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "SGRU_ROS_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith(f"{module} is not installed; pip install 'sgru_ros[onnx]'")

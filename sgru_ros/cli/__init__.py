@@ -11,6 +11,8 @@ twice) before the model loads; every file is written whole or not at all.
 from __future__ import annotations
 
 import argparse
+import signal
+import sqlite3
 import sys
 
 import cv2
@@ -23,6 +25,9 @@ from .common import CommandError, Parser, one_line
 
 #: The subcommands in the order ``--help`` lists them.
 COMMANDS = (infer, bench, export, evaluate, bag, demo, train)
+#: Optional modules -> the extra that installs them (a command that needs one names it in one line).
+EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "rosbags": "bag", "tqdm": "train",
+          "matplotlib": "train", "rclpy": "ros", "sensor_msgs": "ros", "stereo_msgs": "ros"}
 #: The ROS nodes: everything after the name is for rclpy (``sgru-stereo run --ros-args -p iterations:=8``).
 NODES = {"run": "the stereo node (ROS arguments follow: sgru-stereo run --ros-args -p iterations:=8)",
          "run-lifecycle": "the managed (lifecycle) stereo node: configure, activate, deactivate, cleanup through "
@@ -56,11 +61,25 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in NODES:
         return run_node(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
+    # SIGTERM (a service manager, `timeout`, `kill`) ends a command as Ctrl-C does: what it was writing is
+    # removed or left whole (a bag cut short is deleted, image files are written whole or not at all).
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         args.func(args)
-    except (CommandError, CheckpointError, ValueError, OSError, MemoryError, cv2.error) as err:
+    except ModuleNotFoundError as err:
+        top = (err.name or "").partition(".")[0]
+        if top not in EXTRAS:
+            raise
+        print(f"sgru-stereo {args.command}: error: {top} is not installed; pip install 'sgru_ros[{EXTRAS[top]}]'",
+              file=sys.stderr)
+        return 1
+    except (CommandError, CheckpointError, ValueError, OSError, MemoryError, cv2.error, sqlite3.Error) as err:
         print(f"sgru-stereo {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

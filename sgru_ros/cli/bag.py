@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sqlite3
 from pathlib import Path
 
 from ..geometry import CloudLayout
 from ..inference import MAX_ITERATIONS
 from ..pipeline import GeometryOptions, StereoPipeline
 from ..ros.bag import DEFAULT_OUTPUTS, OUTPUTS
-from .common import (CommandError, Progress, add_model_arguments, estimator_from_args, fraction, int_type,
-                     iterations, positive_float)
+from .common import (CommandError, Progress, add_model_arguments, check_folder, estimator_from_args, fraction,
+                     int_type, iterations, one_line, positive_float)
 
 
 def add_parser(sub) -> None:
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> None:
         cloud=CloudLayout(color=not args.no_color, avoid_padding=False))
     if Path(args.output).exists():
         raise CommandError(f"{args.output}: exists; the output bag must be a new folder")
+    check_folder("output", Path(args.output), Path(args.output).parent)
     open_bag(args.input, topics).close()  # a bag it cannot use is named before the model loads
     pipeline = StereoPipeline(estimator_from_args(args))
     print(f"model: {pipeline.estimator.variant} ({args.checkpoint or 'bundled'}), device "
@@ -84,6 +86,8 @@ def run(args: argparse.Namespace) -> None:
     progress = Progress(not args.no_progress, "frame")
     try:
         summary = convert_bag(args.input, args.output, pipeline, topics, options, progress)
+    except (OSError, sqlite3.Error) as err:  # a full disk, a folder gone: the half-written bag is removed
+        raise CommandError(f"{args.output}: writing the bag failed: {one_line(err)}") from None
     finally:
         progress.close()
     print("\n".join(summary.lines()))
