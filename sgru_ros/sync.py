@@ -3,7 +3,8 @@
 ROS 2's message_filters is not installable everywhere this package runs, so
 the policies are written here (no ROS import): ``exact`` matches identical
 stamps (TimeSynchronizer), ``approximate`` matches stamps within a tolerance
-(ApproximateTimeSynchronizer with ``slop``). Each input keeps at most
+(ApproximateTimeSynchronizer with ``slop``; a tolerance of ``math.inf``: no bound,
+the nearest stamps whatever their spread, as stereo_image_proc's tolerance 0.0). Each input keeps at most
 ``queue_size`` messages; once a set is emitted, everything at or before its
 stamps is dropped, so sets come out in time order and never twice. A message
 stamped exactly as its input's last emitted one (a driver that publishes the
@@ -33,7 +34,7 @@ class StereoSynchronizer:
     """Feed messages with ``add``; it returns a complete set (a list ordered
     like the inputs) when one forms, else None."""
 
-    def __init__(self, inputs: int, queue_size: int, tolerance_ns: int | None = None) -> None:
+    def __init__(self, inputs: int, queue_size: int, tolerance_ns: float | None = None) -> None:
         if inputs < 1 or queue_size < 1:
             raise ValueError("need at least one input and a queue of at least 1")
         if tolerance_ns is not None and tolerance_ns < 0:

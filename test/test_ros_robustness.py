@@ -109,6 +109,37 @@ def test_a_set_that_is_not_one_rectified_pair_is_refused_naming_the_field(rig, n
     assert answer(rig, left, left, sec=402).image.width == 160 and node_process.poll() is None
 
 
+def test_approximate_sync_with_tolerance_0_matches_the_nearest_stamps(rig, tmp_path):
+    """stereo_image_proc reads approximate_sync_tolerance_seconds 0.0 (its default) as no bound: left and
+    right 5 ms apart form sets (none formed before)."""
+    from std_msgs.msg import Header
+
+    from sgru_ros.ros.conversions import array_to_image
+    from sgru_ros.ros.sample_source import camera_info
+
+    camera = CameraRig("/nearest", "/nearest_cam", CALIBRATION, name="nearest_rig")
+    checkpoint = known_answer_checkpoint(tmp_path / "known_answer.pth")
+    proc = start_process("run", "-r", "__ns:=/nearest", "-p", f"model:={checkpoint}", "-p", "device:=cpu",
+                         "-p", "iterations:=1", "-p", "approximate_sync:=true",
+                         "-p", "approximate_sync_tolerance_seconds:=0.0", *remapped_inputs("/nearest_cam"))
+    try:
+        camera.wait_connected()
+        image = textured(120, 160)
+        for sec in range(1, 5):
+            left, right = Header(frame_id="left"), Header(frame_id="right")
+            left.stamp.sec, right.stamp.sec, right.stamp.nanosec = sec, sec, 5_000_000
+            camera.pubs["left/camera_info"].publish(camera_info(CALIBRATION, False, 160, 120, left))
+            camera.pubs["right/camera_info"].publish(camera_info(CALIBRATION, True, 160, 120, right))
+            camera.pubs["left/image_rect"].publish(array_to_image(image, "rgb8", left))
+            camera.pubs["right/image_rect"].publish(array_to_image(image, "rgb8", right))
+            camera.spin_for(0.5)
+        camera.spin_until(lambda: len(camera.disparities) >= 3, 30.0, "three answers")
+    finally:
+        output = stop_process(proc)
+        camera.destroy_node()
+    assert "approximate sync" in output and "no synchronised set" not in output, output
+
+
 def test_a_set_published_again_with_the_same_stamp_is_answered_once(rig, node_process):
     left = textured(120, 160)
     answer(rig, left, left, sec=300)

@@ -95,3 +95,24 @@ def test_a_repeated_stamp_is_not_emitted_again_and_is_counted():
         assert sync.stats.repeated == [4, 4] and sync.stats.unmatched == [4, 4]
         assert sync.add(0, 200, "a") is None and sync.add(1, 200, "b") == ["a", "b"]
         assert sync.add(0, 50, "c") is None and sync.add(1, 50, "d") == ["c", "d"]
+
+
+def test_an_unbounded_tolerance_matches_the_nearest_stamps():
+    import math
+
+    from sgru_ros.sync import StereoSynchronizer
+
+    sync = StereoSynchronizer(2, queue_size=5, tolerance_ns=math.inf)
+    assert sync.add(0, 1_000_000_000, "a1") is None
+    assert sync.add(1, 1_005_000_000, "b1") == ["a1", "b1"]  # 5 ms apart: a set, whatever the spread
+    sync.add(1, 2_030_000_000, "b2")
+    assert sync.add(0, 2_000_000_000, "a2") == ["a2", "b2"]
+
+
+def test_stamps_are_printed_to_the_nanosecond():
+    pytest.importorskip("rclpy")
+    from sgru_ros.ros.conversions import stamp_text
+
+    assert stamp_text(1_796_623_022_071_982_453) == "1796623022.071982453"
+    assert stamp_text(1_796_623_022_071_982_454) != stamp_text(1_796_623_022_071_982_453)
+    assert stamp_text(5) == "0.000000005"

@@ -164,5 +164,11 @@ def projection(info: CameraInfo) -> np.ndarray:
     return np.asarray(info.p, dtype=np.float64).reshape(3, 4)
 
 
+def stamp_text(nanoseconds: int) -> str:
+    """A stamp as seconds with all nine decimals, exact (a float would round a 1 ns difference away)."""
+    seconds, nanos = divmod(nanoseconds, 1_000_000_000)
+    return f"{seconds}.{nanos:09d}"
+
+
 def stamp_ns(header: Header) -> int:
     return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec

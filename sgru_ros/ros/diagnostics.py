@@ -10,6 +10,8 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.qos import ReliabilityPolicy
 from std_msgs.msg import Header
 
+from .conversions import stamp_text
+
 #: A frame error keeps /diagnostics at ERROR (and its kind is logged at most once) for this long.
 ERROR_HOLD_S = 10.0
 
@@ -46,7 +48,7 @@ def stall_reason(topics: list[str], since_last_set: list[int], newest_stamps: li
     if missing:
         return (f"nothing received on {', '.join(missing)} (messages since the last set: {counts}); check that "
                 "they are published, with a compatible QoS, in this ROS_DOMAIN_ID")
-    stamps = ", ".join(f"{t} {s / 1e9:.6f}" for t, s in zip(topics, newest_stamps))
+    stamps = ", ".join(f"{t} {stamp_text(s)}" for t, s in zip(topics, newest_stamps))
     enough = math.ceil(spread_ns / 1e6) / 1e3 if spread_ns else 0.0  # seconds, rounded up to the millisecond
     if approximate:
         if spread_ns > round(tolerance_s * 1e9):

@@ -38,7 +38,7 @@ from ..device import release_memory
 from ..inference import InferenceCancelled, StereoEstimator
 from ..pipeline import FrameResult, GeometryOptions, StereoPipeline, failure_kind
 from ..sync import StereoSynchronizer
-from .conversions import projection, stamp_ns, stereo_pair_to_rgb
+from .conversions import projection, stamp_ns, stamp_text, stereo_pair_to_rgb
 from .diagnostics import ERROR_HOLD_S, FrameStats, NodeState, diagnostic_array, stall_reason
 from .inputs import INPUT_NAMES, StereoInputs
 from .outputs import StereoOutputs
@@ -213,7 +213,7 @@ class StereoWiring:
             if len(self._error_logged) > 64:  # a reason that names a changing value must not grow this forever
                 self._error_logged = {key: t for key, t in self._error_logged.items() if now - t < ERROR_HOLD_S}
             self._error_logged[(kind, reason)] = now
-            self.get_logger().error(f"frame {stamp / 1e9:.9f} of {self.inputs.topics[0]} skipped ({kind}, "
+            self.get_logger().error(f"frame {stamp_text(stamp)} of {self.inputs.topics[0]} skipped ({kind}, "
                                     f"{self.stats.errors[kind]} so far): {reason}")
         return kind
 

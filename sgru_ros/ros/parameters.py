@@ -3,6 +3,8 @@ read-only), read back, and the combinations rclpy cannot check checked at start-
 
 from __future__ import annotations
 
+import math
+
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
@@ -49,9 +51,13 @@ class StereoParameters:
                 return []
         return self._node.get_parameter(name).value
 
-    def sync_tolerance_ns(self) -> int | None:
-        """The synchroniser's tolerance: None for exact sync."""
-        return round(self("approximate_sync_tolerance_seconds") * 1e9) if self("approximate_sync") else None
+    def sync_tolerance_ns(self) -> float | None:
+        """The synchroniser's tolerance: None for exact sync; for approximate sync a tolerance of 0 means no bound
+        (the nearest stamps), as stereo_image_proc reads it."""
+        if not self("approximate_sync"):
+            return None
+        seconds = self("approximate_sync_tolerance_seconds")
+        return round(seconds * 1e9) if seconds > 0 else math.inf
 
     def summary(self, estimator: StereoEstimator, topics: list[str]) -> str:
         """The node's one start-up line: model, device, precision, engine, iterations and their limits, sizes,
@@ -112,7 +118,8 @@ def declare_stereo_parameters(node: Node) -> None:
             integer_range=(1, 100))
     declare("approximate_sync", False, "Match inputs by nearest stamp instead of identical stamps",
             read_only=True)
-    declare("approximate_sync_tolerance_seconds", 0.02, "Largest stamp spread of an approximate set",
+    declare("approximate_sync_tolerance_seconds", 0.02, "Largest stamp spread of an approximate set (0: no bound, "
+            "the nearest stamps, as stereo_image_proc)",
             read_only=True, float_range=(0.0, 10.0))
     declare("backlog_seconds", 0.5, "Synchronised sets wait for inference while the node could work through "
             "them within one camera period plus this time at its recent pace; older ones are dropped as stale",
