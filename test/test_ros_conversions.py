@@ -40,9 +40,53 @@ def test_mono_encodings():
     assert np.array_equal(out[..., 1], mono)
 
 
+@pytest.mark.parametrize("pattern,offsets", [("rggb", (0, 1, 3)), ("bggr", (3, 1, 0)), ("gbrg", (2, 0, 1)),
+                                             ("grbg", (1, 0, 2))])
+@pytest.mark.parametrize("bits", [8, 16])
+def test_bayer_mosaics_give_the_colour_they_sampled(pattern, offsets, bits):
+    """A flat colour sampled through each mosaic (offsets: where R, G, B sit in the 2x2 cell, row-major) comes
+    back as that colour away from the border."""
+    colour = (200, 100, 50)
+    cell = np.zeros(4, np.uint16)
+    for channel, offset in enumerate(offsets):
+        cell[offset] = colour[channel]
+    cell[{0, 1, 2, 3}.difference(offsets).pop()] = colour[1]  # the second green
+    mosaic = np.tile(cell.reshape(2, 2), (4, 5))
+    data = (mosaic.astype(np.uint8) if bits == 8 else (mosaic << 8 | 0x55).astype("<u2")).tobytes()
+    out = image_to_rgb(_msg(data, f"bayer_{pattern}{bits}", 10 * bits // 8, height=8, width=10))
+    assert out.shape == (8, 10, 3) and np.abs(out[2:-2, 2:-2].astype(int) - colour).max() <= 1, out[4, 4]
+
+
+def test_16_bit_colour_and_opencv_style_encodings():
+    wide = lambda a: ((a.astype(np.uint16) << 8) | 0x33).astype("<u2")  # noqa: E731
+    assert np.array_equal(image_to_rgb(_msg(wide(RGB).tobytes(), "rgb16", 18)), RGB)
+    assert np.array_equal(image_to_rgb(_msg(wide(RGB[..., ::-1]).tobytes(), "bgr16", 18)), RGB)
+    rgba = np.concatenate([RGB, np.full((2, 3, 1), 7, np.uint8)], axis=2)
+    assert np.array_equal(image_to_rgb(_msg(wide(rgba).tobytes(), "rgba16", 24)), RGB)
+    assert np.array_equal(image_to_rgb(_msg(wide(rgba[..., [2, 1, 0, 3]]).tobytes(), "bgra16", 24)), RGB)
+    assert np.array_equal(image_to_rgb(_msg(RGB[..., ::-1].tobytes(), "8UC3", 9)), RGB)  # read as bgr8
+    assert np.array_equal(image_to_rgb(_msg(RGB[..., 0].tobytes(), "8UC1", 3))[..., 2], RGB[..., 0])
+
+
+@pytest.mark.parametrize("encoding,layout", [("yuv422", "UYVY"), ("yuv422_yuy2", "YUYV")])
+def test_yuv422_byte_orders(encoding, layout):
+    """Grey (U = V = 128) with a dark left and a bright right half: grey comes back only when the bytes are
+    read in the encoding's order (swapping Y and U/V gives colours)."""
+    y = np.repeat(np.array([[60, 60, 200, 200]], np.uint8), 2, axis=0)  # 2 rows of 4 pixels
+    pairs = []
+    for row in y:
+        for y0, y1 in zip(row[0::2], row[1::2]):
+            pairs += [128, y0, 128, y1] if layout == "UYVY" else [y0, 128, y1, 128]
+    out = image_to_rgb(_msg(bytes(pairs), encoding, 8, height=2, width=4)).astype(int)
+    assert np.abs(out - out[..., :1]).max() <= 1  # grey
+    assert out[0, 0, 0] < 80 and out[0, 3, 0] > 180
+    with pytest.raises(ValueError, match="needs an even width"):
+        image_to_rgb(_msg(bytes(12), encoding, 6, height=2, width=3))
+
+
 def test_bad_images_are_refused_with_a_reason():
-    with pytest.raises(ValueError, match="unsupported image encoding 'yuv422'"):
-        image_to_rgb(_msg(b"\0" * 12, "yuv422", 6))
+    with pytest.raises(ValueError, match="unsupported image encoding 'nv12'"):
+        image_to_rgb(_msg(b"\0" * 12, "nv12", 6))
     with pytest.raises(ValueError, match="image data too short"):
         image_to_rgb(_msg(b"\0" * 10, "rgb8", 9))
 

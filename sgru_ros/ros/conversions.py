@@ -17,26 +17,47 @@ from stereo_msgs.msg import DisparityImage
 from ..geometry import CloudLayout, DisparityProducts, StereoGeometry, pack_cloud
 
 
-#: encoding -> (channels, dtype, channel order to get RGB)
+#: encoding -> (channels, dtype, conversion to RGB): a channel order, or an OpenCV colour conversion code.
+#: Named as cv_bridge names them (sensor_msgs/image_encodings.h); 8UC1/8UC3/8UC4 carry no colour order and
+#: are read as cv_bridge's conversions read them: mono8, bgr8, bgra8. Bayer mosaics are named by their first
+#: row (rggb: R G / G B); OpenCV names the same mosaic by its second row, hence bayer_rggb ->
+#: COLOR_BayerBG2RGB, as cv_bridge maps them.
 _ENCODINGS = {
     "rgb8": (3, np.uint8, [0, 1, 2]),
     "bgr8": (3, np.uint8, [2, 1, 0]),
     "rgba8": (4, np.uint8, [0, 1, 2]),
     "bgra8": (4, np.uint8, [2, 1, 0]),
     "mono8": (1, np.uint8, [0, 0, 0]),
+    "8UC1": (1, np.uint8, [0, 0, 0]),
+    "8UC3": (3, np.uint8, [2, 1, 0]),
+    "8UC4": (4, np.uint8, [2, 1, 0]),
     "mono16": (1, np.uint16, [0, 0, 0]),
+    "16UC1": (1, np.uint16, [0, 0, 0]),
+    "rgb16": (3, np.uint16, [0, 1, 2]),
+    "bgr16": (3, np.uint16, [2, 1, 0]),
+    "rgba16": (4, np.uint16, [0, 1, 2]),
+    "bgra16": (4, np.uint16, [2, 1, 0]),
+    **{f"bayer_{pattern}{bits}": (1, np.uint8 if bits == 8 else np.uint16, code)
+       for pattern, code in (("rggb", cv2.COLOR_BayerBG2RGB), ("bggr", cv2.COLOR_BayerRG2RGB),
+                             ("gbrg", cv2.COLOR_BayerGR2RGB), ("grbg", cv2.COLOR_BayerGB2RGB))
+       for bits in (8, 16)},
+    # 4:2:2 YUV, two bytes a pixel: UYVY (image_encodings' "yuv422") and YUYV ("yuv422_yuy2").
+    "yuv422": (2, np.uint8, cv2.COLOR_YUV2RGB_UYVY),
+    "yuv422_yuy2": (2, np.uint8, cv2.COLOR_YUV2RGB_YUY2),
 }
 SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
+_MONO = frozenset({"mono8", "mono16", "8UC1", "16UC1"})
 
 
 def image_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
-    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8, mono16) or CompressedImage
-    (jpeg, png, as image_transport's compressed plugin writes them) -> H x W x 3 RGB uint8."""
+    """sensor_msgs/Image in any of ``SUPPORTED_ENCODINGS`` (colour, mono, 16-bit, Bayer, YUV 4:2:2) or
+    CompressedImage (jpeg, png, as image_transport's compressed plugin writes them) -> H x W x 3 RGB uint8.
+    16-bit values are scaled to 8 bits as cv_bridge does (the high byte)."""
     if isinstance(msg, CompressedImage):
         return compressed_to_rgb(msg)
     if msg.encoding not in _ENCODINGS:
         raise ValueError(f"unsupported image encoding {msg.encoding!r}; use one of {', '.join(_ENCODINGS)}")
-    channels, dtype, order = _ENCODINGS[msg.encoding]
+    channels, dtype, conversion = _ENCODINGS[msg.encoding]
     itemsize = np.dtype(dtype).itemsize
     row_bytes = msg.width * channels * itemsize
     if msg.height == 0 or msg.width == 0:
@@ -51,7 +72,11 @@ def image_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
     pixels = pixels.reshape(msg.height, msg.width, channels)
     if dtype == np.uint16:
         pixels = (pixels >> 8).astype(np.uint8)
-    return np.ascontiguousarray(pixels[..., order])
+    if isinstance(conversion, list):
+        return np.ascontiguousarray(pixels[..., conversion])
+    if channels == 2 and msg.width % 2:
+        raise ValueError(f"{msg.encoding} needs an even width (its pixels come in pairs), got {msg.width}")
+    return cv2.cvtColor(np.ascontiguousarray(pixels), conversion)
 
 
 def stereo_pair_to_rgb(left: Image | CompressedImage, right: Image | CompressedImage
@@ -59,7 +84,7 @@ def stereo_pair_to_rgb(left: Image | CompressedImage, right: Image | CompressedI
     """Both images of a set -> H x W x 3 RGB uint8 each; ValueError (one line) when one is colour and the
     other mono: the network would match unlike intensities and return a wrong disparity without a sign."""
     if isinstance(left, Image) and isinstance(right, Image):
-        families = ["mono" if _ENCODINGS.get(msg.encoding, (3,))[0] == 1 else "colour" for msg in (left, right)]
+        families = ["mono" if msg.encoding in _MONO else "colour" for msg in (left, right)]
         if families[0] != families[1]:
             raise ValueError(f"left image is {left.encoding} ({families[0]}) but right image is {right.encoding} "
                              f"({families[1]}): both cameras of a pair must publish the same kind of image")
