@@ -125,3 +125,28 @@ def test_a_colour_and_a_mono_image_do_not_make_a_pair():
     assert np.array_equal(left, right)
     with pytest.raises(ValueError, match=r"^left image is rgb8 \(colour\) but right image is mono8 \(mono\)"):
         stereo_pair_to_rgb(colour, mono)
+
+
+def test_compressed_image_sizes_are_read_from_the_header_and_huge_ones_are_not_decoded():
+    import struct
+    import zlib
+
+    import cv2
+
+    from sgru_ros.ros.conversions import compressed_size, compressed_to_rgb
+    from sensor_msgs.msg import CompressedImage
+
+    image = np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)
+    for ext in (".png", ".jpg"):
+        data = cv2.imencode(ext, image)[1].tobytes()
+        assert compressed_size(data) == (80, 48), ext
+    assert compressed_size(b"not an image") is None
+    # An 83-byte PNG that claims 60000 x 60000 pixels (a decompression bomb in miniature).
+    ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
+    chunk = lambda kind, body: struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))  # noqa: E731,E501
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+    assert compressed_size(bomb) == (60000, 60000)
+    msg = CompressedImage(format="png")
+    msg.data = bomb
+    with pytest.raises(ValueError, match=r"claims 60000x60000 pixels, more than the 40000000 this node decodes"):
+        compressed_to_rgb(msg, max_pixels=40_000_000)

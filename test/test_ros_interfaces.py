@@ -96,6 +96,16 @@ def test_compressed_images_and_camera_info_found_beside_the_remapped_image_topic
         observer.spin_until(lambda: all(p.get_subscription_count() for p in pubs.values()), 60.0,
                             "the node subscribing to the compressed images and the camera_infos beside them")
         observer.spin_for(0.5)
+        # First a set whose PNGs claim 60000 x 60000 pixels in 83 bytes: refused as bad input, never decoded.
+        bomb_header = Header(frame_id="wifi_left_optical")
+        bomb_header.stamp.sec = 6
+        for side in ("left", "right"):
+            bomb = CompressedImage(header=bomb_header, format="png")
+            bomb.data = _png_claiming(60000, 60000)
+            pubs[f"{side}/camera_info"].publish(camera_info(CALIBRATION, side == "right", 160, 120, bomb_header))
+            pubs[f"{side}/image_rect_color/compressed"].publish(bomb)
+        observer.spin_until(lambda: int(observer.last_diagnostics("/packed/").get("frames_failed_bad_input", 0)) >= 1,
+                            30.0, "the oversized set refused as bad input")
         left, right = textured_pair()
         header = Header(frame_id="wifi_left_optical")
         header.stamp.sec = 7
@@ -110,6 +120,19 @@ def test_compressed_images_and_camera_info_found_beside_the_remapped_image_topic
         output = stop_process(proc)
     assert "inputs /wifi_cam/left/image_rect_color/compressed, /wifi_cam/right/image_rect_color/compressed, " \
            "/wifi_cam/left/camera_info, /wifi_cam/right/camera_info" in output
+    assert "claims 60000x60000 pixels, more than the 40000000 this node decodes: not decoded" in output
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
 
 
 class LifecycleClient(Observer):

@@ -49,12 +49,13 @@ SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
 _MONO = frozenset({"mono8", "mono16", "8UC1", "16UC1"})
 
 
-def image_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
+def image_to_rgb(msg: Image | CompressedImage, max_decode_pixels: int | None = None) -> np.ndarray:
     """sensor_msgs/Image in any of ``SUPPORTED_ENCODINGS`` (colour, mono, 16-bit, Bayer, YUV 4:2:2) or
     CompressedImage (jpeg, png, as image_transport's compressed plugin writes them) -> H x W x 3 RGB uint8.
-    16-bit values are scaled to 8 bits as cv_bridge does (the high byte)."""
+    16-bit values are scaled to 8 bits as cv_bridge does (the high byte). max_decode_pixels: see
+    ``compressed_to_rgb``."""
     if isinstance(msg, CompressedImage):
-        return compressed_to_rgb(msg)
+        return compressed_to_rgb(msg, max_decode_pixels)
     if msg.encoding not in _ENCODINGS:
         raise ValueError(f"unsupported image encoding {msg.encoding!r}; use one of {', '.join(_ENCODINGS)}")
     channels, dtype, conversion = _ENCODINGS[msg.encoding]
@@ -79,8 +80,8 @@ def image_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(pixels), conversion)
 
 
-def stereo_pair_to_rgb(left: Image | CompressedImage, right: Image | CompressedImage
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def stereo_pair_to_rgb(left: Image | CompressedImage, right: Image | CompressedImage,
+                       max_decode_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Both images of a set -> H x W x 3 RGB uint8 each; ValueError (one line) when one is colour and the
     other mono: the network would match unlike intensities and return a wrong disparity without a sign."""
     if isinstance(left, Image) and isinstance(right, Image):
@@ -88,12 +89,41 @@ def stereo_pair_to_rgb(left: Image | CompressedImage, right: Image | CompressedI
         if families[0] != families[1]:
             raise ValueError(f"left image is {left.encoding} ({families[0]}) but right image is {right.encoding} "
                              f"({families[1]}): both cameras of a pair must publish the same kind of image")
-    return image_to_rgb(left), image_to_rgb(right)
+    return image_to_rgb(left, max_decode_pixels), image_to_rgb(right, max_decode_pixels)
 
 
-def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
-    """sensor_msgs/CompressedImage (any format OpenCV decodes: jpeg, png, ...) -> H x W x 3 RGB uint8."""
-    data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+def compressed_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) read from a PNG's IHDR chunk or a JPEG's frame header without decoding; None for other
+    data (or a header it cannot find)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
+            return (int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")) \
+                if i + 9 <= len(data) else None
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+def compressed_to_rgb(msg: CompressedImage, max_pixels: int | None = None) -> np.ndarray:
+    """sensor_msgs/CompressedImage (any format OpenCV decodes: jpeg, png, ...) -> H x W x 3 RGB uint8.
+    max_pixels: a PNG or JPEG whose header claims more pixels is refused before it is decoded (a small file
+    can claim an image of gigabytes)."""
+    raw = bytes(msg.data)
+    size = compressed_size(raw)
+    if max_pixels and size and size[0] * size[1] > max_pixels:
+        raise ValueError(f"compressed image ({msg.format or 'no format'}, {len(raw)} bytes) claims {size[0]}x{size[1]} "
+                         f"pixels, more than the {max_pixels} this node decodes: not decoded")
+    data = np.frombuffer(raw, dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise ValueError(f"compressed image ({msg.format or 'no format'}, {data.size} bytes) could not be decoded")

@@ -221,8 +221,9 @@ class StereoWiring:
                  cancel: threading.Event) -> None:
         """One synchronised set: messages -> ``StereoPipeline`` -> messages (only those subscribed)."""
         t0 = time.perf_counter()
-        left, right = stereo_pair_to_rgb(left_msg, right_msg)
         p, iterations = self.params, self.params("iterations")
+        left, right = stereo_pair_to_rgb(left_msg, right_msg, p.max_decode_pixels())
+        previous = self._previous_disparity if p("warm_start") else None  # the last frame's, same resolution only
         wanted = self.outputs.wanted()
         options = GeometryOptions(min_depth=p("min_depth"), max_depth=p("max_depth"),
                                   flying_pixel_threshold=p("flying_pixel_threshold") if p("filter_flying_pixels")
@@ -234,7 +235,7 @@ class StereoWiring:
             depth=wanted["points2"] or wanted["depth/image_rect"], confidence=wanted["confidence"], options=options,
             calibrated_sizes=[(info.width, info.height) for info in (left_info, right_info)], cancel=cancel,
             budget_ms=p("latency_budget_ms") or None, converged_px=p("convergence_threshold_px") or None,
-            warm_start=self._warm_start_from(left.shape[:2]))
+            warm_start=previous if previous is not None and previous.shape == left.shape[:2] else None)
         t2 = time.perf_counter()
         if cancel.is_set():  # deactivation or shutdown began during this frame: publish nothing
             return
@@ -262,13 +263,6 @@ class StereoWiring:
         self.stats.stages_ms = stages_ms  # one assignment: the diagnostics timer (executor thread) reads it
         self.stats.processed += 1  # after the times: a reader that sees the count sees that frame's times
         self._backlog.frame_done(stages_ms["total"] / 1e3)
-
-    def _warm_start_from(self, size: tuple[int, int]) -> np.ndarray | None:
-        """The previous frame's disparity when warm_start is on and the resolution is unchanged."""
-        previous = self._previous_disparity
-        if previous is None or not self.params("warm_start") or previous.shape != size:
-            return None
-        return previous
 
     # -- monitoring ----------------------------------------------------------------------------
     def _on_timer(self) -> None:

@@ -20,6 +20,8 @@ from .runtime import declare_checked
 #: Pixels above which frames are downscaled before the network: a 4000 x 3000 frame at full size
 #: peaks near 6 GB; 1920 x 1080 (2.07 MP) still runs at full size.
 DEFAULT_MAX_PIXELS = 2_500_000
+#: Compressed images whose header claims more than this many times max_pixels are not decoded.
+DECODE_LIMIT_FACTOR = 16
 IMAGE_TRANSPORTS = ("raw", "compressed")
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 INPUT_RELIABILITY = ("auto", *RELIABILITY)
@@ -50,6 +52,11 @@ class StereoParameters:
             except ParameterUninitializedException:
                 return []
         return self._node.get_parameter(name).value
+
+    def max_decode_pixels(self) -> int | None:
+        """Compressed images are decoded at full size before max_pixels downscales them: those whose header
+        claims more than DECODE_LIMIT_FACTOR times max_pixels are refused undecoded (None: max_pixels 0)."""
+        return DECODE_LIMIT_FACTOR * self("max_pixels") or None
 
     def sync_tolerance_ns(self) -> float | None:
         """The synchroniser's tolerance: None for exact sync; for approximate sync a tolerance of 0 means no bound
