@@ -150,3 +150,20 @@ def test_compressed_image_sizes_are_read_from_the_header_and_huge_ones_are_not_d
     msg.data = bomb
     with pytest.raises(ValueError, match=r"claims 60000x60000 pixels, more than the 40000000 this node decodes"):
         compressed_to_rgb(msg, max_pixels=40_000_000)
+
+
+def test_binning_and_roi_adjust_the_projection_and_the_image_size_as_image_geometry_does():
+    from sensor_msgs.msg import CameraInfo, RegionOfInterest
+
+    from sgru_ros.ros.conversions import image_size, projection
+
+    full = [800.0, 0, 640.0, -80.0, 0, 800.0, 480.0, 0, 0, 0, 1, 0]  # a 1280 x 960 sensor, Tx = -800 * 0.1
+    binned = CameraInfo(width=1280, height=960, binning_x=2, binning_y=2, p=full)
+    assert image_size(binned) == (640, 480)
+    np.testing.assert_allclose(projection(binned), [[400, 0, 320, -40], [0, 400, 240, 0], [0, 0, 1, 0]])
+    roi = CameraInfo(width=1280, height=960, p=full,
+                     roi=RegionOfInterest(x_offset=320, y_offset=240, width=640, height=480))
+    assert image_size(roi) == (640, 480)
+    np.testing.assert_allclose(projection(roi), [[800, 0, 320, -80], [0, 800, 240, 0], [0, 0, 1, 0]])
+    plain = CameraInfo(width=640, height=480, p=full)
+    assert image_size(plain) == (640, 480) and np.array_equal(projection(plain), np.reshape(full, (3, 4)))

@@ -140,6 +140,42 @@ def test_approximate_sync_with_tolerance_0_matches_the_nearest_stamps(rig, tmp_p
     assert "approximate sync" in output and "no synchronised set" not in output, output
 
 
+def test_binned_and_roi_camera_infos_give_the_depth_of_the_plain_one(rig, node_process):
+    """A 160 x 120 image from a 320 x 240 calibration, 2 x 2 binned, and the same image as the centre ROI of a
+    640 x 480 calibration: answered with the focal length, baseline and disparity of a camera_info written for
+    160 x 120 (both were refused before: "camera_info is 320x240 but the images are 160x120")."""
+    from sensor_msgs.msg import RegionOfInterest
+    from std_msgs.msg import Header
+
+    from sgru_ros.ros.conversions import array_to_image
+    from sgru_ros.ros.sample_source import camera_info
+
+    left, right = textured(120, 160), textured(120, 160, 1)
+    plain = answer(rig, left, right, sec=500)
+    doubled = StereoCalibration(CALIBRATION.focal_length * 2, CALIBRATION.cx * 2, CALIBRATION.cy * 2,
+                                CALIBRATION.cx_right * 2, CALIBRATION.baseline)
+    answers = []
+    for sec, (calibration, width, height, extra) in enumerate([
+            (doubled, 320, 240, dict(binning_x=2, binning_y=2)),
+            (StereoCalibration(CALIBRATION.focal_length, CALIBRATION.cx + 240, CALIBRATION.cy + 180,
+                               CALIBRATION.cx_right + 240, CALIBRATION.baseline), 640, 480,
+             dict(roi=RegionOfInterest(x_offset=240, y_offset=180, width=160, height=120)))], start=501):
+        header = Header(frame_id="rig_left_optical")
+        header.stamp.sec = sec
+        for side, image in (("left", left), ("right", right)):
+            info = camera_info(calibration, side == "right", width, height, header)
+            for name, value in extra.items():
+                setattr(info, name, value)
+            rig.pubs[f"{side}/camera_info"].publish(info)
+            rig.pubs[f"{side}/image_rect"].publish(array_to_image(image, "rgb8", header))
+        rig.spin_until(lambda sec=sec: sec * 10**9 in rig.disparities, 60.0, f"an answer to frame {sec}")
+        answers.append(rig.disparities[sec * 10**9])
+    for out in answers:
+        assert (out.f, out.t, out.min_disparity) == pytest.approx((plain.f, plain.t, plain.min_disparity))
+        np.testing.assert_allclose(np.frombuffer(out.image.data, np.float32),
+                                   np.frombuffer(plain.image.data, np.float32), atol=1e-4)
+
+
 def test_a_set_published_again_with_the_same_stamp_is_answered_once(rig, node_process):
     left = textured(120, 160)
     answer(rig, left, left, sec=300)

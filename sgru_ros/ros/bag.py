@@ -212,7 +212,7 @@ def _process_set(pipeline: StereoPipeline, options: BagOptions, left_msg, right_
                  ) -> tuple[FrameResult | None, np.ndarray | None, str]:
     """(the pipeline's result, the left image RGB, '') of one set, or (None, None, why it was skipped) after
     printing one line."""
-    from .conversions import projection, stamp_ns, stereo_pair_to_rgb
+    from .conversions import image_size, projection, stamp_ns, stereo_pair_to_rgb
 
     try:
         left, right = stereo_pair_to_rgb(left_msg, right_msg)
@@ -220,7 +220,7 @@ def _process_set(pipeline: StereoPipeline, options: BagOptions, left_msg, right_
             left, right, projection(left_info), projection(right_info), iterations=options.iterations,
             depth=any(o in options.outputs for o in ("points2", "depth/image_rect")),
             confidence="confidence" in options.outputs, options=options.geometry,
-            calibrated_sizes=[(i.width, i.height) for i in (left_info, right_info)]), left, ""
+            calibrated_sizes=[image_size(i) for i in (left_info, right_info)]), left, ""
     except Exception as err:  # noqa: BLE001 -- one bad set is counted and skipped, the rest go on
         kind = failure_kind(err)
         print(f"set at {stamp_ns(left_info.header) / 1e9:.6f} skipped ({kind}): "

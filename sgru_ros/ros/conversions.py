@@ -216,7 +216,22 @@ def disparity_increment(products: DisparityProducts) -> float:
 
 
 def projection(info: CameraInfo) -> np.ndarray:
-    return np.asarray(info.p, dtype=np.float64).reshape(3, 4)
+    """The 3 x 4 rectified projection of the image as published: camera_info's P (given for the full sensor)
+    shifted by the region of interest and scaled by the binning, as image_geometry adjusts it."""
+    p = np.asarray(info.p, dtype=np.float64).reshape(3, 4).copy()
+    p[0, 2] -= info.roi.x_offset
+    p[1, 2] -= info.roi.y_offset
+    p[0] /= max(info.binning_x, 1)
+    p[1] /= max(info.binning_y, 1)
+    return p
+
+
+def image_size(info: CameraInfo) -> tuple[int, int]:
+    """(width, height) of the image a camera_info describes: its region of interest (the full sensor when the
+    ROI is empty), divided by the binning (image_geometry's reducedResolution)."""
+    roi = info.roi
+    width, height = (roi.width, roi.height) if roi.width and roi.height else (info.width, info.height)
+    return width // max(info.binning_x, 1), height // max(info.binning_y, 1)
 
 
 def stamp_text(nanoseconds: int) -> str:

@@ -38,7 +38,7 @@ from ..device import release_memory
 from ..inference import InferenceCancelled, StereoEstimator
 from ..pipeline import FrameResult, GeometryOptions, StereoPipeline, failure_kind
 from ..sync import StereoSynchronizer
-from .conversions import projection, stamp_ns, stamp_text, stereo_pair_to_rgb
+from .conversions import image_size, projection, stamp_ns, stamp_text, stereo_pair_to_rgb
 from .diagnostics import ERROR_HOLD_S, FrameStats, NodeState, diagnostic_array, stall_reason
 from .inputs import INPUT_NAMES, StereoInputs
 from .outputs import StereoOutputs
@@ -233,7 +233,7 @@ class StereoWiring:
             left, right, projection(left_info), projection(right_info), iterations=iterations,
             extra_iterations=self.outputs.wanted_iterations([k for k in p("publish_iterations") if k < iterations]),
             depth=wanted["points2"] or wanted["depth/image_rect"], confidence=wanted["confidence"], options=options,
-            calibrated_sizes=[(info.width, info.height) for info in (left_info, right_info)], cancel=cancel,
+            calibrated_sizes=[image_size(info) for info in (left_info, right_info)], cancel=cancel,
             budget_ms=p("latency_budget_ms") or None, converged_px=p("convergence_threshold_px") or None,
             warm_start=previous if previous is not None and previous.shape == left.shape[:2] else None)
         t2 = time.perf_counter()
