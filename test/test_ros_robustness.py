@@ -176,6 +176,35 @@ def test_binned_and_roi_camera_infos_give_the_depth_of_the_plain_one(rig, node_p
                                    np.frombuffer(plain.image.data, np.float32), atol=1e-4)
 
 
+def test_refused_parameter_changes_are_logged_naming_the_parameter_value_and_what_is_allowed(rig, tmp_path):
+    from rcl_interfaces.msg import Parameter as ParameterMsg
+    from rcl_interfaces.msg import ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    checkpoint = known_answer_checkpoint(tmp_path / "known_answer.pth")
+    proc = start_process("run", "-r", "__ns:=/params", "-p", f"model:={checkpoint}", "-p", "device:=cpu",
+                         "-p", "iterations:=3", "-p", "publish_iterations:=[2]")
+    client = rig.create_client(SetParameters, "/params/sgru_stereo/set_parameters")
+    results = []
+    try:
+        assert client.wait_for_service(timeout_sec=60.0)
+        for name, value in (("iterations", ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=2.5)),
+                            ("iterations", ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=0)),
+                            ("iterations", ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=2)),
+                            ("device", ParameterValue(type=ParameterType.PARAMETER_STRING, string_value="cuda"))):
+            future = client.call_async(SetParameters.Request(parameters=[ParameterMsg(name=name, value=value)]))
+            rig.spin_until(future.done, 10.0, f"set {name}")
+            results.append(future.result().results[0].successful)
+    finally:
+        rig.destroy_client(client)
+        output = stop_process(proc)
+    assert results == [False] * 4
+    refused = [line.split("parameter change refused: ")[1] for line in output.splitlines() if "change refused" in line]
+    assert refused == ["iterations = 2.5: not an integer in 1..64", "iterations = 0: not an integer in 1..64",
+                       "iterations = 2: publish_iterations [2] must lie in 1..1 (below iterations 2)",
+                       "device = 'cuda': read-only (set it at start-up)"], output
+
+
 def test_a_set_published_again_with_the_same_stamp_is_answered_once(rig, node_process):
     left = textured(120, 160)
     answer(rig, left, left, sec=300)

@@ -15,7 +15,7 @@ from ..device import PRECISIONS
 from ..inference import ENGINES, MAX_ITERATIONS, StereoEstimator
 from ..options import OPTION_HELP
 from ..pipeline import GeometryOptions
-from .runtime import declare_checked
+from .runtime import allowed_values, declare_checked
 
 #: Pixels above which frames are downscaled before the network: a 4000 x 3000 frame at full size
 #: peaks near 6 GB; 1920 x 1080 (2.07 MP) still runs at full size.
@@ -44,6 +44,7 @@ class StereoParameters:
         if reason:
             raise ValueError(reason)
         node.add_on_set_parameters_callback(self.validate)
+        node.add_pre_set_parameters_callback(self._log_refusals)
 
     def __call__(self, name: str):
         if name == "publish_iterations":  # declared without a value: unset means none
@@ -101,17 +102,48 @@ class StereoParameters:
             return "graphs need engine torch without compile (a CUDA graph replays the eager pass)"
         return ""
 
+    def _refusal(self, param: Parameter) -> str:
+        """Why rclpy will refuse this change before ``validate`` sees it ('' if it will not): a value of another
+        type, or outside the declared range."""
+        if not self._node.has_parameter(param.name):
+            return ""
+        try:
+            current = self._node.get_parameter(param.name)
+        except ParameterUninitializedException:  # publish_iterations before a value: rclpy checks its type
+            return ""
+        descriptor = self._node.describe_parameter(param.name)
+        allowed = allowed_values(descriptor, current.value)
+        if descriptor.read_only:
+            return "read-only (set it at start-up)"
+        if current.type_ != Parameter.Type.NOT_SET and param.type_ != current.type_:
+            return f"not {allowed}"
+        ranges = descriptor.integer_range or descriptor.floating_point_range
+        if ranges and not ranges[0].from_value <= param.value <= ranges[0].to_value:
+            return f"not {allowed}"
+        return ""
+
+    def _log_refusals(self, params: list[Parameter]) -> list[Parameter]:
+        """Before rclpy checks types and ranges: one log line per change it will refuse, naming the
+        parameter, the value and what is allowed (the caller gets rclpy's own reason)."""
+        for param in params:
+            reason = self._refusal(param)
+            if reason:
+                self._node.get_logger().warning(f"parameter change refused: {param.name} = {param.value!r}: {reason}")
+        return params
+
     def validate(self, params: list[Parameter]) -> SetParametersResult:
         """Run-time changes: ranges are checked by rclpy from the descriptors, combinations here
         (only when a parameter of one is being set, so unrelated declarations never fail)."""
         new = {p.name: p.value for p in params}
+        reason = ""
         if self("engine") == "onnxruntime" and new.keys() & {"iterations", "publish_iterations"}:
-            return SetParametersResult(successful=False, reason=(
-                "iterations and publish_iterations are fixed in the ONNX graph under engine onnxruntime; "
-                "restart the node to change them"))
-        if not new.keys() & _CHECKED_AT_RUN_TIME:
-            return SetParametersResult(successful=True)
-        reason = self.invalid_combination(new)
+            reason = ("iterations and publish_iterations are fixed in the ONNX graph under engine onnxruntime; "
+                      "restart the node to change them")
+        elif new.keys() & _CHECKED_AT_RUN_TIME:
+            reason = self.invalid_combination(new)
+        if reason:
+            self._node.get_logger().warning("parameter change refused: "
+                                            + ", ".join(f"{k} = {v!r}" for k, v in new.items()) + f": {reason}")
         return SetParametersResult(successful=not reason, reason=reason)
 
 

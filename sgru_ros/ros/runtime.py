@@ -16,24 +16,34 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
 
+def allowed_values(descriptor: ParameterDescriptor, value) -> str:
+    """What a parameter takes, in words, from its descriptor (range, choices) and a value of its type."""
+    if descriptor.integer_range:
+        r = descriptor.integer_range[0]
+        return f"an integer in {r.from_value}..{r.to_value}" + (f", step {r.step}" if r.step > 1 else "")
+    if descriptor.floating_point_range:
+        r = descriptor.floating_point_range[0]
+        return f"a number in {r.from_value:g}..{r.to_value:g}"
+    if descriptor.additional_constraints:
+        return descriptor.additional_constraints
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(type(value), "a list")
+
+
 def declare_checked(node: Node, name: str, default, description: str, *, read_only: bool = False,
                     integer_range: tuple[int, ...] | None = None, float_range: tuple[float, float] | None = None,
                     choices: tuple[str, ...] = ()):
     """Declare a parameter with its descriptor (range or choices); a start-up value of the wrong
     type or out of range raises ValueError in one line: name, the reason, what is allowed."""
     descriptor = ParameterDescriptor(description=description, read_only=read_only)
-    allowed = type(default).__name__
     if integer_range:
         step = integer_range[2] if len(integer_range) > 2 else 1
         descriptor.integer_range = [IntegerRange(from_value=integer_range[0], to_value=integer_range[1], step=step)]
-        allowed = f"an integer in {integer_range[0]}..{integer_range[1]}" + (f", step {step}" if step > 1 else "")
     if float_range:
         descriptor.floating_point_range = [FloatingPointRange(from_value=float_range[0], to_value=float_range[1],
                                                               step=0.0)]
-        allowed = f"a number in {float_range[0]:g}..{float_range[1]:g}"
     if choices:
-        allowed = "one of " + ", ".join(choices)
-        descriptor.additional_constraints = allowed
+        descriptor.additional_constraints = "one of " + ", ".join(choices)
+    allowed = allowed_values(descriptor, default)
     try:
         value = node.declare_parameter(name, default, descriptor).value
     except ParameterException as err:  # rclpy: "<message>. Reason: <reason>: <name>"
