@@ -49,9 +49,15 @@ def start_source(tmp_path, width: int, height: int, *params: str):
 
 
 def wait_for_node(observer, node) -> None:
+    """Until the node runs and the observer's disparity subscription is matched both ways: DDS matching is
+    asymmetric, and a reader that has not yet matched the node's writer drops what it sends (the first frames'
+    disparities), as the sample source waits half a second after its own publishers see a reader."""
     observer.diagnostics.clear()  # only this node's
-    observer.spin_until(lambda: observer.last_diagnostics() or node.poll() is not None, 60.0, "node diagnostics")
+    observer.spin_until(lambda: int(observer.last_diagnostics().get("output_subscribers", 0)) >= 1
+                        and observer.count_publishers("/transport/disparity") >= 1 or node.poll() is not None,
+                        60.0, "the node and its disparity publisher")
     assert node.poll() is None, stop_process(node)
+    observer.spin_for(0.5)
 
 
 @pytest.mark.parametrize("size", [(640, 480), (1280, 720)])
