@@ -84,6 +84,38 @@ def test_yuv422_byte_orders(encoding, layout):
         image_to_rgb(_msg(bytes(12), encoding, 6, height=2, width=3))
 
 
+def _bt601(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RGB -> limited-range BT.601 Y, U, V (uint8), the inverse of what cameras' YUV means."""
+    r, g, b = (rgb[..., i].astype(float) for i in range(3))
+    y = 16 + 0.257 * r + 0.504 * g + 0.098 * b
+    u = 128 - 0.148 * r - 0.291 * g + 0.439 * b
+    v = 128 + 0.439 * r - 0.368 * g - 0.071 * b
+    return tuple(np.rint(c).astype(np.uint8) for c in (y, u, v))
+
+
+@pytest.mark.parametrize("encoding", ["nv21", "nv24"])
+@pytest.mark.parametrize("padding", [0, 4])
+def test_semi_planar_yuv_gives_the_colours_it_encodes(encoding, padding):
+    """Four 2x2-aligned colour blocks through nv21 (4:2:0, V before U) and nv24 (4:4:4, U before V), with and
+    without row padding: each comes back as its colour (a swapped U/V turns orange blue)."""
+    colours = np.array([[200, 100, 50], [30, 160, 220], [128, 128, 128], [250, 240, 20]], np.uint8)
+    rgb = np.repeat(np.repeat(colours.reshape(2, 2, 3), 2, axis=0), 2, axis=1)  # 4 x 4
+    y, u, v = _bt601(rgb)
+    width, step = 4, 4 + padding
+    if encoding == "nv21":
+        chroma = np.stack([v[::2, ::2], u[::2, ::2]], axis=-1).reshape(2, width)
+        chroma_step = step
+    else:
+        chroma = np.stack([u, v], axis=-1).reshape(4, 2 * width)
+        chroma_step = 2 * step
+    pad = lambda plane, stride: np.pad(plane, ((0, 0), (0, stride - plane.shape[1])))  # noqa: E731
+    data = pad(y, step).tobytes() + pad(chroma, chroma_step).tobytes()
+    out = image_to_rgb(_msg(data, encoding, step, height=4, width=width))
+    assert out.shape == (4, 4, 3) and np.abs(out.astype(int) - rgb).max() <= 3, out
+    with pytest.raises(ValueError, match="image data too short"):
+        image_to_rgb(_msg(data[:-1], encoding, step, height=4, width=width))
+
+
 def test_bad_images_are_refused_with_a_reason():
     with pytest.raises(ValueError, match="unsupported image encoding 'nv12'"):
         image_to_rgb(_msg(b"\0" * 12, "nv12", 6))

@@ -45,24 +45,30 @@ _ENCODINGS = {
     "yuv422": (2, np.uint8, cv2.COLOR_YUV2RGB_UYVY),
     "yuv422_yuy2": (2, np.uint8, cv2.COLOR_YUV2RGB_YUY2),
 }
-SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
+#: Semi-planar YUV (V4L2's layouts): a full-resolution Y plane, then one plane of interleaved chroma pairs.
+#: encoding -> (chroma rows per Y row, the chroma pair order). nv21: 4:2:0, V before U (OpenCV converts it);
+#: nv24: 4:4:4, U before V (converted here with the same BT.601 limited-range matrix: OpenCV has no NV24).
+_SEMI_PLANAR = {"nv21": (0.5, "vu"), "nv24": (1, "uv")}
+SUPPORTED_ENCODINGS = (*_ENCODINGS, *_SEMI_PLANAR)
 _MONO = frozenset({"mono8", "mono16", "8UC1", "16UC1"})
 
 
 def image_to_rgb(msg: Image | CompressedImage, max_decode_pixels: int | None = None) -> np.ndarray:
-    """sensor_msgs/Image in any of ``SUPPORTED_ENCODINGS`` (colour, mono, 16-bit, Bayer, YUV 4:2:2) or
-    CompressedImage (jpeg, png, as image_transport's compressed plugin writes them) -> H x W x 3 RGB uint8.
+    """sensor_msgs/Image in any of ``SUPPORTED_ENCODINGS`` (colour, mono, 16-bit, Bayer, YUV 4:2:2, nv21, nv24)
+    or CompressedImage (jpeg, png, as image_transport's compressed plugin writes them) -> H x W x 3 RGB uint8.
     16-bit values are scaled to 8 bits as cv_bridge does (the high byte). max_decode_pixels: see
     ``compressed_to_rgb``."""
     if isinstance(msg, CompressedImage):
         return compressed_to_rgb(msg, max_decode_pixels)
-    if msg.encoding not in _ENCODINGS:
-        raise ValueError(f"unsupported image encoding {msg.encoding!r}; use one of {', '.join(_ENCODINGS)}")
+    if msg.encoding not in SUPPORTED_ENCODINGS:
+        raise ValueError(f"unsupported image encoding {msg.encoding!r}; use one of {', '.join(SUPPORTED_ENCODINGS)}")
+    if msg.height == 0 or msg.width == 0:
+        raise ValueError("empty image (0 width or height)")
+    if msg.encoding in _SEMI_PLANAR:
+        return _semi_planar_to_rgb(msg)
     channels, dtype, conversion = _ENCODINGS[msg.encoding]
     itemsize = np.dtype(dtype).itemsize
     row_bytes = msg.width * channels * itemsize
-    if msg.height == 0 or msg.width == 0:
-        raise ValueError("empty image (0 width or height)")
     if msg.step < row_bytes or len(msg.data) < msg.step * msg.height:
         raise ValueError(f"image data too short: {len(msg.data)} bytes for {msg.width}x{msg.height} "
                          f"{msg.encoding} with step {msg.step}")
@@ -78,6 +84,31 @@ def image_to_rgb(msg: Image | CompressedImage, max_decode_pixels: int | None = N
     if channels == 2 and msg.width % 2:
         raise ValueError(f"{msg.encoding} needs an even width (its pixels come in pairs), got {msg.width}")
     return cv2.cvtColor(np.ascontiguousarray(pixels), conversion)
+
+
+def _semi_planar_to_rgb(msg: Image) -> np.ndarray:
+    """nv21 / nv24 (``_SEMI_PLANAR``) -> H x W x 3 RGB uint8. ``step`` is the Y plane's row stride; a chroma row
+    holds ``width`` (4:2:0) or ``2 * width`` (4:4:4) bytes at a stride of ``step`` times as much."""
+    chroma_rows, order = _SEMI_PLANAR[msg.encoding]
+    width, height, step = msg.width, msg.height, msg.step
+    if chroma_rows < 1 and (width % 2 or height % 2):
+        raise ValueError(f"{msg.encoding} needs an even width and height (4:2:0 chroma), got {width}x{height}")
+    chroma_step = step * (1 if chroma_rows < 1 else 2)
+    needed = step * height + chroma_step * int(height * chroma_rows)
+    if step < width or len(msg.data) < needed:
+        raise ValueError(f"image data too short: {len(msg.data)} bytes for {width}x{height} {msg.encoding} with "
+                         f"step {step} (needs {needed})")
+    data = np.frombuffer(msg.data, dtype=np.uint8, count=needed)
+    luma = data[:step * height].reshape(height, step)[:, :width]
+    chroma = data[step * height:].reshape(int(height * chroma_rows), chroma_step)[:, :2 * width if chroma_rows == 1
+                                                                                  else width]
+    if msg.encoding == "nv21":
+        return cv2.cvtColor(np.ascontiguousarray(np.concatenate([luma, chroma])), cv2.COLOR_YUV2RGB_NV21)
+    u, v = (chroma[:, 0::2], chroma[:, 1::2]) if order == "uv" else (chroma[:, 1::2], chroma[:, 0::2])
+    y = 1.164 * (luma.astype(np.float32) - 16)
+    u, v = u.astype(np.float32) - 128, v.astype(np.float32) - 128
+    rgb = np.stack([y + 1.596 * v, y - 0.813 * v - 0.391 * u, y + 2.018 * u], axis=-1)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
 def stereo_pair_to_rgb(left: Image | CompressedImage, right: Image | CompressedImage,
