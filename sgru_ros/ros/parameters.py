@@ -152,9 +152,9 @@ def declare_stereo_parameters(node: Node) -> None:
     def declare(name, default, description, **limits):
         declare_checked(node, name, default, description, **limits)
 
-    declare("queue_size", 10, "Messages kept per input, by the subscription and for synchronisation (reliable "
-            "DDS delivers the four topics with up to a few hundred ms of skew)", read_only=True,
-            integer_range=(1, 100))
+    declare("queue_size", 5, "Messages kept per input, by the subscription and for synchronisation, as "
+            "stereo_image_proc's (raise it when the four topics arrive more frames apart than this)",
+            read_only=True, integer_range=(1, 100))
     declare("approximate_sync", False, "Match inputs by nearest stamp instead of identical stamps",
             read_only=True)
     declare("approximate_sync_tolerance_seconds", 0.02, "Largest stamp spread of an approximate set (0: no bound, "
