@@ -28,7 +28,7 @@ setup(
     # Every third-party module the node, the sample source and the launch file import at run time
     # (test/test_package.py checks this). scikit-image ships the sample Motorcycle pair; pyyaml reads
     # calibration files.
-    install_requires=["numpy", "opencv-python-headless", "torch>=2.1", "scikit-image", "pyyaml"],
+    install_requires=["numpy", "opencv-python-headless", "simplejpeg", "torch>=2.1", "scikit-image", "pyyaml"],
     extras_require={
         # ROS 2 (kilted) client library, messages and the ament index as PyPI wheels, for use without a ROS
         # install (a ROS install provides them, plus launch / launch_ros, which have no PyPI wheels).

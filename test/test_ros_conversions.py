@@ -184,6 +184,34 @@ def test_compressed_image_sizes_are_read_from_the_header_and_huge_ones_are_not_d
         compressed_to_rgb(msg, max_pixels=40_000_000)
 
 
+def test_corrupt_jpeg_is_an_error_and_a_good_one_decodes_as_opencv_does():
+    """200 changed bytes in a Motorcycle JPEG: OpenCV decodes it (a libjpeg warning on stderr, wrong pixels);
+    here it is refused. An intact JPEG gives OpenCV's pixels exactly."""
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    from sgru_ros.calibration import motorcycle_pair
+    from sgru_ros.ros.conversions import compressed_to_rgb
+
+    left = motorcycle_pair()[0]
+    good = cv2.imencode(".jpg", cv2.cvtColor(left, cv2.COLOR_RGB2BGR))[1].tobytes()
+    bad = bytearray(good)
+    rng = np.random.default_rng(0)
+    for i in rng.choice(np.arange(1000, len(bad) - 10), 200, replace=False):
+        bad[i] = rng.integers(0, 256)
+    assert cv2.imdecode(np.frombuffer(bytes(bad), np.uint8), cv2.IMREAD_COLOR) is not None  # OpenCV takes it
+    msg = CompressedImage(format="rgb8; jpeg compressed bgr8")
+    msg.data = bytes(bad)
+    with pytest.raises(ValueError, match=r"corrupt compressed image \(rgb8; jpeg compressed bgr8, \d+ bytes\): "):
+        compressed_to_rgb(msg)
+    msg.data = good[:-4000]  # truncated
+    with pytest.raises(ValueError, match="corrupt compressed image .*Premature end of JPEG file"):
+        compressed_to_rgb(msg)
+    msg.data = good
+    expected = cv2.cvtColor(cv2.imdecode(np.frombuffer(good, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(compressed_to_rgb(msg), expected)
+
+
 def test_binning_and_roi_adjust_the_projection_and_the_image_size_as_image_geometry_does():
     from sensor_msgs.msg import CameraInfo, RegionOfInterest
 

@@ -106,7 +106,18 @@ def test_compressed_images_and_camera_info_found_beside_the_remapped_image_topic
             pubs[f"{side}/image_rect_color/compressed"].publish(bomb)
         observer.spin_until(lambda: int(observer.last_diagnostics("/packed/").get("frames_failed_bad_input", 0)) >= 1,
                             30.0, "the oversized set refused as bad input")
+        # Then a JPEG set with 20 bytes of its scan data changed (OpenCV decodes it with a warning): refused.
         left, right = textured_pair()
+        corrupt_header = Header(frame_id="wifi_left_optical")
+        corrupt_header.stamp.sec = 6
+        corrupt_header.stamp.nanosec = 500_000_000
+        for side, image in (("left", left), ("right", right)):
+            corrupt = compressed_image(image, corrupt_header, "jpeg")
+            corrupt.data = _corrupted(bytes(corrupt.data))
+            pubs[f"{side}/camera_info"].publish(camera_info(CALIBRATION, side == "right", 160, 120, corrupt_header))
+            pubs[f"{side}/image_rect_color/compressed"].publish(corrupt)
+        observer.spin_until(lambda: int(observer.last_diagnostics("/packed/").get("frames_failed_bad_input", 0)) >= 2,
+                            30.0, "the corrupt JPEG set refused as bad input")
         header = Header(frame_id="wifi_left_optical")
         header.stamp.sec = 7
         for side, image in (("left", left), ("right", right)):
@@ -115,12 +126,28 @@ def test_compressed_images_and_camera_info_found_beside_the_remapped_image_topic
         observer.spin_until(lambda: stamp_ns(header) in observer.disparities, 60.0, "the disparity")
         published = disparity_array(observer.disparities[stamp_ns(header)])
         np.testing.assert_allclose(published[4:-4, 8:-4], ITERATIONS * STEP_PX + 6.0, atol=1e-3)
+        assert stamp_ns(corrupt_header) not in observer.disparities
     finally:
         observer.destroy_node()
         output = stop_process(proc)
+    assert "frame 6.500000000 of /wifi_cam/left/image_rect_color/compressed skipped (bad_input, 2 so far): corrupt " \
+           "compressed image (rgb8; jpeg compressed bgr8, " in output
     assert "inputs /wifi_cam/left/image_rect_color/compressed, /wifi_cam/right/image_rect_color/compressed, " \
            "/wifi_cam/left/camera_info, /wifi_cam/right/camera_info" in output
     assert "claims 60000x60000 pixels, more than the 40000000 this node decodes: not decoded" in output
+
+
+def _corrupted(jpeg: bytes) -> bytes:
+    """``jpeg`` with 20 bytes of its entropy-coded data changed, checked to be still decodable by OpenCV."""
+    import cv2
+
+    data = bytearray(jpeg)
+    start = jpeg.index(b"\xff\xda") + 20  # past the start-of-scan header
+    rng = np.random.default_rng(5)
+    for i in rng.choice(np.arange(start, len(data) - 4), 20, replace=False):
+        data[i] = (data[i] + 1 + rng.integers(0, 254)) % 256
+    assert cv2.imdecode(np.frombuffer(bytes(data), np.uint8), cv2.IMREAD_COLOR) is not None
+    return bytes(data)
 
 
 def _png_claiming(width: int, height: int) -> bytes:
