@@ -254,3 +254,31 @@ def test_an_unwritable_output_is_named_before_the_model_loads(tmp_path):
     assert run.returncode == 1 and "model:" not in run.stdout
     assert run.stderr == f"sgru-stereo bag: error: output {tmp_path / 'missing' / 'out'}: folder " \
                          f"{tmp_path / 'missing'} does not exist\n"
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_a_full_disk_is_one_line_and_leaves_no_half_written_bag(tmp_path, storage):
+    """The output stops growing mid-run (a file-size limit: writes fail as on a full disk): one line naming the
+    output and the reason, status 1, no traceback, and the unreadable half-written bag removed."""
+    import resource
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(9)
+    pair = tuple(rng.integers(0, 255, size=(64, 128, 3), dtype=np.uint8) for _ in range(2))
+    calibration = StereoCalibration(focal_length=50.0, cx=64.0, cy=32.0, cx_right=64.0, baseline=0.1)
+    source, out = tmp_path / "in", tmp_path / "out"
+    write_stereo_bag(source, pair, calibration, list(range(1, 41)))
+
+    def limit_file_size() -> None:  # in the child: a write past 2 MB fails with EFBIG instead of SIGXFSZ
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20))
+
+    run = subprocess.run([sys.executable, "-m", "sgru_ros.cli", "bag", str(source), str(out), "--namespace", "/stereo",
+                          "--device", "cpu", "--iters", "1", "--no-progress", "--storage", storage,
+                          "--outputs", "disparity,points2"],
+                         capture_output=True, text=True, timeout=600, preexec_fn=limit_file_size)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"sgru-stereo bag: error: {out}: writing the bag failed: "), lines
+    assert not out.exists()
