@@ -4,9 +4,12 @@
     ros2 launch sgru_ros stereo.launch.py use_sample_source:=true use_rviz:=true
     ros2 launch sgru_ros stereo.launch.py namespace:=stereo model:=/path/sceneflow.pth iterations:=32 device:=cuda
     ros2 launch sgru_ros stereo.launch.py params_file:=my_robot.yaml approximate_sync:=true
+    ros2 launch sgru_ros stereo.launch.py rectify:=true use_sample_source:=true    # a raw, distorted camera
 
-Inputs (as stereo_image_proc): <namespace>/<left_namespace>/image_rect (or .../image_rect/compressed
-with image_transport:=compressed) and the camera_info beside it, the same for <right_namespace>.
+Inputs (as stereo_image_proc): <namespace>/<left_namespace>/image_rect (image_rect_color while both
+cameras publish it; .../compressed with image_transport:=compressed) and the camera_info beside it,
+the same for <right_namespace>. With rectify:=true (where stereo_image_proc's launch file would start
+image_proc): <camera>/image_raw, rectified in the node with the camera_info's D, K, R, P.
 Outputs under <namespace>: disparity, points2, depth/image_rect, depth/camera_info, confidence,
 disparity/color.
 
@@ -37,6 +40,7 @@ NODE_ARGUMENTS = {
     'precision': (str, 'fp32, fp16 (CUDA) or bf16'),
     'graphs': (bool, 'CUDA: replay each camera size\'s pass as a CUDA graph'),
     'image_transport': (str, 'raw, or compressed: subscribe to <camera>/image_rect/compressed'),
+    'rectify': (bool, 'Subscribe <camera>/image_raw and rectify in the node (raw camera, no image_proc)'),
     'confidence_threshold': (float, 'Disparities less confident than this (0..1) are invalid; 0: off'),
     'approximate_sync': (bool, 'Match inputs by nearest stamp instead of identical stamps'),
     'approximate_sync_tolerance_seconds': (float, 'Largest stamp spread of an approximate set'),
@@ -68,15 +72,17 @@ def _typed(value, kind):
 
 
 def _camera_remappings(context, publisher):
-    """Each image topic to <left_namespace>/image_rect (the node finds camera_info beside it); the
-    sample source, a publisher, needs each of its topics remapped."""
+    """Each image topic (image_rect, image_raw) to <left_namespace>/... (the node finds camera_info and
+    image_rect_color beside it); the sample source, a publisher, needs each of its topics remapped."""
     remappings = []
     for side in ('left', 'right'):
         camera = LaunchConfiguration(f'{side}_namespace').perform(context)
-        remappings.append((f'{side}/image_rect', f'{camera}/image_rect'))
+        for image in ('image_rect', 'image_raw'):
+            remappings.append((f'{side}/{image}', f'{camera}/{image}'))
+            if publisher:
+                remappings.append((f'{side}/{image}/compressed', f'{camera}/{image}/compressed'))
         if publisher:
-            remappings += [(f'{side}/image_rect/compressed', f'{camera}/image_rect/compressed'),
-                           (f'{side}/camera_info', f'{camera}/camera_info')]
+            remappings.append((f'{side}/camera_info', f'{camera}/camera_info'))
     return remappings
 
 
@@ -111,7 +117,8 @@ def _launch_setup(context):
     if _is_true(context, 'use_sample_source'):
         transport = overrides.get('image_transport', 'raw')
         actions.append(Node(package='sgru_ros', executable='sample_source', name='sample_source',
-                            namespace=namespace, parameters=[{'image_transport': transport}],
+                            namespace=namespace,
+                            parameters=[{'image_transport': transport, 'distort': overrides.get('rectify') is True}],
                             remappings=_camera_remappings(context, publisher=True), output='screen'))
     if _is_true(context, 'use_rviz'):
         frame = LaunchConfiguration('rviz_fixed_frame').perform(context)
@@ -143,7 +150,8 @@ def generate_launch_description():
         DeclareLaunchArgument('lifecycle_autostart', default_value='false',
                               description='With use_lifecycle: configure and activate it at start'),
         DeclareLaunchArgument('use_sample_source', default_value='false',
-                              description='Also start the sample source (Middlebury Motorcycle pair)'),
+                              description='Also start the sample source (Middlebury Motorcycle pair; with '
+                                          'rectify:=true it publishes raw, distorted images)'),
         DeclareLaunchArgument('use_rviz', default_value='false',
                               description='Start rviz2 with config/stereo.rviz, its topics under namespace'),
         DeclareLaunchArgument('rviz_fixed_frame', default_value='stereo_left_optical_frame',

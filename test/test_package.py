@@ -81,7 +81,7 @@ def test_launch_description_builds():
     description = module.generate_launch_description()
     names = {getattr(a, "name", None) for a in description.entities}
     assert {"namespace", "left_namespace", "right_namespace", "model", "iterations", "device", "precision",
-            "image_transport", "confidence_threshold", "approximate_sync", "approximate_sync_tolerance_seconds",
+            "image_transport", "rectify", "confidence_threshold", "approximate_sync", "approximate_sync_tolerance_seconds",
             "use_color", "avoid_point_cloud_padding", "use_lifecycle", "lifecycle_autostart", "use_sample_source",
             "use_rviz", "rviz_fixed_frame"} <= names
 
@@ -94,6 +94,7 @@ RUNTIME_MODULES = {
     "numpy": ("numpy", "python3-numpy"),
     "cv2": ("opencv-python-headless", "python3-opencv"),
     "torch": ("torch", None),
+    "simplejpeg": ("simplejpeg", None),  # no rosdep key: README's ROS-install lines pip-install it with torch
     "skimage": ("scikit-image", "python3-skimage"),
     "yaml": ("pyyaml", "python3-yaml"),
     "rclpy": ("ros-rclpy", "rclpy"),

@@ -297,4 +297,3 @@ def parse_outputs(names: Sequence[str]) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"unknown output {unknown[0]}; choose from {', '.join(OUTPUTS)}")
     return tuple(name for name in OUTPUTS if name in wanted)
-

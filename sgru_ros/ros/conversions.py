@@ -15,6 +15,7 @@ from std_msgs.msg import Header
 from stereo_msgs.msg import DisparityImage
 
 from ..geometry import CloudLayout, DisparityProducts, StereoGeometry, pack_cloud
+from ..rectification import CameraModel
 
 
 #: encoding -> (channels, dtype, conversion to RGB): a channel order, or an OpenCV colour conversion code.
@@ -264,23 +265,42 @@ def disparity_increment(products: DisparityProducts) -> float:
     return float(np.spacing(np.float32(largest)))
 
 
+def camera_model(info: CameraInfo) -> CameraModel:
+    """camera_info -> the ROS-free ``CameraModel`` (binning 0 read as 1, an empty ROI as the full sensor)."""
+    roi = info.roi
+    return CameraModel.from_fields(width=info.width, height=info.height, distortion_model=info.distortion_model,
+                                   d=info.d, k=info.k, r=info.r, p=info.p, binning_x=info.binning_x,
+                                   binning_y=info.binning_y, roi=(roi.x_offset, roi.y_offset, roi.width, roi.height))
+
+
+def camera_info_message(model: CameraModel, header: Header) -> CameraInfo:
+    """``CameraModel`` -> sensor_msgs/CameraInfo."""
+    x, y, width, height = model.roi
+    return CameraInfo(header=header, width=model.width, height=model.height,
+                      distortion_model=model.distortion_model, d=list(model.d), k=list(model.k), r=list(model.r),
+                      p=list(model.p), binning_x=model.binning_x, binning_y=model.binning_y,
+                      roi=RegionOfInterest(x_offset=x, y_offset=y, width=width, height=height))
+
+
 def projection(info: CameraInfo) -> np.ndarray:
     """The 3 x 4 rectified projection of the image as published: camera_info's P (given for the full sensor)
     shifted by the region of interest and scaled by the binning, as image_geometry adjusts it."""
-    p = np.asarray(info.p, dtype=np.float64).reshape(3, 4).copy()
-    p[0, 2] -= info.roi.x_offset
-    p[1, 2] -= info.roi.y_offset
-    p[0] /= max(info.binning_x, 1)
-    p[1] /= max(info.binning_y, 1)
-    return p
+    return camera_model(info).projection()
 
 
 def image_size(info: CameraInfo) -> tuple[int, int]:
     """(width, height) of the image a camera_info describes: its region of interest (the full sensor when the
     ROI is empty), divided by the binning (image_geometry's reducedResolution)."""
-    roi = info.roi
-    width, height = (roi.width, roi.height) if roi.width and roi.height else (info.width, info.height)
-    return width // max(info.binning_x, 1), height // max(info.binning_y, 1)
+    return camera_model(info).image_size()
+
+
+def rectified_info(info: CameraInfo) -> CameraInfo:
+    """The camera_info of the rectified image of a raw camera: no distortion, K from P, R the identity (what
+    image_proc's rectified images carry); size, binning, ROI and P unchanged."""
+    p = np.asarray(info.p, dtype=np.float64).reshape(3, 4)
+    return CameraInfo(header=info.header, width=info.width, height=info.height, distortion_model="plumb_bob",
+                      d=[0.0] * 5, k=p[:, :3].ravel().tolist(), r=np.eye(3).ravel().tolist(), p=list(info.p),
+                      binning_x=info.binning_x, binning_y=info.binning_y, roi=info.roi)
 
 
 def stamp_text(nanoseconds: int) -> str:

@@ -16,6 +16,22 @@ from .conversions import stamp_text
 ERROR_HOLD_S = 10.0
 
 
+class FailureLog:
+    """Which frame failures to log: each distinct (kind, reason) at least once, then at most once per ERROR_HOLD_S
+    (a reason that names a changing value is forgotten after ERROR_HOLD_S once many are remembered)."""
+
+    def __init__(self) -> None:
+        self._logged: dict[tuple[str, str], float] = {}  # (kind, reason) -> when it was last logged
+
+    def should_log(self, kind: str, reason: str, now: float) -> bool:
+        if now - self._logged.get((kind, reason), -math.inf) < ERROR_HOLD_S:
+            return False
+        if len(self._logged) > 64:
+            self._logged = {key: t for key, t in self._logged.items() if now - t < ERROR_HOLD_S}
+        self._logged[(kind, reason)] = now
+        return True
+
+
 @dataclass
 class FrameStats:
     """The node's counts since start-up (read by the diagnostics timer, written by the callbacks and the worker)."""

@@ -39,10 +39,11 @@ from ..inference import InferenceCancelled, StereoEstimator
 from ..pipeline import FrameResult, GeometryOptions, StereoPipeline, failure_kind
 from ..sync import StereoSynchronizer
 from .conversions import image_size, projection, stamp_ns, stamp_text, stereo_pair_to_rgb
-from .diagnostics import ERROR_HOLD_S, FrameStats, NodeState, diagnostic_array, stall_reason
+from .diagnostics import FailureLog, FrameStats, NodeState, diagnostic_array, stall_reason
 from .inputs import INPUT_NAMES, StereoInputs
 from .outputs import StereoOutputs
 from .parameters import StereoParameters
+from .raw_camera import RawStereoCamera
 from .runtime import spin_node
 
 #: Warn when images arrive but no synchronised set has formed for this long.
@@ -84,14 +85,15 @@ class StereoWiring:
         self.stats = FrameStats(inputs=len(INPUT_NAMES))
         self.sync = StereoSynchronizer(len(INPUT_NAMES), p("queue_size"), self.params.sync_tolerance_ns())
         self._previous_disparity: np.ndarray | None = None  # for warm_start
-        self._error_logged: dict[tuple[str, str], float] = {}  # (kind, reason) -> when it was last logged
+        self._failures_logged = FailureLog()
         self._last_input_time = [-float("inf")] * len(INPUT_NAMES)
         self._last_set_time = time.monotonic()
         self._received_at_last_set = list(self.stats.received)
         # SIGINT/SIGTERM shut the context down before spin() returns: stop publishing from that moment.
         self.context.on_shutdown(self._stop_worker)
         self.inputs = StereoInputs(self, p("image_transport"), p("input_reliability"), p("queue_size"),
-                                   self._on_input)
+                                   self._on_input, rectify=p("rectify"), prefer_color=p("prefer_color"))
+        self.raw_camera = RawStereoCamera(self.inputs.topics[2:], self.get_logger().info) if p("rectify") else None
 
     def _load(self) -> None:
         p = self.params
@@ -117,7 +119,7 @@ class StereoWiring:
         self._last_input_time = [-float("inf")] * len(INPUT_NAMES)
         self._last_set_time = time.monotonic()
         self._received_at_last_set = list(self.stats.received)
-        self._error_logged = {}
+        self._failures_logged = FailureLog()
         self._wait_for_worker(RESTART_WAIT_S)
         if self.busy:
             raise RuntimeError(f"the previous frame is still running after {RESTART_WAIT_S} s; try again")
@@ -166,7 +168,8 @@ class StereoWiring:
         if not self.inputs.subscribed:  # from idle: the sync-stall clock starts now, not at the last set
             self._last_set_time = time.monotonic()
             self._received_at_last_set = list(self.stats.received)
-        self.inputs.adapt()
+        if self.inputs.adapt():  # other image topics: what waits for partners came from the old ones
+            self.sync = StereoSynchronizer(len(INPUT_NAMES), self.params("queue_size"), self.params.sync_tolerance_ns())
 
     def _on_input(self, index: int, msg) -> None:
         self.stats.received[index] += 1
@@ -209,10 +212,7 @@ class StereoWiring:
         now = time.monotonic()
         self.stats.errors[kind] += 1
         self.stats.last_error, self.stats.last_error_time = f"{kind}: {err}", now
-        if now - self._error_logged.get((kind, reason), -float("inf")) >= ERROR_HOLD_S:
-            if len(self._error_logged) > 64:  # a reason that names a changing value must not grow this forever
-                self._error_logged = {key: t for key, t in self._error_logged.items() if now - t < ERROR_HOLD_S}
-            self._error_logged[(kind, reason)] = now
+        if self._failures_logged.should_log(kind, reason, now):
             self.get_logger().error(f"frame {stamp_text(stamp)} of {self.inputs.topics[0]} skipped ({kind}, "
                                     f"{self.stats.errors[kind]} so far): {reason}")
         return kind
@@ -223,6 +223,8 @@ class StereoWiring:
         t0 = time.perf_counter()
         p, iterations = self.params, self.params("iterations")
         left, right = stereo_pair_to_rgb(left_msg, right_msg, p.max_decode_pixels())
+        if self.raw_camera is not None:
+            left, right, left_info, right_info = self.raw_camera.rectify(left, right, left_info, right_info)
         previous = self._previous_disparity if p("warm_start") else None  # the last frame's, same resolution only
         wanted = self.outputs.wanted()
         options = GeometryOptions(min_depth=p("min_depth"), max_depth=p("max_depth"),
@@ -255,8 +257,8 @@ class StereoWiring:
             else:
                 self.get_logger().warning(
                     f"resolution {size[1]}x{size[0]}: downscaled to {w}x{h} for the network "
-                    f"(max_pixels {self.estimator.max_pixels or 'none'}, max_width {self.estimator.max_width or 'none'});"
-                    " the disparity is scaled back")
+                    f"(max_pixels {self.estimator.max_pixels or 'none'}, max_width "
+                    f"{self.estimator.max_width or 'none'}); the disparity is scaled back")
             self.stats.resolution = size
         self.stats.last_iterations = frame.iterations
         self._previous_disparity = frame.network_disparity if self.params("warm_start") else None

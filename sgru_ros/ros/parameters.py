@@ -80,7 +80,8 @@ class StereoParameters:
                 f"{' (compiled)' if p('compile') else ''}{' (CUDA graphs)' if p('graphs') else ''}, "
                 f"iterations {p('iterations')}{iteration_limits}, max_width {p('max_width') or 'none'}, "
                 f"max_pixels {p('max_pixels') or 'none'}, {'approximate' if p('approximate_sync') else 'exact'} sync, "
-                f"{p('image_transport')} images, input reliability {p('input_reliability')}; inputs {', '.join(topics)} "
+                f"{p('image_transport')} {'raw images rectified here' if p('rectify') else 'images'}, "
+                f"input reliability {p('input_reliability')}; inputs {', '.join(topics)} "
                 "(subscribed while an output has a subscriber)")
 
     def invalid_combination(self, new: dict) -> str:
@@ -152,6 +153,13 @@ def declare_stereo_parameters(node: Node) -> None:
     def declare(name, default, description, **limits):
         declare_checked(node, name, default, description, **limits)
 
+    _declare_input_parameters(declare)
+    _declare_network_parameters(node, declare)
+    _declare_output_parameters(declare)
+
+
+def _declare_input_parameters(declare) -> None:
+    """Which images, how they are matched, and how long they may wait."""
     declare("queue_size", 5, "Messages kept per input, by the subscription and for synchronisation, as "
             "stereo_image_proc's (raise it when the four topics arrive more frames apart than this)",
             read_only=True, integer_range=(1, 100))
@@ -166,13 +174,20 @@ def declare_stereo_parameters(node: Node) -> None:
     declare("image_transport", "raw", "raw: sensor_msgs/Image on <camera>/image_rect; compressed: "
             "sensor_msgs/CompressedImage (JPEG/PNG) on <camera>/image_rect/compressed", read_only=True,
             choices=IMAGE_TRANSPORTS)
-    declare("use_color", True, "Colour the point cloud from the left image (rgb field)")
-    declare("avoid_point_cloud_padding", False, "16-byte points (no padding after xyz) instead of 32")
-    declare("model", "", OPTION_HELP["model"] + "; empty: the bundled compact model", read_only=True)
-    declare("max_disp", 192, OPTION_HELP["max_disp"], read_only=True, integer_range=(32, 1024, 32))
+    declare("rectify", False, "Subscribe <camera>/image_raw and rectify each image with its camera_info's D, K, R "
+            "and P (plumb_bob, rational_polynomial or equidistant; Bayer demosaiced first), as image_proc does",
+            read_only=True)
+    declare("prefer_color", True, "Take <camera>/image_rect_color instead of <camera>/image_rect while both "
+            "cameras publish it (image_proc's layout: image_rect is the mono image)", read_only=True)
     declare("input_reliability", "auto", "Reliability of the input subscriptions: auto follows the publishers "
             "(reliable when all are), or force reliable / best_effort", read_only=True,
             choices=INPUT_RELIABILITY)
+
+
+def _declare_network_parameters(node: Node, declare) -> None:
+    """The model, where and how it runs, and its iterations."""
+    declare("model", "", OPTION_HELP["model"] + "; empty: the bundled compact model", read_only=True)
+    declare("max_disp", 192, OPTION_HELP["max_disp"], read_only=True, integer_range=(32, 1024, 32))
     declare("iterations", 8, "GRU refinement iterations per frame (more: finer, slower)",
             integer_range=(1, MAX_ITERATIONS))
     node.declare_parameter("publish_iterations", Parameter.Type.INTEGER_ARRAY, ParameterDescriptor(
@@ -195,6 +210,12 @@ def declare_stereo_parameters(node: Node) -> None:
     declare("max_width", 0, OPTION_HELP["max_width"] + " (0: never)", read_only=True, integer_range=(0, 16384))
     declare("max_pixels", DEFAULT_MAX_PIXELS, "Downscale frames with more pixels than this before the network "
             "(memory budget; 0: never)", read_only=True, integer_range=(0, 1 << 30))
+
+
+def _declare_output_parameters(declare) -> None:
+    """What becomes of the disparity: points, depth, colour and their filters."""
+    declare("use_color", True, "Colour the point cloud from the left image (rgb field)")
+    declare("avoid_point_cloud_padding", False, "16-byte points (no padding after xyz) instead of 32")
     geometry = GeometryOptions()
     declare("confidence_threshold", geometry.confidence_threshold, "Disparities with a confidence below this "
             "are invalid in disparity, depth/image_rect and points2 (0: off; see the confidence topic)",

@@ -14,7 +14,10 @@ source stops after that many (and exits). ``reliability``
 (reliable, the default, or best_effort) emulates either kind of camera driver;
 ``image_transport`` ``compressed`` publishes JPEG sensor_msgs/CompressedImage
 on ``<camera>/image_rect/compressed`` as image_transport's compressed plugin
-does (a camera on a wireless link).
+does (a camera on a wireless link). ``distort`` publishes ``<camera>/image_raw``
+instead: what a raw camera with lens distortion, unrectified, would see
+(``rectification.sample_raw_pair``), with that camera's D, K, R and P in
+camera_info, for the stereo node's ``rectify``.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ from std_msgs.msg import Header
 
 from ..calibration import MOTORCYCLE, StereoCalibration, motorcycle_pair
 from ..io import read_image, write_image_rgb
+from ..rectification import CameraModel, sample_raw_pair, simulate_raw
+from .conversions import array_to_image, camera_info_message, compressed_image
 from .runtime import declare_checked, spin_node
-from .conversions import array_to_image, compressed_image
 
 SOURCES = ("motorcycle", "folder", "video")
 #: After the last frame: how long reliable subscribers get to acknowledge everything before the process
@@ -85,10 +89,15 @@ def video_frames(path: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
                 raise ValueError(f"{path}: cannot rewind")
 
 
+def rectified_model(calibration: StereoCalibration, right: bool, width: int, height: int) -> CameraModel:
+    """The camera model of one rectified camera of ``calibration`` (no distortion, R the identity)."""
+    return CameraModel.from_fields(width=width, height=height, distortion_model="plumb_bob", d=[0.0] * 5,
+                                   k=calibration.intrinsics(right).ravel(), r=np.eye(3).ravel(),
+                                   p=calibration.projection(right).ravel())
+
+
 def camera_info(calibration: StereoCalibration, right: bool, width: int, height: int, header: Header) -> CameraInfo:
-    return CameraInfo(header=header, width=width, height=height, distortion_model="plumb_bob", d=[0.0] * 5,
-                      k=calibration.intrinsics(right).ravel().tolist(), r=np.eye(3).ravel().tolist(),
-                      p=calibration.projection(right).ravel().tolist())
+    return camera_info_message(rectified_model(calibration, right, width, height), header)
 
 
 class SampleSource(Node):
@@ -104,6 +113,9 @@ class SampleSource(Node):
                         choices=("reliable", "best_effort"))
         declare_checked(self, "image_transport", "raw", "raw images, or JPEG on <camera>/image_rect/compressed",
                         read_only=True, choices=("raw", "compressed"))
+        declare_checked(self, "distort", False, "Publish <camera>/image_raw: the frames as a raw camera with lens "
+                        "distortion sees them, unrectified, with its D, K, R, P (for the stereo node's rectify)",
+                        read_only=True)
         declare_checked(self, "left_frame_id", "stereo_left_optical_frame", "frame_id of the left camera",
                         read_only=True)
         declare_checked(self, "right_frame_id", "stereo_right_optical_frame", "frame_id of the right camera",
@@ -128,10 +140,16 @@ class SampleSource(Node):
         reliability = ReliabilityPolicy[self.get_parameter("reliability").value.upper()]
         self.compressed = self.get_parameter("image_transport").value == "compressed"
         image_type, suffix = (CompressedImage, "/compressed") if self.compressed else (Image, "")
+        h, w = self.first[0].shape[:2]
+        self.raw_models = None
+        if self.get_parameter("distort").value:
+            self.raw_models = sample_raw_pair(self.calibration.projection(False), self.calibration.projection(True),
+                                              w, h)
+        image = "image_raw" if self.raw_models else "image_rect"
         self.pubs = {name: self.create_publisher(msg_type, topic, QoSProfile(depth=depth, reliability=reliability))
                      for name, topic, msg_type, depth in (
-                         ("left/image_rect", "left/image_rect" + suffix, image_type, 20),
-                         ("right/image_rect", "right/image_rect" + suffix, image_type, 20),
+                         ("left/image", f"left/{image}" + suffix, image_type, 20),
+                         ("right/image", f"right/{image}" + suffix, image_type, 20),
                          ("left/camera_info", "left/camera_info", CameraInfo, 50),
                          ("right/camera_info", "right/camera_info", CameraInfo, 50))}
         self.published = 0
@@ -139,9 +157,9 @@ class SampleSource(Node):
         self.stop_deadline = 0.0  # time.monotonic() by which the process ends once the frames are out
         self.frame_limit = self.get_parameter("frames").value
         self.timer = self.create_timer(1.0 / self.get_parameter("rate").value, self._publish)
-        h, w = self.first[0].shape[:2]
-        self.get_logger().info(f"publishing {source} {w}x{h} at {self.get_parameter('rate').value:g} Hz on "
-                               f"{self.resolve_topic_name('left/image_rect')} and siblings")
+        self.get_logger().info(f"publishing {source} {w}x{h}{' (raw, distorted)' if self.raw_models else ''} at "
+                               f"{self.get_parameter('rate').value:g} Hz on {self.pubs['left/image'].topic_name} "
+                               "and siblings")
 
     def _subscribers_ready(self) -> bool:
         """Every topic has had a subscriber for half a second: DDS matching is asymmetric, and a
@@ -178,11 +196,14 @@ class SampleSource(Node):
         left_header = Header(stamp=stamp, frame_id=self.get_parameter("left_frame_id").value)
         right_header = Header(stamp=stamp, frame_id=self.get_parameter("right_frame_id").value)
         h, w = left.shape[:2]
-        self.pubs["left/camera_info"].publish(camera_info(self.calibration, False, w, h, left_header))
-        self.pubs["right/camera_info"].publish(camera_info(self.calibration, True, w, h, right_header))
-        for side, image, header in (("left", left, left_header), ("right", right, right_header)):
-            self.pubs[f"{side}/image_rect"].publish(compressed_image(image, header) if self.compressed
-                                                    else array_to_image(image, "rgb8", header))
+        models = self.raw_models or [rectified_model(self.calibration, right, w, h) for right in (False, True)]
+        for side, image, header, model in (("left", left, left_header, models[0]),
+                                           ("right", right, right_header, models[1])):
+            if self.raw_models:
+                image = simulate_raw(image, model)
+            self.pubs[f"{side}/camera_info"].publish(camera_info_message(model, header))
+            self.pubs[f"{side}/image"].publish(compressed_image(image, header) if self.compressed
+                                               else array_to_image(image, "rgb8", header))
         self.published += 1
 
 
