@@ -80,7 +80,7 @@ class StereoParameters:
                 f"{' (compiled)' if p('compile') else ''}{' (CUDA graphs)' if p('graphs') else ''}, "
                 f"iterations {p('iterations')}{iteration_limits}, max_width {p('max_width') or 'none'}, "
                 f"max_pixels {p('max_pixels') or 'none'}, {'approximate' if p('approximate_sync') else 'exact'} sync, "
-                f"{p('image_transport')} {'raw images rectified here' if p('rectify') else 'images'}, "
+                f"{p('image_transport')} images{' (image_raw, rectified here)' if p('rectify') else ''}, "
                 f"input reliability {p('input_reliability')}; inputs {', '.join(topics)} "
                 "(subscribed while an output has a subscriber)")
 
