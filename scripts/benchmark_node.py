@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """The stereo node's own stage times at 640x480, as deployed: three processes over real rclpy.
 
-    python scripts/benchmark_node.py [--frames 10 --iters 8 --rate 10 --checkpoint CKPT --threads 2]
+    python scripts/benchmark_node.py [--frames 10 --iters 8 --rate 10 --checkpoint CKPT --threads 2 --rectify]
 
 Process 1, the sample source, streams the Motorcycle pair resized to 640x480 (folder source, its
 calibration scaled) at --rate Hz, faster than the node keeps up with on a CPU. Process 2 is the
 stereo node (``sgru-stereo run``). This process subscribes to ``disparity``, ``disparity/color``
 and ``points2`` as rviz would, and reads the node's per-frame stage times (convert_in, inference,
 geometry, publish) from /diagnostics. Prints their medians after one warm-up frame, the time outside
-inference, and the output frame rate. Localhost DDS only, in its own ROS_DOMAIN_ID (--domain).
+inference, and the output frame rate. With --rectify the source publishes a raw, distorted stream
+(``distort``) and the node rectifies it (``rectify``). Localhost DDS only, in its own ROS_DOMAIN_ID
+(--domain).
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="the node's torch threads")
     parser.add_argument("--domain", default="61", help="ROS_DOMAIN_ID of the three processes")
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--rectify", action="store_true", help="a raw, distorted stream rectified in the node")
     parser.add_argument("--code", default=str(Path(__file__).resolve().parents[1]),
                         help="run the source and the node from this checkout of the package (for example a "
                              "worktree of an older commit, to compare; default: this one)")
@@ -105,6 +108,9 @@ def main() -> None:
         node_args = ["-p", f"iterations:={args.iters}", "-p", f"device:={args.device}"]
         if args.checkpoint:
             node_args += ["-p", f"model:={args.checkpoint}"]
+        if args.rectify:
+            source_args += ["-p", "distort:=true"]
+            node_args += ["-p", "rectify:=true"]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         logs = {command: open(folder / f"{command}.log", "w+") for command in ("source", "run")}
         processes = [subprocess.Popen(node_command(command, *ros_args), cwd=args.code, env=env,
@@ -125,7 +131,8 @@ def main() -> None:
     if len(stages) < args.frames + 1:
         raise SystemExit(f"timed out after {args.timeout:.0f} s with {len(stages)} of {args.frames + 1} frames")
     stages = stages[1:]  # the first frame warms the model up
-    print(f"640x480, {args.iters} iterations, device {args.device}, {args.threads} threads, checkpoint "
+    print(f"640x480{' raw, rectified in the node' if args.rectify else ''}, {args.iters} iterations, device "
+          f"{args.device}, {args.threads} threads, checkpoint "
           f"{args.checkpoint or 'bundled'}, code {args.code}; source, node and consumer in three processes; "
           f"{len(stages)} frames after 1 warm-up")
     for key in stages[0]:  # the node's stages in its order, total last
