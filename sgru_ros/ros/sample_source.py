@@ -41,6 +41,10 @@ from .conversions import array_to_image, camera_info_message, compressed_image
 from .runtime import declare_checked, spin_node
 
 SOURCES = ("motorcycle", "folder", "video")
+#: How long every topic must have had a subscriber before the first frame. The subscriber's side of a
+#: match can trail this side's by more than a second on a loaded machine (a CI run on two cores lost the
+#: first second of one image topic with 0.5 s), and what arrives before is lost to a volatile subscriber.
+MATCH_SETTLE_S = 2.0
 #: After the last frame: how long reliable subscribers get to acknowledge everything before the process
 #: ends. Fast DDS repairs a lost fragment after its next heartbeat, which comes every 3 s by default.
 ACK_WAIT_S = 10.0
@@ -162,13 +166,13 @@ class SampleSource(Node):
                                "and siblings")
 
     def _subscribers_ready(self) -> bool:
-        """Every topic has had a subscriber for half a second: DDS matching is asymmetric, and a
+        """Every topic has had a subscriber for MATCH_SETTLE_S: DDS matching is asymmetric, and a
         subscriber that has not yet matched this publisher itself drops what it receives."""
         if not all(pub.get_subscription_count() for pub in self.pubs.values()):
             self.matched_since = None
             return False
         self.matched_since = self.matched_since or time.monotonic()
-        return time.monotonic() - self.matched_since >= 0.5
+        return time.monotonic() - self.matched_since >= MATCH_SETTLE_S
 
     def _stop_when_acknowledged(self) -> None:
         """Timer after the last frame: end the process once reliable subscribers have acknowledged every
