@@ -36,6 +36,7 @@ from lifecycle_msgs.msg import Transition
 NODE_ARGUMENTS = {
     'model': (str, "Checkpoint file (authors' .pth or this package's); default: bundled weights"),
     'iterations': (int, 'GRU iterations per frame'),
+    'init': (str, 'none, or sgbm: start the GRU from OpenCV SGBM\'s map (a classical prior)'),
     'device': (str, 'auto, cpu, cuda or cuda:N'),
     'precision': (str, 'fp32, fp16 (CUDA) or bf16'),
     'graphs': (bool, 'CUDA: replay each camera size\'s pass as a CUDA graph'),

@@ -68,6 +68,16 @@ def sgbm_disparity(left: np.ndarray, right: np.ndarray, config: SGBMConfig = SGB
     return raw
 
 
+def sgbm_prior(left: np.ndarray, right: np.ndarray, config: SGBMConfig = SGBMConfig()) -> np.ndarray:
+    """OpenCV SGBM's disparity with its holes filled from the left (``fill_from_left``): a dense classical
+    estimate for the GRU to start from (``init: sgbm``). H x W x 3 RGB uint8 pair -> H x W float32 (x_l - x_r).
+    A pair where SGBM finds nothing gives zeros (the network's own start)."""
+    disparity = sgbm_disparity(left, right, config)
+    if not np.isfinite(disparity).any():
+        return np.zeros(disparity.shape, np.float32)
+    return fill_from_left(disparity)
+
+
 def fill_from_left(disparity: np.ndarray) -> np.ndarray:
     """Fill holes with the nearest valid value to their left on the same row
     (the background side for a left-view map, as the Middlebury SDK fills);

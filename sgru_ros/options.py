@@ -16,4 +16,7 @@ OPTION_HELP = {
               "replay it per frame (frames with a warm start, latency budget or convergence stop run eagerly)",
     "threads": "CPU threads of the network; fewer leave cores to DDS and the other nodes",
     "max_width": "downscale wider images to this width before the network (the disparity is scaled back)",
+    "init": "where the GRU iterations start: none (the network's own estimate) or sgbm (OpenCV SGBM's map, holes "
+            "filled, refined by the network; torch engine)",
+    "sgbm_disparities": "SGBM's search range in px for init sgbm, a multiple of 16",
 }

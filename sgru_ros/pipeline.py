@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .confidence import confidence_map, earlier_iteration
+from .evaluation import SGBMConfig, sgbm_prior
 from .geometry import DisparityProducts, StereoGeometry, depth_products, disparity_products
 from .device import is_out_of_memory
 from .inference import StereoEstimator
@@ -39,6 +40,11 @@ class GeometryOptions:
     #: Disparities whose confidence (``confidence.confidence_map``) is below this are invalid
     #: in the disparity, depth and points too (0: off).
     confidence_threshold: float = 0.0
+
+
+#: Where the GRU iterations start: the network's own estimate (IGEV's regressed cost volume, RAFT's zero),
+#: or OpenCV SGBM's map with its holes filled (``evaluation.sgbm_prior``), which the network refines.
+INITS = ("none", "sgbm")
 
 
 @dataclass
@@ -123,7 +129,8 @@ class StereoPipeline:
                 confidence: bool = False, options: GeometryOptions = GeometryOptions(),
                 calibrated_sizes: Sequence[tuple[int, int] | None] = (None, None),
                 cancel: threading.Event | None = None, budget_ms: float | None = None,
-                converged_px: float | None = None, warm_start: np.ndarray | None = None) -> FrameResult:
+                converged_px: float | None = None, warm_start: np.ndarray | None = None, init: str = "none",
+                sgbm_disparities: int = 64) -> FrameResult:
         """Check, run and turn one rectified pair into geometry.
 
         left, right: H x W x 3 RGB uint8 (or H x W mono). p_left, p_right: the
@@ -133,6 +140,8 @@ class StereoPipeline:
         confidence: also compute the confidence (also done when options.confidence_threshold > 0).
         budget_ms, converged_px: end the GRU iterations early (``StereoEstimator.estimate``).
         warm_start: H x W disparity to start from (a previous frame's ``network_disparity``).
+        init: without a warm start, where the iterations start (``INITS``); "sgbm" searches
+        ``sgbm_disparities`` px (a multiple of 16) and its time counts as inference.
         Raises ValueError for bad input, InferenceCancelled once ``cancel`` is set.
         """
         t0 = time.perf_counter()
@@ -141,7 +150,11 @@ class StereoPipeline:
         extra = sorted({k for k in extra_iterations if 1 <= k < iterations})
         confidence = confidence or options.confidence_threshold > 0
         earlier = earlier_iteration(iterations) if confidence else None
+        if init not in INITS:
+            raise ValueError(f"init {init!r} is not one of {', '.join(INITS)}")
         t1 = time.perf_counter()
+        if warm_start is None and init == "sgbm":
+            warm_start = sgbm_prior(left, right, SGBMConfig(num_disparities=sgbm_disparities))
         result = self.estimator.estimate(left, right, iters=iterations, cancel=cancel, budget_ms=budget_ms,
                                          converged_px=converged_px, disp_init=warm_start,
                                          output_iters=sorted(set(extra) | ({earlier} if earlier else set())))

@@ -64,3 +64,20 @@ def test_a_failed_frame_is_named_by_kind(pipeline):
         pipeline.process(image, image, CALIBRATION.projection(right=True), CALIBRATION.projection(), iterations=1)
     assert failure_kind(err.value) == "bad_input"
     assert failure_kind(MemoryError()) == "out_of_memory" and failure_kind(KeyError("x")) == "KeyError"
+
+
+def test_init_sgbm_starts_the_iterations_from_sgbms_map(pipeline):
+    """The known-answer network adds STEP_PX per iteration to where it starts: from its own start a textured
+    pair shifted by 8 px gives 3 * STEP_PX; from SGBM's map (init sgbm, which finds the 8 px) it gives
+    8 + 3 * STEP_PX. An unknown init is refused."""
+    texture = np.random.default_rng(5).integers(0, 255, size=(64, 96 + 8, 3), dtype=np.uint8)
+    left, right = np.ascontiguousarray(texture[:, :96]), np.ascontiguousarray(texture[:, 8:])
+    p_left, p_right = CALIBRATION.projection(), CALIBRATION.projection(right=True)
+    interior = (slice(8, -8), slice(24, -8))
+    plain = pipeline.process(left, right, p_left, p_right, iterations=3, depth=False)
+    np.testing.assert_allclose(plain.network_disparity[interior], 3 * STEP_PX, atol=1e-3)
+    prior = pipeline.process(left, right, p_left, p_right, iterations=3, depth=False, init="sgbm",
+                             sgbm_disparities=32)
+    assert np.median(np.abs(prior.network_disparity[interior] - (8 + 3 * STEP_PX))) < 0.1
+    with pytest.raises(ValueError, match="init 'census' is not one of none, sgbm"):
+        pipeline.process(left, right, p_left, p_right, iterations=3, init="census")

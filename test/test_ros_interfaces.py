@@ -137,6 +137,24 @@ def test_compressed_images_and_camera_info_found_beside_the_remapped_image_topic
     assert "claims 60000x60000 pixels, more than the 40000000 this node decodes: not decoded" in output
 
 
+def test_init_sgbm_starts_each_frame_from_sgbms_map(ros, checkpoint):
+    """init sgbm over rclpy: the known-answer network adds ITERATIONS * STEP_PX to where it starts, so from SGBM's
+    map of a pair shifted by 6 px the published d' is 6 px more than from the network's own start."""
+    proc = start_process("run", "-r", "__ns:=/prior", *node_args(checkpoint, "-p", "init:=sgbm", "-p",
+                                                                 "sgbm_disparities:=32"), *remapped_inputs("/prior_cam"))
+    camera = CameraRig("/prior", "/prior_cam", CALIBRATION, name="prior_camera")
+    try:
+        camera.wait_connected()
+        stamp = camera.publish_pair(*textured_pair(), sec=3)
+        camera.spin_until(lambda: stamp in camera.disparities, 60.0, "the disparity")
+        published = disparity_array(camera.disparities[stamp])[8:-8, 16:-8]
+        assert np.median(np.abs(published - (ITERATIONS * STEP_PX + 6.0 + 6.0))) < 0.1
+    finally:
+        camera.destroy_node()
+        output = stop_process(proc)
+    assert "Traceback" not in output
+
+
 def _corrupted(jpeg: bytes) -> bytes:
     """``jpeg`` with 20 bytes of its entropy-coded data changed, checked to be still decodable by OpenCV."""
     import cv2

@@ -140,3 +140,47 @@ def test_random_iteration_counts_and_validation_at_several_multiples(tmp_path):
     for bad in ({"train_iters": 3, "train_iters_max": 2}, {"val_multiples": (2, 4)}):
         with pytest.raises(ValueError):
             Trainer(TrainConfig(**{**config.__dict__, **bad}), tmp_path / "bad")
+
+
+def test_sgbm_prior_in_training_and_validation(tmp_path):
+    """With sgbm_prior, batches start from SGBM's map of their own scene (close to the ground truth at the
+    working resolution), and validation also scores the init-sgbm mode, which counts in best.pth's choice."""
+    from sgru_ros.training.synthetic import SceneConfig, SyntheticStereo
+    from sgru_ros.training.train import SyntheticBatches, TrainConfig, Trainer, sgbm_batch_prior
+
+    data = SyntheticBatches(SyntheticStereo(SceneConfig(height=64, width=128, max_disparity=24), seed=3), 0, 2)
+    left, right, target = (torch.stack(t) for t in zip(data[0], data[1]))
+    prior = sgbm_batch_prior(left, right, factor=4, max_disparity=24)
+    assert prior.shape == (2, 1, 16, 32)
+    truth = torch.nn.functional.interpolate(torch.nan_to_num(target), size=(16, 32), mode="area") / 4
+    assert (prior - truth).abs().median() < 0.5 < truth.median()  # median within 2 px at full resolution
+    config = TrainConfig(preset="raft-compact8", steps=4, batch_size=1, crop=(64, 128), train_iters=1, valid_iters=1,
+                         sgbm_prior=0.5, warm_start=0.25, sgbm_val_iters=2, val_every=2, val_samples=1,
+                         data_max_disparity=24, workers=0, device="cpu", photo_dirs=())
+    trainer = Trainer(config, tmp_path)
+    trainer.run(progress=False)
+    log = (tmp_path / "train_log.csv").read_text().splitlines()
+    assert "sgbm_prior" in log[0].split(",")
+    rows = (tmp_path / "val_log.csv").read_text().splitlines()
+    assert rows[0].split(",") == ["step", "val_epe", "val_bad2", "val_epe_x2", "val_bad2_x2", "sgbm_epe", "sgbm_bad2",
+                                  "elapsed_s"]
+    assert trainer.score(trainer.best) == pytest.approx(trainer.best["val_bad2"] + trainer.best["sgbm_bad2"])
+    with pytest.raises(ValueError, match="sum of at most 1"):
+        Trainer(TrainConfig(**{**config.__dict__, "sgbm_prior": 0.9}), tmp_path / "bad")
+
+
+def test_a_run_from_init_weights_validates_them_as_step_0(tmp_path):
+    """best.pth starts as the weights a fine-tune starts from: a run that never beats them keeps them."""
+    from sgru_ros.model import save_checkpoint
+    from sgru_ros.training.train import TrainConfig, Trainer, build_model, PRESETS
+
+    torch.manual_seed(1)
+    save_checkpoint(build_model(PRESETS["raft-compact8"]), tmp_path / "start.pth")
+    config = TrainConfig(preset="raft-compact8", steps=2, batch_size=1, crop=(64, 128), train_iters=1, valid_iters=1,
+                         val_multiples=(1,), val_every=2, val_samples=1, data_max_disparity=24, workers=0,
+                         device="cpu", photo_dirs=(), init=str(tmp_path / "start.pth"))
+    trainer = Trainer(config, tmp_path / "run")
+    start = trainer.initialise()
+    assert set(start) == {"val_epe", "val_bad2"} and trainer.best["step"] == 0
+    assert (tmp_path / "run" / "best.pth").is_file()
+    assert (tmp_path / "run" / "val_log.csv").read_text().splitlines()[1].startswith("0,")

@@ -12,8 +12,8 @@ from ..geometry import CloudLayout
 from ..inference import MAX_ITERATIONS
 from ..pipeline import GeometryOptions, StereoPipeline
 from ..ros.bag import DEFAULT_OUTPUTS, OUTPUTS
-from .common import (CommandError, Progress, add_model_arguments, check_folder, estimator_from_args, fraction,
-                     int_type, iterations, one_line, positive_float)
+from .common import (CommandError, Progress, add_init_arguments, add_model_arguments, check_folder,
+                     estimator_from_args, fraction, int_type, iterations, one_line, positive_float)
 
 
 def add_parser(sub) -> None:
@@ -21,6 +21,7 @@ def add_parser(sub) -> None:
     bag.add_argument("input", help="rosbag2 folder to read")
     bag.add_argument("output", help="rosbag2 folder to write (must not exist)")
     add_model_arguments(bag)
+    add_init_arguments(bag)
     bag.add_argument("--iters", type=iterations, default=8, help=f"GRU iterations, 1..{MAX_ITERATIONS} (default 8)")
     bag.add_argument("--namespace", default="",
                      help="input namespace: NS/left/image_rect, NS/right/image_rect, NS/{left,right}/camera_info")
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> None:
         iterations=args.iters, outputs=parse_outputs(args.outputs), output_namespace=args.output_namespace,
         tolerance_s=args.approximate_sync, every=args.every, start=args.start,
         end=math.inf if args.end is None else args.end, copy_inputs=args.copy_inputs, storage=args.storage,
-        queue_size=args.queue_size,
+        queue_size=args.queue_size, init=args.init, sgbm_disparities=args.sgbm_disparities,
         geometry=GeometryOptions(min_depth=args.min_depth, max_depth=args.max_depth,
                                  flying_pixel_threshold=args.flying_pixel_threshold or None,
                                  confidence_threshold=args.confidence_threshold),

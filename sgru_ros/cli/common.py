@@ -101,6 +101,22 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graphs", action="store_true", help=OPTION_HELP["graphs"])
 
 
+def add_init_arguments(parser: argparse.ArgumentParser) -> None:
+    """--init and --sgbm-disparities (``pipeline.INITS``), as the node's parameters of the same name."""
+    from ..pipeline import INITS
+
+    parser.add_argument("--init", choices=INITS, default="none", help=OPTION_HELP["init"] + " (default none)")
+    parser.add_argument("--sgbm-disparities", type=int_type(16, multiple=16), default=64,
+                        help=OPTION_HELP["sgbm_disparities"] + " (default 64)")
+
+
+def initial_disparity(args: argparse.Namespace, left: np.ndarray, right: np.ndarray) -> np.ndarray | None:
+    """The disparity --init starts from (None: the network's own)."""
+    from ..evaluation import SGBMConfig, sgbm_prior
+
+    return sgbm_prior(left, right, SGBMConfig(args.sgbm_disparities)) if args.init == "sgbm" else None
+
+
 def estimator_from_args(args: argparse.Namespace, model: SelectiveStereo | None = None) -> StereoEstimator:
     """The estimator the model arguments describe (``model``: use this network instead of --checkpoint)."""
     if args.threads is not None:

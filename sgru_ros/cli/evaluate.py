@@ -49,7 +49,8 @@ def _eval_pair(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..evaluation import SGBMConfig, disparity_metrics, fill_from_left, region_bad2, region_masks, sgbm_disparity
+    from ..evaluation import (SGBMConfig, disparity_metrics, fill_from_left, region_bad2, region_masks, sgbm_disparity,
+                              sgbm_prior)
 
     name, left, right, gt = _eval_pair(args)
     if gt.shape != left.shape[:2]:
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> None:
             for k in iters]
     if args.warm_start_sgbm:
         warm = estimate(estimator, name, left, right, iters=iters[-1], output_iters=iters[:-1],
-                         disp_init=fill_from_left(sgbm))
+                         disp_init=sgbm_prior(left, right, SGBMConfig(num_disparities=args.sgbm_num_disparities)))
         maps += [(f"sgru {estimator.variant} from SGBM ({weights})", k, warm.intermediate.get(k, warm.disparity))
                  for k in iters]
     maps.append(("OpenCV SGBM, holes filled", None, fill_from_left(sgbm)))

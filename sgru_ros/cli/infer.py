@@ -18,13 +18,14 @@ from ..confidence import confidence_map, earlier_iteration
 from ..inference import MAX_ITERATIONS, StereoEstimator
 from ..io import DISPARITY_FORMATS, IMAGE_FORMATS, read_image, write_disparity, write_image
 from ..visualize import colorize_disparity, side_by_side
-from .common import (CommandError, Progress, add_model_arguments, check_folder, estimate, estimator_from_args,
-                     iterations, one_line)
+from .common import (CommandError, Progress, add_init_arguments, add_model_arguments, check_folder, estimate,
+                     estimator_from_args, initial_disparity, iterations, one_line)
 
 
 def add_parser(sub) -> None:
     infer = sub.add_parser("infer", help="disparity for an image pair or a sequence of pairs")
     add_model_arguments(infer)
+    add_init_arguments(infer)
     infer.add_argument("--left", required=True, help="left image, or a glob pattern of left images")
     infer.add_argument("--right", required=True, help="right image, or a glob pattern (sorted like --left)")
     infer.add_argument("--out", required=True,
@@ -141,7 +142,8 @@ def run(args: argparse.Namespace) -> None:
     jobs = _infer_jobs(args)
     estimator = estimator_from_args(args)
     print(f"model: {estimator.variant} ({args.checkpoint or 'bundled'}), device {estimator.device}, "
-          f"precision {estimator.precision}, {args.iters} iterations")
+          f"precision {estimator.precision}, {args.iters} iterations"
+          f"{', started from SGBM' if args.init == 'sgbm' else ''}")
     for folder in {path.parent for job in jobs for _, path in job.outputs()}:
         folder.mkdir(parents=True, exist_ok=True)
     sequence = _is_pattern(args.left)
@@ -151,7 +153,7 @@ def run(args: argparse.Namespace) -> None:
     try:
         for done, job in enumerate(jobs, 1):
             try:
-                _infer_one(estimator, job, args.iters, quiet=sequence and progress.enabled)
+                _infer_one(estimator, job, args, quiet=sequence and progress.enabled)
             except (CommandError, ValueError, OSError, cv2.error) as err:
                 if not sequence:
                     raise
@@ -170,11 +172,13 @@ def run(args: argparse.Namespace) -> None:
             raise CommandError(f"{sum(failed.values())} of {len(jobs)} pairs failed (see above)")
 
 
-def _infer_one(estimator: StereoEstimator, job: InferJob, iters: int, quiet: bool) -> None:
+def _infer_one(estimator: StereoEstimator, job: InferJob, args: argparse.Namespace, quiet: bool) -> None:
     left, right = read_image(job.left), read_image(job.right)
+    iters = args.iters
     earlier = earlier_iteration(iters) if job.confidence else None
     start = time.perf_counter()
-    result = estimate(estimator, job.left, left, right, iters=iters, output_iters=[earlier] if earlier else [])
+    result = estimate(estimator, job.left, left, right, iters=iters, output_iters=[earlier] if earlier else [],
+                      disp_init=initial_disparity(args, left, right))
     elapsed = time.perf_counter() - start
     write_disparity(job.disparity, result.disparity)
     if job.confidence:  # a .npy file: write_disparity writes any float32 map there

@@ -63,7 +63,9 @@ def run(args: argparse.Namespace) -> None:
     elif (Path(args.out) / "train_state.pt").exists() and not args.resume:
         raise CommandError(f"{args.out} already holds a run; pass --resume or choose another --out")
     else:
-        trainer.initialise()
+        start = trainer.initialise()
+        if start:
+            print(f"{trainer.config.init} at step 0: " + ", ".join(f"{k} {v:.3f}" for k, v in start.items()))
     print(f"training {trainer.config.preset} on {trainer.device} for {trainer.config.steps} steps -> {args.out}")
     metrics = trainer.run(progress=not args.no_progress, time_budget=args.time_budget)
     state = "stopped for the time budget" if trainer.stopped_early else "done"

@@ -72,6 +72,8 @@ class BagOptions:
     cloud: CloudLayout = CloudLayout(color=True, avoid_padding=False)
     storage: str = "mcap"
     queue_size: int = 30  # messages per input waiting for partners (a recording is in log order)
+    init: str = "none"  # where the GRU starts (pipeline.INITS)
+    sgbm_disparities: int = 64
 
 
 @dataclass
@@ -220,7 +222,8 @@ def _process_set(pipeline: StereoPipeline, options: BagOptions, left_msg, right_
             left, right, projection(left_info), projection(right_info), iterations=options.iterations,
             depth=any(o in options.outputs for o in ("points2", "depth/image_rect")),
             confidence="confidence" in options.outputs, options=options.geometry,
-            calibrated_sizes=[image_size(i) for i in (left_info, right_info)]), left, ""
+            calibrated_sizes=[image_size(i) for i in (left_info, right_info)], init=options.init,
+            sgbm_disparities=options.sgbm_disparities), left, ""
     except Exception as err:  # noqa: BLE001 -- one bad set is counted and skipped, the rest go on
         kind = failure_kind(err)
         print(f"set at {stamp_ns(left_info.header) / 1e9:.6f} skipped ({kind}): "

@@ -237,7 +237,8 @@ class StereoWiring:
             depth=wanted["points2"] or wanted["depth/image_rect"], confidence=wanted["confidence"], options=options,
             calibrated_sizes=[image_size(info) for info in (left_info, right_info)], cancel=cancel,
             budget_ms=p("latency_budget_ms") or None, converged_px=p("convergence_threshold_px") or None,
-            warm_start=previous if previous is not None and previous.shape == left.shape[:2] else None)
+            warm_start=previous if previous is not None and previous.shape == left.shape[:2] else None,
+            init=p("init"), sgbm_disparities=p("sgbm_disparities"))
         t2 = time.perf_counter()
         if cancel.is_set():  # deactivation or shutdown began during this frame: publish nothing
             return

@@ -14,7 +14,7 @@ from rclpy.qos import ReliabilityPolicy
 from ..device import PRECISIONS
 from ..inference import ENGINES, MAX_ITERATIONS, StereoEstimator
 from ..options import OPTION_HELP
-from ..pipeline import GeometryOptions
+from ..pipeline import INITS, GeometryOptions
 from .runtime import allowed_values, declare_checked
 
 #: Pixels above which frames are downscaled before the network: a 4000 x 3000 frame at full size
@@ -27,7 +27,7 @@ RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": Reliabilit
 INPUT_RELIABILITY = ("auto", *RELIABILITY)
 #: Parameters that may change at run time and take part in a combination check.
 _CHECKED_AT_RUN_TIME = frozenset({"iterations", "publish_iterations", "min_depth", "max_depth", "latency_budget_ms",
-                                  "convergence_threshold_px", "warm_start"})
+                                  "convergence_threshold_px", "warm_start", "init"})
 
 
 class StereoParameters:
@@ -94,8 +94,8 @@ class StereoParameters:
         if not get("min_depth") < get("max_depth"):
             return f"min_depth {get('min_depth')} must be below max_depth {get('max_depth')}"
         if get("engine") == "onnxruntime" and (get("latency_budget_ms") or get("convergence_threshold_px")
-                                               or get("warm_start")):
-            return ("latency_budget_ms, convergence_threshold_px and warm_start need engine torch (onnxruntime "
+                                               or get("warm_start") or get("init") != "none"):
+            return ("latency_budget_ms, convergence_threshold_px, warm_start and init need engine torch (onnxruntime "
                     "runs fixed iterations from the network's own start)")
         if get("engine") == "onnxruntime" and get("compile"):
             return "compile needs engine torch (onnxruntime optimises its own graph)"
@@ -200,6 +200,10 @@ def _declare_network_parameters(node: Node, declare) -> None:
             "than this on average, in pixels (0: off; torch engine)", float_range=(0.0, 100.0))
     declare("warm_start", False, "Start each frame's GRU iterations from the previous frame's disparity "
             "(video: fewer iterations for the same accuracy when the view changes little; torch engine)")
+    declare("init", "none", "Where each frame's GRU iterations start: none (the network's own estimate) or sgbm "
+            "(OpenCV SGBM's map, holes filled, refined by the network; torch engine)", choices=INITS)
+    declare("sgbm_disparities", 64, "SGBM's search range in px for init sgbm (multiple of 16; cost grows with it)",
+            integer_range=(16, 1024, 16))
     declare("engine", "torch", OPTION_HELP["engine"], read_only=True, choices=ENGINES)
     declare("compile", False, OPTION_HELP["compile"], read_only=True)
     declare("graphs", False, OPTION_HELP["graphs"], read_only=True)

@@ -82,6 +82,9 @@ class TrainConfig:
                             "model's weights also start a 1/4 model of the same widths")
     warm_start: float = _option(0.25, "fraction of batches started from a noisy, holed prior: the network learns "
                                       "to refine an estimate instead of erasing it")
+    sgbm_prior: float = _option(0.0, "fraction of batches started from OpenCV SGBM's map of the scene (holes "
+                                     "filled), as init sgbm runs; with it, validation also scores that mode")
+    sgbm_val_iters: int = _option(4, "iterations at which the init-sgbm mode is validated")
     first_sample: int = _option(0, "index of the first training scene: a later stage started with --init from an "
                                    "earlier run begins past the scenes that run saw")
     train_iters_max: int = _option(0, "above train_iters: draw each step's iteration count from "
@@ -158,7 +161,25 @@ def warm_start_prior(target: torch.Tensor, factor: int, generator: torch.Generat
     prior = (prior + offset + noise).clamp(min=0)
     holes = F.interpolate(rand(b, 1, h // 16, w // 16), size=(h, w), mode="nearest") < 0.3 * rand(b, 1, 1, 1)
     prior = torch.where(holes, torch.zeros_like(prior), prior)
-    return F.interpolate(prior, size=(h // factor, w // factor), mode="area") / factor
+    return at_working_resolution(prior, factor)
+
+
+def at_working_resolution(disparity: torch.Tensor, factor: int) -> torch.Tensor:
+    """B x 1 x H x W disparity in input pixels -> B x 1 x H/factor x W/factor in working-resolution pixels, as
+    ``StereoEstimator`` passes ``disp_init``."""
+    h, w = disparity.shape[-2:]
+    return F.interpolate(disparity, size=(h // factor, w // factor), mode="area") / factor
+
+
+def sgbm_batch_prior(left: torch.Tensor, right: torch.Tensor, factor: int, max_disparity: float) -> torch.Tensor:
+    """``evaluation.sgbm_prior`` of each pair of a batch (B x 3 x H x W, 0..255), searching the scenes' whole
+    disparity range, at the working resolution (what ``init: sgbm`` gives the network at run time)."""
+    from ..evaluation import SGBMConfig, sgbm_prior
+
+    config = SGBMConfig(num_disparities=16 * math.ceil(max_disparity / 16))
+    to_image = lambda t: t.permute(1, 2, 0).clamp(0, 255).round().byte().cpu().numpy()  # noqa: E731
+    priors = [torch.from_numpy(sgbm_prior(to_image(a), to_image(b), config)) for a, b in zip(left, right)]
+    return at_working_resolution(torch.stack(priors)[:, None].to(left.device), factor)
 
 
 def forward_for_loss(model: SelectiveStereo, left: torch.Tensor, right: torch.Tensor, iters: int,
@@ -196,23 +217,26 @@ def multiple_suffix(multiple: int) -> str:
 
 @torch.no_grad()
 def validate(model: SelectiveStereo, batches: list, iters: int, max_disp: int,
-             multiples: tuple[int, ...] = (1, 2)) -> dict[str, float]:
+             multiples: tuple[int, ...] = (1, 2), priors: list[torch.Tensor] | None = None,
+             prefix: str = "val") -> dict[str, float]:
     """End-point error and bad-2 (%) at ``iters`` times each of ``multiples`` (more
     iterations must not make it worse), over the validation batches, from one
-    pass of the largest count. Keys: val_epe, val_bad2, val_epe_x2, ..."""
+    pass of the largest count. Keys: val_epe, val_bad2, val_epe_x2, ... (``prefix`` instead of val).
+    priors: each batch's starting disparity at the working resolution (``sgbm_batch_prior``)."""
     model.eval()
     counts = sorted({iters * m for m in multiples})
     errors: dict[int, list[torch.Tensor]] = {k: [] for k in counts}
-    for left, right, target in batches:
-        pred = model(left, right, iters=counts[-1], output_iters=counts, max_disp=max_disp)
+    for i, (left, right, target) in enumerate(batches):
+        pred = model(left, right, iters=counts[-1], output_iters=counts, max_disp=max_disp,
+                     disp_init=priors[i] if priors is not None else None)
         valid = torch.isfinite(target)
         for k, disparity in zip(pred.iterations, pred.disparities):
             errors[k].append((disparity - target).abs()[valid])
     metrics = {}
     for multiple in sorted(set(multiples)):
         err = torch.cat(errors[iters * multiple])
-        metrics[f"val_epe{multiple_suffix(multiple)}"] = err.mean().item()
-        metrics[f"val_bad2{multiple_suffix(multiple)}"] = 100.0 * (err > 2).float().mean().item()
+        metrics[f"{prefix}_epe{multiple_suffix(multiple)}"] = err.mean().item()
+        metrics[f"{prefix}_bad2{multiple_suffix(multiple)}"] = 100.0 * (err > 2).float().mean().item()
     return metrics
 
 
@@ -279,8 +303,9 @@ class Trainer:
             raise ValueError(f"val_multiples must be positive and include 1, got {cfg.val_multiples}")
         if cfg.first_sample < 0:
             raise ValueError(f"first_sample must be >= 0, got {cfg.first_sample}")
-        if not 0 <= cfg.warm_start <= 1:
-            raise ValueError(f"warm_start must be a fraction in [0, 1], got {cfg.warm_start}")
+        if not (0 <= cfg.warm_start <= 1 and 0 <= cfg.sgbm_prior <= 1 and cfg.warm_start + cfg.sgbm_prior <= 1):
+            raise ValueError(f"warm_start ({cfg.warm_start}) and sgbm_prior ({cfg.sgbm_prior}) must be fractions "
+                             "with a sum of at most 1")
         self.model.to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                            eps=1e-8)
@@ -295,18 +320,24 @@ class Trainer:
         val = SyntheticBatches(SyntheticStereo(cfg.scene(), seed=cfg.seed + 1_000_003), 0, cfg.val_samples)
         self.val_batches = [tuple(t.to(self.device) for t in b)
                             for b in DataLoader(val, batch_size=cfg.batch_size)]
+        self.val_priors = [sgbm_batch_prior(left, right, self.model.downsample_factor, cfg.data_max_disparity)
+                           for left, right, _ in self.val_batches] if cfg.sgbm_prior else None
         self.elapsed = 0.0
         self.best: dict[str, float] = {}
+        self.tb = None  # TensorBoard's writer while run() runs, when installed
 
-    def initialise(self) -> None:
-        """Load ``config.init`` into the fresh model (a new run; a resumed one has its state)."""
+    def initialise(self) -> dict[str, float]:
+        """Load ``config.init`` into the fresh model (a new run; a resumed one has its state) and validate it as
+        step 0: best.pth starts as the weights the run starts from, so a fine-tune never keeps worse ones.
+        Returns that validation ({} without ``init``)."""
         cfg = self.config
         if not cfg.init:
-            return
+            return {}
         try:
             transfer_state(self.model, read_state_dict(cfg.init))
         except CheckpointError as err:
             raise CheckpointError(f"--init {cfg.init} does not match preset {cfg.preset}: {err}") from None
+        return self._validate()
 
     def remaining_scenes(self) -> SyntheticBatches:
         """The training scenes from the current step to the end of the run, in order:
@@ -363,16 +394,22 @@ class Trainer:
 
     def score(self, metrics: dict[str, float]) -> float:
         """What best.pth minimises: bad-2 at the deployed iteration count, or with
-        ``best_over_multiples`` the worst bad-2 over the validated counts."""
+        ``best_over_multiples`` the worst bad-2 over the validated counts; with ``sgbm_prior``, plus bad-2 of
+        the init-sgbm mode at ``sgbm_val_iters`` (both modes count)."""
         if self.config.best_over_multiples:
-            return max(metrics[f"val_bad2{multiple_suffix(m)}"] for m in self.config.val_multiples)
-        return metrics["val_bad2"]
+            score = max(metrics[f"val_bad2{multiple_suffix(m)}"] for m in self.config.val_multiples)
+        else:
+            score = metrics["val_bad2"]
+        return score + (metrics["sgbm_bad2"] if self.config.sgbm_prior else 0.0)
 
     def _validate(self) -> dict[str, float]:
         """Validate, log, keep the best-so-far weights (by ``score``) in best.pth,
         and save the state."""
         cfg = self.config
         metrics = validate(self.model, self.val_batches, cfg.valid_iters, cfg.max_disp, tuple(cfg.val_multiples))
+        if self.val_priors is not None:
+            metrics.update(validate(self.model, self.val_batches, cfg.sgbm_val_iters, cfg.max_disp, (1,),
+                                    self.val_priors, prefix="sgbm"))
         self._log("val_log.csv", {"step": self.step, **{k: round(v, 4) for k, v in metrics.items()},
                                   "elapsed_s": round(self.elapsed, 1)})
         if not self.best or self.score(metrics) < self.score(self.best):
@@ -416,8 +453,11 @@ class Trainer:
             batch = tuple(t.to(self.device) for t in batch)
             # The prior's randomness is a function of (seed, step): a resumed run draws the same.
             generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
-            warm = torch.rand(1, generator=generator).item() < cfg.warm_start
-            disp_init = warm_start_prior(batch[2], factor, generator) if warm else None
+            draw = torch.rand(1, generator=generator).item()
+            warm = draw < cfg.warm_start
+            from_sgbm = cfg.warm_start <= draw < cfg.warm_start + cfg.sgbm_prior
+            disp_init = warm_start_prior(batch[2], factor, generator) if warm else (
+                sgbm_batch_prior(batch[0], batch[1], factor, cfg.data_max_disparity) if from_sgbm else None)
             iters = cfg.train_iters
             if cfg.train_iters_max:
                 iters = int(torch.randint(cfg.train_iters, cfg.train_iters_max + 1, (1,), generator=generator))
@@ -431,7 +471,9 @@ class Trainer:
             step_s = 0.9 * step_s + 0.1 * took if step_s else took  # smoothed, for the time budget
             losses.append(loss)
             self._log("train_log.csv", {"step": self.step, "loss": round(loss, 4), "epe": round(epe, 4),
-                                        "warm_start": int(warm), **({"iters": iters} if cfg.train_iters_max else {}),
+                                        "warm_start": int(warm), **({"sgbm_prior": int(from_sgbm)} if cfg.sgbm_prior
+                                                                    else {}),
+                                        **({"iters": iters} if cfg.train_iters_max else {}),
                                         "lr": self.scheduler.get_last_lr()[0],
                                         "elapsed_s": round(self.elapsed, 1)})
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", epe=f"{epe:.2f}")
@@ -442,8 +484,10 @@ class Trainer:
                 val_s = time.perf_counter() - tick
                 more = ", ".join(f"x{m} iterations: {metrics['val_bad2' + multiple_suffix(m)]:.2f}%"
                                  for m in sorted(cfg.val_multiples) if m > 1)
+                sgbm = (f", from SGBM at {cfg.sgbm_val_iters} iterations {metrics['sgbm_bad2']:.2f}%"
+                        if cfg.sgbm_prior else "")
                 bar.write(f"step {self.step}: val EPE {metrics['val_epe']:.3f} px, bad-2 {metrics['val_bad2']:.2f}%"
-                          f"{f' ({more})' if more else ''}, best {self.score(self.best):.2f}% at "
+                          f"{f' ({more})' if more else ''}{sgbm}, best {self.score(self.best):.2f} at "
                           f"step {self.best['step']} ({self.elapsed / 60:.1f} min)")
         bar.close()
         if self.stopped_early and self.step % cfg.val_every:
