@@ -69,13 +69,19 @@ def sgbm_disparity(left: np.ndarray, right: np.ndarray, config: SGBMConfig = SGB
 
 
 def sgbm_prior(left: np.ndarray, right: np.ndarray, config: SGBMConfig = SGBMConfig()) -> np.ndarray:
-    """OpenCV SGBM's disparity with its holes filled from the left (``fill_from_left``): a dense classical
-    estimate for the GRU to start from (``init: sgbm``). H x W x 3 RGB uint8 pair -> H x W float32 (x_l - x_r).
-    A pair where SGBM finds nothing gives zeros (the network's own start)."""
-    disparity = sgbm_disparity(left, right, config)
+    """OpenCV SGBM's disparity made dense (``dense_prior``): a classical estimate for the GRU to start from
+    (``init: sgbm``). H x W x 3 RGB uint8 pair -> H x W float32 (x_l - x_r), finite everywhere."""
+    return dense_prior(sgbm_disparity(left, right, config))
+
+
+def dense_prior(disparity: np.ndarray) -> np.ndarray:
+    """H x W disparity with holes (NaN) -> H x W finite: holes filled from the left (``fill_from_left``), rows
+    without any value from the nearest row above (else below) that has one; no value at all gives zeros
+    (the network's own start)."""
     if not np.isfinite(disparity).any():
         return np.zeros(disparity.shape, np.float32)
-    return fill_from_left(disparity)
+    rows = fill_from_left(disparity)
+    return fill_from_left(rows.T).T if not np.isfinite(rows).all() else rows
 
 
 def fill_from_left(disparity: np.ndarray) -> np.ndarray:

@@ -81,3 +81,15 @@ def test_init_sgbm_starts_the_iterations_from_sgbms_map(pipeline):
     assert np.median(np.abs(prior.network_disparity[interior] - (8 + 3 * STEP_PX))) < 0.1
     with pytest.raises(ValueError, match="init 'census' is not one of none, sgbm"):
         pipeline.process(left, right, p_left, p_right, iterations=3, init="census")
+
+
+def test_the_prior_is_finite_where_sgbm_finds_nothing_on_a_row():
+    """Rows without any SGBM value take the nearest row's; a map without any value gives zeros: the GRU must
+    never start from NaN."""
+    from sgru_ros.evaluation import dense_prior
+
+    disparity = np.full((6, 5), np.nan, np.float32)
+    disparity[1, 3], disparity[4, 0] = 7.0, 9.0
+    dense = dense_prior(disparity)
+    assert np.array_equal(dense[:, 0], [7, 7, 7, 7, 9, 9]) and np.array_equal(dense[1], [7, 7, 7, 7, 7])
+    assert np.array_equal(dense_prior(np.full((3, 4), np.nan, np.float32)), np.zeros((3, 4), np.float32))
