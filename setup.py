@@ -42,6 +42,8 @@ setup(
         "train": ["tqdm", "matplotlib"],
         # `sgru-stereo bag`: rosbag2 (MCAP, sqlite3) without a ROS install; the messages come from `ros`.
         "bag": ["rosbags", "tqdm"],
+        # `sgru-stereo bags --ray`: many bags across a Ray cluster, one model per worker.
+        "fleet": ["ray", "rosbags", "tqdm"],
     },
     zip_safe=True,
     maintainer="sgru_ros developers",

@@ -25,7 +25,7 @@ if ! installed; then
   .venv/bin/python -m pip install -q --upgrade pip
   # Pinned: on this project's machines torch==2.13.0 is a CPU build already on disk.
   .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q ".[ros,test,train,bag,onnx]"
+  .venv/bin/python -m pip install -q ".[ros,test,train,bag,onnx,fleet]"
 elif [ "${1:-}" = "--refresh" ] || stale; then
   .venv/bin/python -m pip install -q --no-deps --force-reinstall .
 fi

@@ -1,4 +1,4 @@
-"""sgru-stereo: learned stereo depth from the command line (infer, bench, export, eval, bag, demo, train,
+"""sgru-stereo: learned stereo depth from the command line (infer, bench, export, eval, bag, bags, demo, train,
 and the ROS nodes run, run-lifecycle, source).
 
 Exit status 0 on success, 130 on Ctrl-C and 1 on any error, bad option values
@@ -18,16 +18,16 @@ import sys
 import cv2
 
 from ..model import CheckpointError
-from . import bag, bench, demo, evaluate, export, infer, train
+from . import bag, bags, bench, demo, evaluate, export, infer, train
 from .common import CommandError, Parser, one_line
 
 # One module per subcommand, each with add_parser(sub) and run(args).
 
 #: The subcommands in the order ``--help`` lists them.
-COMMANDS = (infer, bench, export, evaluate, bag, demo, train)
+COMMANDS = (infer, bench, export, evaluate, bag, bags, demo, train)
 #: Optional modules -> the extra that installs them (a command that needs one names it in one line).
 EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "rosbags": "bag", "tqdm": "train",
-          "matplotlib": "train", "rclpy": "ros", "sensor_msgs": "ros", "stereo_msgs": "ros"}
+          "matplotlib": "train", "rclpy": "ros", "sensor_msgs": "ros", "stereo_msgs": "ros", "ray": "fleet"}
 #: The ROS nodes: everything after the name is for rclpy (``sgru-stereo run --ros-args -p iterations:=8``).
 NODES = {"run": "the stereo node (ROS arguments follow: sgru-stereo run --ros-args -p iterations:=8)",
          "run-lifecycle": "the managed (lifecycle) stereo node: configure, activate, deactivate, cleanup through "

@@ -20,6 +20,12 @@ def add_parser(sub) -> None:
     bag = sub.add_parser("bag", help="run a rosbag2 recording (MCAP or sqlite3) through the network into a new bag")
     bag.add_argument("input", help="rosbag2 folder to read")
     bag.add_argument("output", help="rosbag2 folder to write (must not exist)")
+    add_bag_arguments(bag)
+    bag.set_defaults(func=run)
+
+
+def add_bag_arguments(bag: argparse.ArgumentParser) -> None:
+    """The options of a conversion (model, topics, outputs, sync, window, geometry), shared with ``bags``."""
     add_model_arguments(bag)
     add_init_arguments(bag)
     bag.add_argument("--iters", type=iterations, default=8, help=f"GRU iterations, 1..{MAX_ITERATIONS} (default 8)")
@@ -54,11 +60,11 @@ def add_parser(sub) -> None:
                      help="disparities with a lower confidence (0..1) are invalid in every output (default 0: off)")
     bag.add_argument("--no-color", action="store_true", help="points2 without the rgb field")
     bag.add_argument("--no-progress", action="store_true", help="no progress bar")
-    bag.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> None:
-    from ..ros.bag import BagOptions, StereoTopics, convert_bag, open_bag, parse_outputs
+def bag_settings(args: argparse.Namespace):
+    """(StereoTopics, BagOptions) of the options ``add_bag_arguments`` added."""
+    from ..ros.bag import BagOptions, StereoTopics, parse_outputs
 
     image = "image_rect/compressed" if args.compressed else "image_rect"
     chosen = {"left_image": args.left_image, "right_image": args.right_image, "left_info": args.left_info,
@@ -76,14 +82,26 @@ def run(args: argparse.Namespace) -> None:
                                  flying_pixel_threshold=args.flying_pixel_threshold or None,
                                  confidence_threshold=args.confidence_threshold),
         cloud=CloudLayout(color=not args.no_color, avoid_padding=False))
+    return topics, options
+
+
+def describe(args: argparse.Namespace, pipeline: StereoPipeline, topics) -> str:
+    """The run's one line: model, device, precision, iterations, inputs, sync."""
+    return (f"model: {pipeline.estimator.variant} ({args.checkpoint or 'bundled'}), device "
+            f"{pipeline.estimator.device}, precision {pipeline.estimator.precision}, {args.iters} iterations; "
+            f"inputs {', '.join(topics)}; {'approximate' if args.approximate_sync else 'exact'} sync")
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..ros.bag import convert_bag, open_bag
+
+    topics, options = bag_settings(args)
     if Path(args.output).exists():
         raise CommandError(f"{args.output}: exists; the output bag must be a new folder")
     check_folder("output", Path(args.output), Path(args.output).parent)
     open_bag(args.input, topics).close()  # a bag it cannot use is named before the model loads
     pipeline = StereoPipeline(estimator_from_args(args))
-    print(f"model: {pipeline.estimator.variant} ({args.checkpoint or 'bundled'}), device "
-          f"{pipeline.estimator.device}, precision {pipeline.estimator.precision}, {args.iters} iterations; "
-          f"inputs {', '.join(topics)}; {'approximate' if args.approximate_sync else 'exact'} sync")
+    print(describe(args, pipeline, topics))
     progress = Progress(not args.no_progress, "frame")
     try:
         summary = convert_bag(args.input, args.output, pipeline, topics, options, progress)

@@ -155,6 +155,16 @@ def _check_options(options: BagOptions, target: Path) -> None:
         raise ValueError(f"{target} exists; the output bag must be a new folder")
 
 
+def images_in_window(source: str | Path, topics: StereoTopics, options: BagOptions = BagOptions()) -> int:
+    """Left images of ``source`` between --start and --end (the sets a conversion will handle, for a progress
+    bar); ValueError (one line) for a bag it cannot use."""
+    reader = open_bag(source, topics)
+    try:
+        return _window(reader, options, topics)[2]
+    finally:
+        reader.close()
+
+
 def _window(reader, options: BagOptions, topics: StereoTopics) -> tuple[int, int | None, int]:
     """(first, end or None, left images in the window): the window in the bag's clock (ns); the image count
     is exact without a window, else in proportion (for the progress bar)."""

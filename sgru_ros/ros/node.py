@@ -97,7 +97,6 @@ class StereoWiring:
 
     def _load(self) -> None:
         p = self.params
-        max_width, max_pixels = p("max_width"), p("max_pixels")
         if p("threads"):
             torch.set_num_threads(p("threads"))
         # Every intermediate output a frame may want (publish_iterations, the confidence's earlier
@@ -105,7 +104,7 @@ class StereoWiring:
         intermediate = {*p("publish_iterations"), earlier_iteration(p("iterations"))} - {None}
         self.estimator = StereoEstimator.from_checkpoint(
             p("model") or None, device=p("device"), precision=p("precision"), max_disp=p("max_disp"),
-            max_width=max_width or None, max_pixels=max_pixels or None, engine=p("engine"),
+            max_width=p("max_width") or None, max_pixels=p("max_pixels") or None, engine=p("engine"),
             onnx_output_iters=sorted(intermediate), log=self.get_logger().info, compile=p("compile"),
             graphs=p("graphs"))
         self.pipeline = StereoPipeline(self.estimator)
