@@ -9,12 +9,7 @@
 # scenes stage 1 never saw (it used scenes 0-15999). Stage 3 (runs/bundled_stage3):
 # 360 steps at lr 1e-4 from stage 2's best, each step at 8-20 GRU iterations, so
 # that more iterations at run time stop hurting; its best.pth is the one whose worst
-# bad-2 over 8, 16 and 32 iterations is lowest. Stage 4 (runs/bundled_stage4): 480
-# steps at lr 1e-4 from the bundled weights of commit 1bc9dd4 (stage 3's best), half
-# of the batches started from SGBM's map of their scene (init sgbm) and 15 % from a
-# noisy ground truth, 4-12 GRU iterations per step; best.pth by the worst bad-2 over
-# 8, 16 and 32 iterations plus bad-2 from SGBM at 4 (its start, step 0, included).
-# Each call starts the stage's
+# bad-2 over 8, 16 and 32 iterations is lowest. Each call starts the stage's
 # run if its folder holds no state, else resumes it, and stops cleanly before
 # TIME_BUDGET (default 2h; seconds, or 90m, 2h) with the state saved. The one-cycle
 # schedule is defined over the whole stage, so every piece continues the same
@@ -22,7 +17,7 @@
 # 12"); scripts/gpu_train.sh runs a piece on a GPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STAGE=${1:?give the stage: 1, 2, 3 or 4}
+STAGE=${1:?give the stage: 1, 2 or 3}
 BUDGET=${2:-2h}
 PY=${PYTHON:-python3}
 # Texture photographs beside scikit-image's: Debian's mate-backgrounds (apt-get install mate-backgrounds).
@@ -50,17 +45,8 @@ case "$STAGE" in
     RECIPE=(--steps 360 --batch-size 4 --lr 1e-4 --val-every 45 --first-sample 25600 --init "$INIT"
             --train-iters 8 --train-iters-max 20 --val-multiples 1 2 4 --best-over-multiples)
     ;;
-  4)
-    RUN=runs/bundled_stage4
-    INIT=runs/init_stage4.pth
-    mkdir -p runs
-    [ -f "$INIT" ] || git show 1bc9dd4:sgru_ros/weights/sgru_raft_compact.pth > "$INIT"
-    RECIPE=(--steps 480 --batch-size 4 --lr 1e-4 --val-every 80 --first-sample 30000 --init "$INIT"
-            --train-iters 4 --train-iters-max 12 --val-multiples 1 2 4 --best-over-multiples
-            --sgbm-prior 0.5 --warm-start 0.15 --sgbm-val-iters 4)
-    ;;
   *)
-    echo "train_bundled: stage is 1, 2, 3 or 4, not $STAGE" >&2
+    echo "train_bundled: stage is 1, 2 or 3, not $STAGE" >&2
     exit 2
     ;;
 esac
