@@ -86,7 +86,9 @@ class CameraModel:
         counts = DISTORTION_MODELS[self.distortion_model]
         if len(self.d) not in counts:
             raise ValueError(f"D has {len(self.d)} coefficients; {self.distortion_model} takes "
-                             f"{' or '.join(map(str, counts[1:]))}")
+                             f"{' or '.join(map(str, counts[1:]))} (or none)")
+        if not np.all(np.isfinite(self.d)):
+            raise ValueError(f"D must hold finite numbers, got {list(self.d)}")
         for name, values, size in (("K", self.k, 9), ("R", self.r, 9), ("P", self.p, 12)):
             if len(values) != size or not np.all(np.isfinite(values)):
                 raise ValueError(f"{name} must hold {size} finite numbers, got {list(values)}")

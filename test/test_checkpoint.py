@@ -37,6 +37,7 @@ def _bad_files(tmp_path, small_raft_checkpoint):
     raw = small_raft_checkpoint.read_bytes()
     (tmp_path / "random.pth").write_bytes(bytes(range(256)) * 64)
     (tmp_path / "truncated.pth").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "text.pth").write_bytes(b"junk\n")  # torch.load raised a bare KeyError
     torch.save(torch.nn.Conv2d(3, 3, 1), tmp_path / "pickled_module.pth")
     torch.save({"weights": [1, 2, 3]}, tmp_path / "not_tensors.pth")
     state = torch.load(small_raft_checkpoint, weights_only=True)
@@ -48,6 +49,7 @@ def _bad_files(tmp_path, small_raft_checkpoint):
     return {
         "random.pth": "not a readable PyTorch checkpoint",
         "truncated.pth": "not a readable PyTorch checkpoint",
+        "text.pth": "not a readable PyTorch checkpoint",
         "pickled_module.pth": "holds Python objects",
         "not_tensors.pth": "not a state dict",
         "missing_keys.pth": "missing keys 4 (update_block.disp_head.conv1.bias",

@@ -236,3 +236,14 @@ def test_a_missing_extra_is_named_in_one_line(tmp_path, stereo_pair_files, modul
                           env={**os.environ, "SGRU_ROS_CACHE": str(tmp_path / "cache")})
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines()[-1].endswith(f"{module} is not installed; pip install 'sgru_ros[onnx]'")
+
+
+@pytest.mark.parametrize("command", [["bag", "in", "out"], ["bags", "out", "in"],
+                                     ["infer", "--left", "l.png", "--right", "r.png", "--out", "d.npy"]])
+def test_init_sgbm_with_onnxruntime_is_refused_up_front(tmp_path, command):
+    """onnxruntime runs from the network's own start: the combination is one line before anything loads (it
+    skipped every set and still exited 0)."""
+    run = run_cli(*command, "--engine", "onnxruntime", "--init", "sgbm")
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.strip().endswith("error: --init sgbm needs --engine torch (onnxruntime starts from the "
+                                       "network's own estimate)")

@@ -69,8 +69,10 @@ def test_bags_here_and_on_ray_give_the_same_messages_and_a_rerun_does_only_what_
     ray = run_cli("bags", str(tmp_path / "ray"), *map(str, inputs), *_options(checkpoint), "--ray", "--workers", "2")
     assert ray.returncode == 0, ray.stderr
     assert "4 bags on Ray (a local instance), 2 workers" in ray.stdout
+    assert "2 Ray workers ready (raft on cpu)" in ray.stdout
     assert "bags: 4 done, 0 skipped (output exists), 0 failed, 0 retried after a worker died" in ray.stdout
     for bag in inputs:
+        assert (tmp_path / "ray" / bag.name / f"{bag.name}.mcap").is_file()  # the storage file named as its folder
         a, b = _disparities(tmp_path / "here" / bag.name), _disparities(tmp_path / "ray" / bag.name)
         assert sorted(a) == sorted(b) and len(a) == 3
         assert all(np.abs(a[s] - b[s]).max() <= 1e-4 for s in a)
@@ -79,7 +81,7 @@ def test_bags_here_and_on_ray_give_the_same_messages_and_a_rerun_does_only_what_
     import shutil
 
     shutil.rmtree(tmp_path / "here" / "robot2")
-    (tmp_path / "here" / ".robot2.partial").mkdir()
+    (tmp_path / "here" / ".partial" / "robot2").mkdir(parents=True)
     again = run_cli("bags", str(tmp_path / "here"), *map(str, inputs), *_options(checkpoint))
     assert again.returncode == 0, again.stderr
     assert "bags: 1 done, 3 skipped (output exists), 0 failed" in again.stdout
@@ -122,7 +124,7 @@ def test_a_killed_ray_worker_has_its_bag_retried_and_nothing_partial_is_left(tmp
     deadline = time.monotonic() + 240
     while killed is None and proc.poll() is None and time.monotonic() < deadline:
         workers = _convert_workers()
-        if workers and any(p.name.endswith(".partial") for p in out.glob(".*")):
+        if workers and any((out / ".partial").glob("*")):
             killed = workers[0]
             os.kill(killed, signal.SIGKILL)
         time.sleep(0.05)
@@ -143,14 +145,14 @@ def test_sigterm_stops_the_ray_work_and_leaves_only_complete_bags(tmp_path, chec
                              *_options(checkpoint), "--ray", "--workers", "2"], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    while not (_convert_workers() and any(out.glob(".*.partial"))) and proc.poll() is None \
+    while not (_convert_workers() and any((out / ".partial").glob("*"))) and proc.poll() is None \
             and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before a worker began writing"
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr
-    assert not list(out.glob(".*.partial"))
+    assert not (out / ".partial").exists()
     for bag in out.iterdir():  # whatever finished is whole
         assert len(_disparities(bag)) == 40
     deadline = time.monotonic() + 30
@@ -166,3 +168,16 @@ def test_without_ray_the_option_names_the_extra(tmp_path, checkpoint):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip() == "sgru-stereo bags: error: ray is not installed; pip install 'sgru_ros[fleet]'"
+
+
+def test_a_worker_that_cannot_load_the_model_stops_the_run_with_the_reason(tmp_path):
+    inputs = _bags(tmp_path / "in", 2, 1)
+    bad = tmp_path / "not_a_model.pth"
+    bad.write_bytes(b"not a checkpoint")
+    run = run_cli("bags", str(tmp_path / "out"), *map(str, inputs), "--namespace", "/stereo", "--device", "cpu",
+                  "--checkpoint", str(bad), "--no-progress", "--ray")
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    line = run.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"sgru-stereo bags: error: a Ray worker could not load the model: {bad}: not a readable "
+                           "PyTorch checkpoint"), line
+    assert not (tmp_path / "out" / ".partial").exists() and not any((tmp_path / "out").iterdir())

@@ -156,6 +156,7 @@ def test_binning_and_roi_rectify_as_the_full_sensor_does():
                                           "rational_polynomial, equidistant: cannot rectify"),
     (dict(d=(0.1, 0.2, 0.0)), "D has 3 coefficients; plumb_bob takes 4 or 5"),
     (dict(k=(0.0,) * 9), "K is all zero: the camera is not calibrated"),
+    (dict(d=(0.1, float("nan"), 0.0, 0.0, 0.0)), "D must hold finite numbers"),
     (dict(r=(0.0,) * 9), "R is all zero"),
     (dict(r=(2.0, 0, 0, 0, 1, 0, 0, 0, 1)), "R is not a rotation"),
     (dict(width=320, height=240), "camera_info describes 320x240 images .* but the image is 640x480"),

@@ -12,7 +12,7 @@ from ..geometry import CloudLayout
 from ..inference import MAX_ITERATIONS
 from ..pipeline import GeometryOptions, StereoPipeline
 from ..ros.bag import DEFAULT_OUTPUTS, OUTPUTS
-from .common import (CommandError, Progress, add_init_arguments, add_model_arguments, check_folder,
+from .common import (CommandError, Progress, add_init_arguments, add_model_arguments, check_folder, check_init,
                      estimator_from_args, fraction, int_type, iterations, one_line, positive_float)
 
 
@@ -71,6 +71,7 @@ def bag_settings(args: argparse.Namespace):
               "right_info": args.right_info}
     topics = dataclasses.replace(StereoTopics.under(args.namespace, image),
                                  **{k: v for k, v in chosen.items() if v})
+    check_init(args)
     if args.end is not None and args.end <= args.start:
         raise CommandError(f"--end {args.end} is not after --start {args.start}")
     options = BagOptions(

@@ -110,6 +110,13 @@ def add_init_arguments(parser: argparse.ArgumentParser) -> None:
                         help=OPTION_HELP["sgbm_disparities"] + " (default 64)")
 
 
+def check_init(args: argparse.Namespace) -> None:
+    """--init other than none needs the torch engine (onnxruntime runs fixed iterations from its own start)."""
+    if args.init != "none" and args.engine != "torch":
+        raise CommandError(f"--init {args.init} needs --engine torch (onnxruntime starts from the network's own "
+                           "estimate)")
+
+
 def initial_disparity(args: argparse.Namespace, left: np.ndarray, right: np.ndarray) -> np.ndarray | None:
     """The disparity --init starts from (None: the network's own)."""
     from ..evaluation import SGBMConfig, sgbm_prior

@@ -18,8 +18,8 @@ from ..confidence import confidence_map, earlier_iteration
 from ..inference import MAX_ITERATIONS, StereoEstimator
 from ..io import DISPARITY_FORMATS, IMAGE_FORMATS, read_image, write_disparity, write_image
 from ..visualize import colorize_disparity, side_by_side
-from .common import (CommandError, Progress, add_init_arguments, add_model_arguments, check_folder, estimate,
-                     estimator_from_args, initial_disparity, iterations, one_line)
+from .common import (CommandError, Progress, add_init_arguments, add_model_arguments, check_folder, check_init,
+                     estimate, estimator_from_args, initial_disparity, iterations, one_line)
 
 
 def add_parser(sub) -> None:
@@ -139,6 +139,7 @@ def _infer_jobs(args: argparse.Namespace) -> list[InferJob]:
 def run(args: argparse.Namespace) -> None:
     """Every pair in turn; with glob patterns a pair that fails is reported in one line and skipped,
     the rest go on, and a summary ends the run (exit status 1 if any pair failed)."""
+    check_init(args)
     jobs = _infer_jobs(args)
     estimator = estimator_from_args(args)
     print(f"model: {estimator.variant} ({args.checkpoint or 'bundled'}), device {estimator.device}, "

@@ -72,5 +72,5 @@ def run(args: argparse.Namespace) -> None:
     print(f"{state}: step {trainer.step} of {trainer.config.steps}, {trainer.elapsed / 60:.1f} min in total, " +
           ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()) +
           f"; weights: {Path(args.out) / 'model.pth'}, best so far: {Path(args.out) / 'best.pth'} "
-          f"(bad-2 {trainer.score(trainer.best) if trainer.best else float('nan'):.2f}% at step "
+          f"(score {trainer.score(trainer.best) if trainer.best else float('nan'):.2f} at step "
           f"{trainer.best.get('step', '-')})")

@@ -59,7 +59,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                                   "to unpickle it (save model.state_dict() instead)") from None
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, truncated or another format "
                               "(unpickling failed)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, truncated or another "
                               f"format ({first})") from None

@@ -295,8 +295,8 @@ def image_size(info: CameraInfo) -> tuple[int, int]:
 
 
 def rectified_info(info: CameraInfo) -> CameraInfo:
-    """The camera_info of the rectified image of a raw camera: no distortion, K from P, R the identity (what
-    image_proc's rectified images carry); size, binning, ROI and P unchanged."""
+    """The camera_info of a raw camera's rectified image, as a consumer of rectified images reads it: no
+    distortion, K from P, R the identity; size, binning, ROI and P unchanged."""
     p = np.asarray(info.p, dtype=np.float64).reshape(3, 4)
     return CameraInfo(header=info.header, width=info.width, height=info.height, distortion_model="plumb_bob",
                       d=[0.0] * 5, k=p[:, :3].ravel().tolist(), r=np.eye(3).ravel().tolist(), p=list(info.p),

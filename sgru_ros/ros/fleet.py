@@ -1,10 +1,11 @@
 """Many rosbag2 recordings through the network: one after another in this process, or as tasks of a pool
 of Ray actors, each holding one model (``sgru-stereo bags``).
 
-Every output is written to a hidden partial folder beside its final name (``.NAME.partial``) and renamed
-when complete, so an output folder that exists is complete: a re-run skips it and does the rest. A Ray
-worker that dies while it holds a bag (killed, out of memory) is replaced, its partial output removed and
-the bag given to a worker again, up to ``max_retries`` times. On a cluster, the input bags and OUT_DIR
+Every output is written to ``OUT_DIR/.partial/NAME`` (the same name: rosbags names the storage file after
+its folder) and moved to ``OUT_DIR/NAME`` when complete, so an output folder that exists is complete: a
+re-run skips it and does the rest. A Ray worker that dies while it holds a bag (killed, out of memory) is
+killed for sure, replaced, its partial output removed and the bag given to a worker again, up to
+``max_retries`` times. On a cluster, the input bags and OUT_DIR
 must be on a filesystem every node sees.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -23,6 +25,8 @@ from pathlib import Path
 from ..pipeline import StereoPipeline
 from .bag import BagOptions, BagSummary, StereoTopics, convert_bag, images_in_window
 
+#: The folder of OUT_DIR where outputs are written until they are complete (removed when empty).
+PARTIAL_FOLDER = ".partial"
 #: Errors that fail one bag (the others go on); anything else ends the run.
 BAG_ERRORS = (ValueError, OSError, MemoryError, sqlite3.Error)
 
@@ -37,7 +41,7 @@ class BagJob:
     @property
     def partial(self) -> Path:
         """Where the output is written until it is complete."""
-        return self.target.with_name(f".{self.target.name}.partial")
+        return self.target.parent / PARTIAL_FOLDER / self.target.name
 
 
 @dataclass
@@ -85,9 +89,19 @@ def convert_job(job: BagJob, pipeline: StereoPipeline, topics: StereoTopics, opt
     """One bag into its partial folder, renamed to the output when complete (what a dead worker left is
     removed first)."""
     shutil.rmtree(job.partial, ignore_errors=True)
+    job.partial.parent.mkdir(exist_ok=True)
     summary = convert_bag(job.source, job.partial, pipeline, topics, options, progress)
     os.rename(job.partial, job.target)
     return summary
+
+
+def remove_partial(jobs: list[BagJob]) -> None:
+    """What the jobs left half-written, and the partial folder once empty."""
+    for job in jobs:
+        shutil.rmtree(job.partial, ignore_errors=True)
+    for folder in {job.partial.parent for job in jobs}:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _one_line(err: BaseException) -> str:
@@ -128,7 +142,17 @@ def run_here(jobs: list[BagJob], make_pipeline: Callable[[], StereoPipeline], to
     counts = _set_counts(_pending(jobs, summary, log), topics, options, summary, log)
     if not counts:
         return summary
-    pipeline, total, offset = make_pipeline(), sum(counts.values()), 0
+    pipeline = make_pipeline()
+    try:
+        _convert_here(counts, pipeline, topics, options, summary, progress, log)
+    finally:  # a bag cut short by Ctrl-C or a failure leaves nothing half-written
+        remove_partial(list(counts))
+    return summary
+
+
+def _convert_here(counts: dict[BagJob, int], pipeline: StereoPipeline, topics: StereoTopics, options: BagOptions,
+                  summary: FleetSummary, progress, log: Callable[[str], None]) -> None:
+    total, offset = sum(counts.values()), 0
     for job, count in counts.items():
         try:
             bag, reason = convert_job(job, pipeline, topics, options, (lambda done, _, base=offset: progress(
@@ -139,7 +163,6 @@ def run_here(jobs: list[BagJob], make_pipeline: Callable[[], StereoPipeline], to
         offset += count
         if progress:
             progress(offset, total)
-    return summary
 
 
 class BagWorker:
@@ -147,6 +170,10 @@ class BagWorker:
 
     def __init__(self, make_pipeline: Callable[[], StereoPipeline]) -> None:
         self.pipeline = make_pipeline()
+
+    def ready(self) -> str:
+        """The loaded model, once it has loaded (a worker that cannot load it fails here)."""
+        return f"{self.pipeline.estimator.variant} on {self.pipeline.estimator.device}"
 
     def convert(self, job: BagJob, topics: StereoTopics, options: BagOptions) -> tuple[BagSummary | None, str]:
         """(the bag's summary, '') or (None, why it failed): a bad bag is an answer, not a dead worker."""
@@ -165,6 +192,60 @@ def _record(summary: FleetSummary, job: BagJob, bag: BagSummary | None, reason: 
         summary.add(job, bag)
 
 
+def _start_ray(address: str | None) -> bool:
+    """Connect to (address) or start a Ray instance unless one is up; True if this call started it. Ray's own
+    SIGINT/SIGTERM handlers would end the process without cleaning up: ours are put back."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    for number, handler in handlers.items():
+        signal.signal(number, handler)
+    return True
+
+
+class _WorkerPool:
+    """The Ray actors of a run: idle ones, and those holding a bag (by the future of its conversion)."""
+
+    def __init__(self, make_pipeline: Callable[[], StereoPipeline], gpus_per_worker: float) -> None:
+        import ray
+
+        available = ray.cluster_resources().get("GPU", 0)
+        if gpus_per_worker > available:
+            raise ValueError(f"--gpus-per-worker {gpus_per_worker:g}: the Ray cluster has {available:g} GPUs")
+        self._class = ray.remote(num_cpus=1, num_gpus=gpus_per_worker, max_restarts=0)(BagWorker)
+        self._make_pipeline = make_pipeline
+        self.idle: list = []
+        self.running: dict = {}
+
+    def add(self) -> None:
+        self.idle.append(self._class.remote(self._make_pipeline))
+
+    def start(self, count: int, log: Callable[[str], None]) -> None:
+        """``count`` workers, each with its model loaded; ValueError (one line) when a worker cannot load it."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        for _ in range(count):
+            self.add()
+        try:
+            models = ray.get([worker.ready.remote() for worker in self.idle])
+        except RayActorError as err:
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            reason = re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1]) if lines else type(err).__name__
+            raise ValueError(f"a Ray worker could not load the model: {reason}") from None
+        log(f"{count} Ray workers ready ({', '.join(sorted(set(models)))})")
+
+    def kill_all(self) -> None:
+        import ray
+
+        for worker in [*self.idle, *(worker for _, worker in self.running.values())]:
+            ray.kill(worker)
+        self.idle, self.running = [], {}
+
+
 def run_on_ray(jobs: list[BagJob], make_pipeline: Callable[[], StereoPipeline], topics: StereoTopics,
                options: BagOptions, address: str | None = None, workers: int = 2, gpus_per_worker: float = 0.0,
                max_retries: int = 2, progress: Callable[[int, int], object] | None = None,
@@ -174,51 +255,60 @@ def run_on_ray(jobs: list[BagJob], make_pipeline: Callable[[], StereoPipeline], 
     dies is replaced and its bag retried up to ``max_retries`` times. Ctrl-C or SIGTERM stops the work and
     leaves only complete outputs."""
     import ray
-    from ray.exceptions import RayActorError
 
     summary = FleetSummary()
     counts = _set_counts(_pending(jobs, summary, log), topics, options, summary, log)
     if not counts:
         return summary
-    started_here = not ray.is_initialized()
-    if started_here:
-        handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-        for number, handler in handlers.items():  # Ray's own handlers would end the process without cleaning up
-            signal.signal(number, handler)
-    actor_class = ray.remote(num_cpus=1, num_gpus=gpus_per_worker, max_restarts=0)(BagWorker)
-    new_worker = lambda: actor_class.remote(make_pipeline)  # noqa: E731
-    idle = [new_worker() for _ in range(min(workers, len(counts)))]
-    pending, running, handled, total = deque(counts), {}, 0, sum(counts.values())
+    started_here = _start_ray(address)
+    pool = None
     try:
-        while pending or running:
-            while pending and idle:
-                job, worker = pending.popleft(), idle.pop()
-                running[worker.convert.remote(job, topics, options)] = (job, worker)
-            (finished,), _ = ray.wait(list(running), num_returns=1)
-            job, worker = running.pop(finished)
-            try:
-                outcome = ray.get(finished)
-            except RayActorError as err:  # the worker died holding this bag
-                shutil.rmtree(job.partial, ignore_errors=True)
-                idle.append(new_worker())
-                if summary.retried[str(job.source)] < max_retries:
-                    summary.retried[str(job.source)] += 1
-                    log(f"{job.source}: its worker died ({_one_line(err)[:120]}); retrying on another")
-                    pending.append(job)
-                    continue
-                outcome = (None, f"its worker died {max_retries + 1} times")
-            else:
-                idle.append(worker)
-            _record(summary, job, *outcome, log)
-            handled += counts[job]
-            if progress:
-                progress(handled, total)
+        pool = _WorkerPool(make_pipeline, gpus_per_worker)
+        pool.start(min(workers, len(counts)), log)
+        _dispatch(pool, counts, topics, options, max_retries, summary, progress, log)
     finally:
-        for worker in [*idle, *(w for _, w in running.values())]:
-            ray.kill(worker)
+        if pool is not None:
+            pool.kill_all()
         if started_here:
             ray.shutdown()
-        for job in counts:  # a bag cut short by Ctrl-C or a failure leaves nothing half-written
-            shutil.rmtree(job.partial, ignore_errors=True)
+        remove_partial(list(counts))  # a bag cut short by Ctrl-C or a failure leaves nothing half-written
     return summary
+
+
+def _dispatch(pool: _WorkerPool, counts: dict[BagJob, int], topics: StereoTopics, options: BagOptions,
+              max_retries: int, summary: FleetSummary, progress, log: Callable[[str], None]) -> None:
+    """Give the bags to idle workers until every one is done or failed; a worker that died is killed (it may
+    still run), replaced while bags wait, and its bag retried."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    pending, handled, total = deque(counts), 0, sum(counts.values())
+    while pending or pool.running:
+        while pending and pool.idle:
+            job, worker = pending.popleft(), pool.idle.pop()
+            pool.running[worker.convert.remote(job, topics, options)] = (job, worker)
+        (finished,), _ = ray.wait(list(pool.running), num_returns=1)
+        job, worker = pool.running.pop(finished)
+        try:
+            outcome = ray.get(finished)
+            pool.idle.append(worker)
+        except RayActorError as err:  # the worker died holding this bag
+            ray.kill(worker)
+            shutil.rmtree(job.partial, ignore_errors=True)
+            if job.target.exists():  # it had finished the bag: only its counts are lost
+                log(f"{job.source}: its worker died after writing {job.target}")
+                outcome = (BagSummary(), "")
+            elif summary.retried[str(job.source)] < max_retries:
+                summary.retried[str(job.source)] += 1
+                log(f"{job.source}: its worker died ({_one_line(err)[:120]}); retrying on another")
+                pending.append(job)
+            else:
+                outcome = (None, f"its worker died {max_retries + 1} times")
+            if pending:
+                pool.add()
+            if job in pending:
+                continue
+        _record(summary, job, *outcome, log)
+        handled += counts[job]
+        if progress:
+            progress(handled, total)
