@@ -1,4 +1,5 @@
-"""Training: the loss, and a short run that lowers the loss on a fixed batch."""
+"""Training: the loss, the optimisation step (eager here; as CUDA graphs where a GPU is), runs that stop,
+resume and validate."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import torch
 
 from sgru_ros.model import CheckpointError, RaftConfig, SelectiveRAFT
 from sgru_ros.training.synthetic import SceneConfig, SyntheticStereo
-from sgru_ros.training.train import SyntheticBatches, sequence_loss, train_step
+from sgru_ros.training.step import TrainStep, edge_band, make_optimizer, sequence_loss
+from sgru_ros.training.train import SyntheticBatches
 
 
 SMALL = dict(hidden_dim=32, encoder_dims=(16, 24, 32), feature_dim=32, n_gru_layers=2)
@@ -26,14 +28,102 @@ def test_sequence_loss_weights_later_iterations_more():
     assert sequence_loss(pred, target, 192).item() == 0
 
 
+def test_the_loss_is_a_mean_over_the_valid_pixels_and_weighs_edges():
+    """The loss never picks pixels out (a CUDA graph cannot hold a data-dependent shape): its weighted
+    mean must equal the mean over the valid pixels, and edge_weight w counts edge pixels w times."""
+    torch.manual_seed(0)
+    target = torch.rand(2, 1, 16, 24) * 40
+    target[0, 0, :3] = float("nan")
+    target[1, 0, :, :2] = 300  # beyond max_disp
+    predictions = [target + torch.randn_like(target) for _ in range(3)]
+    init = target + torch.randn_like(target)
+    valid = torch.isfinite(target) & (target < 192)
+    gamma = 0.9 ** (15 / 2)
+    expected = sum(gamma ** (2 - i) * (p - target).abs()[valid].mean() for i, p in enumerate(predictions))
+    expected += torch.nn.functional.smooth_l1_loss(init[valid], target[valid])
+    assert sequence_loss(predictions, target, 192, init).item() == pytest.approx(expected.item(), rel=1e-5)
+
+    # A step from 10 to 30 px between columns 11 and 12: both are at the edge, and 3 px either side of them.
+    step = torch.full((1, 1, 16, 24), 10.0)
+    step[..., 12:] = 30.0
+    band = edge_band(step)
+    assert band[0, 0, 0].tolist() == [False] * 8 + [True] * 8 + [False] * 8
+    on_edges, off_edges = step + 4 * band, step + 4 * ~band  # a 4 px error on 8 / on 16 of 24 columns
+    for weight in (1.0, 3.0):
+        ratio = (sequence_loss([on_edges], step, 192, edge_weight=weight)
+                 / sequence_loss([off_edges], step, 192, edge_weight=weight)).item()
+        assert ratio == pytest.approx(weight * 8 / 16, rel=1e-5)
+
+
+def test_edge_band_is_the_evaluations_edge_region():
+    from sgru_ros.evaluation import region_masks
+
+    scene = SyntheticStereo(SceneConfig(height=64, width=128, max_disparity=24), seed=7)[0]
+    edges = region_masks(scene.disparity, scene.left)["edges"]
+    assert 0 < edges.sum() < edges.size
+    assert torch.equal(edge_band(torch.from_numpy(scene.disparity)[None, None])[0, 0], torch.from_numpy(edges))
+
+
+def test_cuda_graph_steps_are_refused_without_cuda_and_with_drawn_iteration_counts(tmp_path):
+    from sgru_ros.training.train import TrainConfig, Trainer
+
+    model = SelectiveRAFT(RaftConfig(**SMALL, n_downsample=3))
+    with pytest.raises(ValueError, match="CUDA graphs need the model on a CUDA device"):
+        TrainStep(model, make_optimizer(model, 1e-3, 0.0), max_disp=192, graphs=True)
+    config = TrainConfig(preset="raft-compact8", steps=2, batch_size=1, crop=(64, 128), val_samples=1, workers=0,
+                         device="cpu", photo_dirs=(), cuda_graphs=True)
+    with pytest.raises(ValueError, match="cuda_graphs needs a CUDA device, not cpu"):
+        Trainer(config, tmp_path)
+    with pytest.raises(ValueError, match="edge_weight must be >= 1"):
+        Trainer(TrainConfig(**{**config.__dict__, "cuda_graphs": False, "edge_weight": 0.5}), tmp_path)
+
+
+def test_an_optimizer_state_resumes_with_and_without_cuda_graphs():
+    """A state saved by a graphed run (tensor learning rate, capturable) resumes in an eager one and back:
+    the resumed optimiser keeps its own way of running and the saved learning rate and moments."""
+    from sgru_ros.training.step import load_optimizer_state
+
+    model = torch.nn.Linear(3, 2)
+    saved = torch.optim.AdamW(model.parameters(), lr=torch.tensor(2e-4), weight_decay=1e-5)
+    model(torch.ones(1, 3)).sum().backward()
+    saved.step()
+    eager = make_optimizer(model, 4e-4, 1e-5)
+    load_optimizer_state(eager, saved.state_dict())
+    group = eager.param_groups[0]
+    assert group["lr"] == pytest.approx(2e-4) and not isinstance(group["lr"], torch.Tensor)
+    assert not group["capturable"]
+    assert torch.equal(eager.state[model.weight]["exp_avg"], saved.state[model.weight]["exp_avg"])
+    eager.step()  # runs as an eager optimiser
+    tensor_lr = torch.optim.AdamW(model.parameters(), lr=torch.tensor(1e-3))
+    load_optimizer_state(tensor_lr, eager.state_dict())
+    assert isinstance(tensor_lr.param_groups[0]["lr"], torch.Tensor)
+    assert tensor_lr.param_groups[0]["lr"].item() == pytest.approx(2e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU (scripts/gpu_train_check.py)")
+def test_graphed_training_steps_match_eager_ones():
+    torch.manual_seed(0)
+    data = SyntheticBatches(SyntheticStereo(SceneConfig(height=64, width=128, max_disparity=24), seed=5), 0, 12)
+    batches = [tuple(torch.stack(t).cuda() for t in zip(*(data[2 * i + j] for j in range(2)))) for i in range(6)]
+    results = []
+    for graphs in (False, True):
+        torch.manual_seed(1)
+        model = SelectiveRAFT(RaftConfig(**SMALL, n_downsample=2, early_downsample=True)).cuda()
+        step = TrainStep(model, make_optimizer(model, 1e-3, 1e-5, graphs), max_disp=192, graphs=graphs, warmup=2)
+        results.append([step(batch, iters=3) for batch in batches])
+        assert len(step.captured) == int(graphs)
+    for (loss, epe), (graphed_loss, graphed_epe) in zip(*results):
+        assert graphed_loss == pytest.approx(loss, rel=1e-3) and graphed_epe == pytest.approx(epe, rel=1e-3)
+
+
 def test_short_training_lowers_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
     model = SelectiveRAFT(RaftConfig(hidden_dim=32, encoder_dims=(16, 24, 32), feature_dim=32,
                                      n_downsample=3, n_gru_layers=2))
     data = SyntheticBatches(SyntheticStereo(SceneConfig(height=64, width=128, max_disparity=24), seed=5), 0, 2)
     batch = tuple(torch.stack(t) for t in zip(*(data[i] for i in range(2))))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    losses = [train_step(model, optimizer, batch, iters=4, max_disp=192)[0] for _ in range(25)]
+    step = TrainStep(model, torch.optim.AdamW(model.parameters(), lr=1e-3), max_disp=192)
+    losses = [step(batch, iters=4)[0] for _ in range(25)]
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
 
 
@@ -133,7 +223,7 @@ def test_random_iteration_counts_and_validation_at_several_multiples(tmp_path):
     assert {int(row.split(",")[column]) for row in log[1:]} <= {1, 2, 3}
     rows = (tmp_path / "val_log.csv").read_text().splitlines()
     assert rows[0].split(",") == ["step", "val_epe", "val_bad2", "val_epe_x2", "val_bad2_x2", "val_epe_x4",
-                                  "val_bad2_x4", "elapsed_s"] and len(rows) == 3
+                                  "val_bad2_x4", "val_bad2_edges", "elapsed_s"] and len(rows) == 3
     # best.pth is chosen by the worst of the three counts.
     worst = max(trainer.best[k] for k in ("val_bad2", "val_bad2_x2", "val_bad2_x4"))
     assert trainer.score(trainer.best) == worst
@@ -162,8 +252,8 @@ def test_sgbm_prior_in_training_and_validation(tmp_path):
     log = (tmp_path / "train_log.csv").read_text().splitlines()
     assert "sgbm_prior" in log[0].split(",")
     rows = (tmp_path / "val_log.csv").read_text().splitlines()
-    assert rows[0].split(",") == ["step", "val_epe", "val_bad2", "val_epe_x2", "val_bad2_x2", "sgbm_epe", "sgbm_bad2",
-                                  "elapsed_s"]
+    assert rows[0].split(",") == ["step", "val_epe", "val_bad2", "val_epe_x2", "val_bad2_x2", "val_bad2_edges",
+                                  "sgbm_epe", "sgbm_bad2", "sgbm_bad2_edges", "elapsed_s"]
     assert trainer.score(trainer.best) == pytest.approx(trainer.best["val_bad2"] + trainer.best["sgbm_bad2"])
     with pytest.raises(ValueError, match="sum of at most 1"):
         Trainer(TrainConfig(**{**config.__dict__, "sgbm_prior": 0.9}), tmp_path / "bad")
@@ -181,6 +271,19 @@ def test_a_run_from_init_weights_validates_them_as_step_0(tmp_path):
                          device="cpu", photo_dirs=(), init=str(tmp_path / "start.pth"))
     trainer = Trainer(config, tmp_path / "run")
     start = trainer.initialise()
-    assert set(start) == {"val_epe", "val_bad2"} and trainer.best["step"] == 0
+    assert set(start) == {"val_epe", "val_bad2", "val_bad2_edges"} and trainer.best["step"] == 0
     assert (tmp_path / "run" / "best.pth").is_file()
     assert (tmp_path / "run" / "val_log.csv").read_text().splitlines()[1].startswith("0,")
+
+
+def test_a_log_gains_a_column_when_a_newer_version_resumes_the_run(tmp_path):
+    from sgru_ros.training.train import TrainConfig, Trainer
+
+    config = TrainConfig(preset="raft-compact8", steps=2, batch_size=1, crop=(64, 128), val_samples=1, workers=0,
+                         device="cpu", photo_dirs=())
+    trainer = Trainer(config, tmp_path)
+    (tmp_path / "val_log.csv").write_text("step,val_bad2,elapsed_s\n75,40.0,10.0\n")
+    trainer._log("val_log.csv", {"step": 150, "val_bad2": 30.0, "val_bad2_edges": 55.0, "elapsed_s": 20.0})
+    trainer._log("val_log.csv", {"step": 225, "val_bad2": 29.0, "val_bad2_edges": 54.0, "elapsed_s": 30.0})
+    assert (tmp_path / "val_log.csv").read_text().splitlines() == [
+        "step,val_bad2,elapsed_s,val_bad2_edges", "75,40.0,10.0,", "150,30.0,20.0,55.0", "225,29.0,30.0,54.0"]

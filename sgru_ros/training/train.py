@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..model import IGEVConfig, RaftConfig, build_model, save_checkpoint
 from ..model.base import SelectiveStereo
 from ..model.checkpoint import CheckpointError, load_state, read_state_dict
+from .step import TrainStep, edge_band, has_ground_truth, load_optimizer_state, make_optimizer
 from .synthetic import SceneConfig, SyntheticStereo, existing_photo_dirs
 
 #: Compact configurations for CPU training and inference. Same modules as the
@@ -42,11 +43,7 @@ PRESETS: dict[str, RaftConfig | IGEVConfig] = {
 #: TrainConfig fields a resumed run may change: they do not change what is
 #: learned (sample i is a pure function of seed and i, whichever process makes
 #: it; ``init`` only matters at step 0).
-RUN_RESOURCES = frozenset({"device", "workers", "init"})
-
-#: Loss weights decay by this factor per iteration from the last one backwards,
-#: rescaled to any number of iterations as the authors do (RAFT-Stereo, Sec. 3.4).
-LOSS_GAMMA = 0.9
+RUN_RESOURCES = frozenset({"device", "workers", "init", "cuda_graphs"})
 
 
 def _option(default, help: str, **kwargs):
@@ -90,6 +87,10 @@ class TrainConfig:
     train_iters_max: int = _option(0, "above train_iters: draw each step's iteration count from "
                                       "train_iters..this, so more iterations at run time do not hurt (0: fixed)")
     val_multiples: tuple[int, ...] = _option((1, 2), "validate at valid_iters times each of these")
+    edge_weight: float = _option(1.0, "loss weight of pixels within 3 px of a depth edge (the edges region of the "
+                                      "evaluation), relative to the others")
+    cuda_graphs: bool = _option(False, "on a CUDA GPU, replay each training step as one CUDA graph (a fixed "
+                                       "iteration count; the same steps, without the launch overhead)")
     best_over_multiples: bool = _option(False, "keep best.pth by the worst bad-2 over val_multiples instead of "
                                                "bad-2 at valid_iters")
     photo_dirs: tuple[str, ...] = _option(existing_photo_dirs, "folders of texture photographs (default: "
@@ -99,33 +100,6 @@ class TrainConfig:
     def scene(self) -> SceneConfig:
         return SceneConfig(height=self.crop[0], width=self.crop[1], max_disparity=self.data_max_disparity,
                            photo_dirs=tuple(self.photo_dirs))
-
-
-def sequence_loss(predictions: list[torch.Tensor], target: torch.Tensor, max_disp: float,
-                  init: torch.Tensor | None = None) -> torch.Tensor:
-    """Exponentially weighted L1 over the per-iteration predictions (later ones
-    weigh more), plus smooth L1 on IGEV's initial disparity.
-
-    predictions: list of B x 1 x H x W; target: B x 1 x H x W (NaN = unknown).
-    """
-    valid = torch.isfinite(target) & (target < max_disp)
-    if not valid.any():
-        raise ValueError("no valid ground-truth pixel in the batch")
-    target = torch.where(valid, target, torch.zeros_like(target))
-    n = len(predictions)
-    gamma = LOSS_GAMMA ** (15 / (n - 1)) if n > 1 else 1.0
-    loss = sum(gamma ** (n - i - 1) * (pred - target).abs()[valid].mean() for i, pred in enumerate(predictions))
-    if init is not None:
-        loss = loss + F.smooth_l1_loss(init[valid], target[valid])
-    return loss
-
-
-def freeze_batch_norm(model: torch.nn.Module) -> None:
-    """Keep 2D batch norm in eval mode while training (as released): statistics
-    from small batches would be noise."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.eval()
 
 
 class SyntheticBatches(Dataset):
@@ -182,34 +156,6 @@ def sgbm_batch_prior(left: torch.Tensor, right: torch.Tensor, factor: int, max_d
     return at_working_resolution(torch.stack(priors)[:, None].to(left.device), factor)
 
 
-def forward_for_loss(model: SelectiveStereo, left: torch.Tensor, right: torch.Tensor, iters: int,
-                     max_disp: int, disp_init: torch.Tensor | None = None,
-                     ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-    """Every iteration's full-resolution disparity and, where the network has one, its initial estimate."""
-    pred = model(left, right, iters=iters, output_iters=range(1, iters + 1), max_disp=max_disp,
-                 return_init=True, disp_init=disp_init)
-    return pred.disparities, pred.init_disp
-
-
-def train_step(model: SelectiveStereo, optimizer: torch.optim.Optimizer, batch, iters: int,
-               max_disp: int, disp_init: torch.Tensor | None = None) -> tuple[float, float]:
-    """One optimisation step; returns (loss, end-point error of the last iteration).
-    disp_init: optional warm start at the working resolution (``warm_start_prior``)."""
-    left, right, target = batch
-    model.train()
-    freeze_batch_norm(model)
-    predictions, init = forward_for_loss(model, left, right, iters, max_disp, disp_init)
-    loss = sequence_loss(predictions, target, max_disp, init)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    with torch.no_grad():
-        valid = torch.isfinite(target) & (target < max_disp)
-        epe = (predictions[-1] - target).abs()[valid].mean().item()
-    return loss.item(), epe
-
-
 def multiple_suffix(multiple: int) -> str:
     """Metric-name suffix for ``multiple`` times the deployed iterations: "", "_x2", "_x4"."""
     return "" if multiple == 1 else f"_x{multiple}"
@@ -221,22 +167,27 @@ def validate(model: SelectiveStereo, batches: list, iters: int, max_disp: int,
              prefix: str = "val") -> dict[str, float]:
     """End-point error and bad-2 (%) at ``iters`` times each of ``multiples`` (more
     iterations must not make it worse), over the validation batches, from one
-    pass of the largest count. Keys: val_epe, val_bad2, val_epe_x2, ... (``prefix`` instead of val).
+    pass of the largest count. Keys: val_epe, val_bad2, val_epe_x2, ... (``prefix`` instead of val), and
+    val_bad2_edges: bad-2 at ``iters`` within 3 px of a depth edge (``edge_band``, the evaluation's region).
     priors: each batch's starting disparity at the working resolution (``sgbm_batch_prior``)."""
     model.eval()
     counts = sorted({iters * m for m in multiples})
     errors: dict[int, list[torch.Tensor]] = {k: [] for k in counts}
+    edge_errors = []
     for i, (left, right, target) in enumerate(batches):
         pred = model(left, right, iters=counts[-1], output_iters=counts, max_disp=max_disp,
                      disp_init=priors[i] if priors is not None else None)
         valid = torch.isfinite(target)
         for k, disparity in zip(pred.iterations, pred.disparities):
             errors[k].append((disparity - target).abs()[valid])
+            if k == iters:
+                edge_errors.append((disparity - target).abs()[edge_band(target)])
     metrics = {}
     for multiple in sorted(set(multiples)):
         err = torch.cat(errors[iters * multiple])
         metrics[f"{prefix}_epe{multiple_suffix(multiple)}"] = err.mean().item()
         metrics[f"{prefix}_bad2{multiple_suffix(multiple)}"] = 100.0 * (err > 2).float().mean().item()
+    metrics[f"{prefix}_bad2_edges"] = 100.0 * (torch.cat(edge_errors) > 2).float().mean().item()
     return metrics
 
 
@@ -307,8 +258,15 @@ class Trainer:
             raise ValueError(f"warm_start ({cfg.warm_start}) and sgbm_prior ({cfg.sgbm_prior}) must be fractions "
                              "with a sum of at most 1")
         self.model.to(self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                           eps=1e-8)
+        if cfg.edge_weight < 1:
+            raise ValueError(f"edge_weight must be >= 1, got {cfg.edge_weight}")
+        graphs = cfg.cuda_graphs and self.device.type == "cuda"
+        if cfg.cuda_graphs and not graphs:
+            raise ValueError(f"cuda_graphs needs a CUDA device, not {self.device}")
+        if graphs and cfg.train_iters_max:
+            raise ValueError("cuda_graphs replays a fixed iteration count; train_iters_max draws it per step")
+        self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, graphs)
+        self.train_step = TrainStep(self.model, self.optimizer, cfg.max_disp, cfg.edge_weight, graphs)
         # One-cycle as released: 1% warm-up, linear decay, 100 steps of slack.
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
             self.optimizer, cfg.lr, cfg.steps + 100, pct_start=0.01, cycle_momentum=False,
@@ -362,7 +320,7 @@ class Trainer:
             raise ValueError(f"{self.state_path} was written with another configuration ({'; '.join(changed)}); "
                              "use the same options or a new --out")
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.elapsed = state["step"], state["elapsed"]
         self.best = state.get("best", {})
@@ -380,12 +338,21 @@ class Trainer:
         save_checkpoint(self.model, self.out_dir / "model.pth")
 
     def _log(self, name: str, row: dict) -> None:
+        """Append ``row`` to the CSV log ``name``; a column the log does not have yet (a run resumed by a newer
+        version) rewrites it with that column added, empty in the older rows."""
         path = self.out_dir / name
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
+        header: list[str] = []
+        rows: list[dict] = []
+        if path.exists():
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                header, rows = list(reader.fieldnames or []), list(reader)
+        rewrite = not header or bool(set(row) - set(header))
+        with open(path, "w" if rewrite else "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header + [k for k in row if k not in header])
+            if rewrite:
                 writer.writeheader()
+                writer.writerows(rows)
             writer.writerow(row)
         if self.tb is not None:
             for key, value in row.items():
@@ -434,8 +401,8 @@ class Trainer:
             self.tb = None
         cfg = self.config
         (self.out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-        loader = DataLoader(self.remaining_scenes(),
-                            batch_size=cfg.batch_size, num_workers=cfg.workers, persistent_workers=False)
+        loader = DataLoader(self.remaining_scenes(), batch_size=cfg.batch_size, num_workers=cfg.workers,
+                            persistent_workers=False, pin_memory=self.device.type == "cuda")
         metrics: dict[str, float] = {}
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True)
         losses: list[float] = []
@@ -450,7 +417,10 @@ class Trainer:
                 self.stopped_early = True
                 break
             tick = time.perf_counter()
-            batch = tuple(t.to(self.device) for t in batch)
+            if not has_ground_truth(batch[2], cfg.max_disp):  # checked here: the step itself never waits for it
+                raise ValueError(f"the scenes of step {self.step + 1} have no ground-truth pixel below max_disp "
+                                 f"{cfg.max_disp}")
+            batch = tuple(t.to(self.device, non_blocking=True) for t in batch)
             # The prior's randomness is a function of (seed, step): a resumed run draws the same.
             generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
             draw = torch.rand(1, generator=generator).item()
@@ -461,7 +431,7 @@ class Trainer:
             iters = cfg.train_iters
             if cfg.train_iters_max:
                 iters = int(torch.randint(cfg.train_iters, cfg.train_iters_max + 1, (1,), generator=generator))
-            loss, epe = train_step(self.model, self.optimizer, batch, iters, cfg.max_disp, disp_init)
+            loss, epe = self.train_step(batch, iters, disp_init)
             if not math.isfinite(loss):
                 raise RuntimeError(f"loss became {loss} at step {self.step}; lower --lr")
             self.scheduler.step()
