@@ -3,14 +3,17 @@
 # and none of this machine's files:
 #
 #   here:         bash scripts/gpu_train.sh pack STAGE                  # -> .device_carry/ (git-ignored)
+#   GPU machine:  bash scripts/gpu_train.sh check OUT_DIR               # optional: steps/s per batch size, ~2 min
 #   GPU machine:  bash scripts/gpu_train.sh train STAGE 8m OUT_DIR      # this tree with .device_carry/ copied along
 #   here:         bash scripts/gpu_train.sh unpack STAGE OUT_DIR        # OUT_DIR brought back
 #
 # pack copies the runs the stage needs (its own state, if started, and the weights
 # it starts from) and the texture photographs (the run's photo_dirs, which the GPU
-# machine lacks) into .device_carry; train puts them where the recipe expects them,
-# resumes or starts the stage with scripts/train_bundled.sh for the budget (more
-# data workers: scene i is the same whichever process makes it) and leaves the run
+# machine lacks) into .device_carry; check runs scripts/gpu_train_check.py (eager
+# and CUDA-graph steps per batch size, data workers needed); train puts the carried
+# files where the recipe expects them, resumes or starts the stage with
+# scripts/train_bundled.sh for the budget (a data worker per core but two: scene i
+# is the same whichever process makes it; stage 4 as CUDA graphs) and leaves the run
 # folder in OUT_DIR, its state split into 15 MB parts (for transfers with a file-size
 # limit); unpack joins it back.
 set -euo pipefail
@@ -21,8 +24,8 @@ PART_SIZE=15M
 run_dir() {
   case "$1" in
     1) echo runs/bundled ;;
-    2|3) echo "runs/bundled_stage$1" ;;
-    *) echo "gpu_train: stage is 1, 2 or 3, not $1" >&2; exit 2 ;;
+    2|3|4) echo "runs/bundled_stage$1" ;;
+    *) echo "gpu_train: stage is 1 to 4, not $1" >&2; exit 2 ;;
   esac
 }
 case "${1:-}" in
@@ -34,10 +37,8 @@ case "${1:-}" in
       mkdir -p "$CARRY/$RUN"
       cp "$RUN"/train_state.pt "$RUN"/best.pth "$RUN"/*.csv "$RUN"/config.json "$CARRY/$RUN/"
     fi
-    if [ "$2" != 1 ]; then  # a later stage starts from the previous stage's best weights
-      PREVIOUS=$(run_dir $(($2 - 1)))
-      mkdir -p "$CARRY/$PREVIOUS" && cp "$PREVIOUS/best.pth" "$CARRY/$PREVIOUS/"
-    fi
+    INIT=$(bash scripts/train_bundled.sh "$2" --init-path)  # the weights the stage starts from
+    mkdir -p "$CARRY/$(dirname "$INIT")" && cp "$INIT" "$CARRY/$INIT"
     cp "$PHOTOS"/* "$CARRY/photos/"
     du -sh "$CARRY"
     ;;
@@ -48,11 +49,17 @@ case "${1:-}" in
     [ -d "$PHOTOS" ] || { mkdir -p "$PHOTOS" && cp "$CARRY"/photos/* "$PHOTOS/"; }
     [ -d "$CARRY/runs" ] && { mkdir -p runs && cp -r "$CARRY"/runs/. runs/; }
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-    # train_bundled.sh resumes or starts the stage with its recipe; only the workers differ.
-    PYTHONUNBUFFERED=1 PYTHON=${PYTHON:-python3} EXTRA_ARGS="--workers 12" bash scripts/train_bundled.sh "$2" "$BUDGET"
+    # train_bundled.sh resumes or starts the stage with its recipe; only where it runs differs.
+    EXTRA="--workers $(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))"
+    [ "$2" -ge 4 ] && EXTRA="$EXTRA --cuda-graphs"
+    PYTHONUNBUFFERED=1 PYTHON=${PYTHON:-python3} EXTRA_ARGS="$EXTRA" bash scripts/train_bundled.sh "$2" "$BUDGET"
     mkdir -p "$OUT/run"
     cp "$RUN"/*.csv "$RUN"/config.json "$RUN"/best.pth "$OUT/run/"
     split -b "$PART_SIZE" -d "$RUN/train_state.pt" "$OUT/run/train_state.pt.part"
+    ;;
+  check)
+    OUT=${2:?give the output folder}
+    "${PYTHON:-python3}" scripts/gpu_train_check.py "$OUT" "${@:3}"
     ;;
   unpack)
     RUN=$(run_dir "${2:?give the stage}")
@@ -66,7 +73,7 @@ case "${1:-}" in
     chmod u+w "$RUN"/*  # copies brought back may be read-only
     ;;
   *)
-    echo "usage: $0 pack STAGE | train STAGE BUDGET OUT_DIR | unpack STAGE OUT_DIR" >&2
+    echo "usage: $0 pack STAGE | check OUT_DIR | train STAGE BUDGET OUT_DIR | unpack STAGE OUT_DIR" >&2
     exit 2
     ;;
 esac

@@ -1,7 +1,8 @@
 #!/bin/bash
-# The bundled model's training (docs/model_card.md), two stages, each resumable in pieces:
+# The bundled model's training (docs/model_card.md), in stages, each resumable in pieces:
 #
 #   bash scripts/train_bundled.sh STAGE [TIME_BUDGET]
+#   bash scripts/train_bundled.sh STAGE --init-path    # prints the weights the stage starts from (made if need be)
 #
 # Stage 1 (runs/bundled): 4000 steps of batch 4 from the first bundled model (1/8
 # resolution, commit fe4e8af) moved to 1/4. Stage 2 (runs/bundled_stage2): 1200
@@ -9,7 +10,11 @@
 # scenes stage 1 never saw (it used scenes 0-15999). Stage 3 (runs/bundled_stage3):
 # 360 steps at lr 1e-4 from stage 2's best, each step at 8-20 GRU iterations, so
 # that more iterations at run time stop hurting; its best.pth is the one whose worst
-# bad-2 over 8, 16 and 32 iterations is lowest. Each call starts the stage's
+# bad-2 over 8, 16 and 32 iterations is lowest. Stage 4 (runs/bundled_stage4) is
+# for GPU pieces (scripts/gpu_train.sh adds --cuda-graphs): 12000 steps of batch 16
+# at lr 2e-4 from the stage-3 weights (commit 1bc9dd4), on fresh scenes, 8
+# iterations per step, best.pth by the worst bad-2 over 8, 16 and 32 iterations.
+# Each call starts the stage's
 # run if its folder holds no state, else resumes it, and stops cleanly before
 # TIME_BUDGET (default 2h; seconds, or 90m, 2h) with the state saved. The one-cycle
 # schedule is defined over the whole stage, so every piece continues the same
@@ -45,11 +50,23 @@ case "$STAGE" in
     RECIPE=(--steps 360 --batch-size 4 --lr 1e-4 --val-every 45 --first-sample 25600 --init "$INIT"
             --train-iters 8 --train-iters-max 20 --val-multiples 1 2 4 --best-over-multiples)
     ;;
+  4)
+    RUN=runs/bundled_stage4
+    INIT=runs/init_stage4.pth
+    mkdir -p runs
+    [ -f "$INIT" ] || git show 1bc9dd4:sgru_ros/weights/sgru_raft_compact.pth > "$INIT"
+    RECIPE=(--steps 12000 --batch-size 16 --lr 2e-4 --val-every 500 --first-sample 27040 --init "$INIT"
+            --val-multiples 1 2 4 --best-over-multiples)
+    ;;
   *)
-    echo "train_bundled: stage is 1, 2 or 3, not $STAGE" >&2
+    echo "train_bundled: stage is 1 to 4, not $STAGE" >&2
     exit 2
     ;;
 esac
+if [ "$BUDGET" = --init-path ]; then
+  echo "$INIT"
+  exit 0
+fi
 RESUME=()
 [ -f "$RUN/train_state.pt" ] && RESUME=(--resume)
 # shellcheck disable=SC2086  # EXTRA_ARGS is a list of options
