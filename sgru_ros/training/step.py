@@ -139,7 +139,8 @@ class _GraphedStep:
         self.graph = torch.cuda.CUDAGraph()
         left, right, target, *prior = self.inputs
         try:
-            with torch.cuda.graph(self.graph):
+            # thread_local: the data loader's pinning thread may call CUDA while this thread captures.
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                 self.outputs = optimisation_step(model, optimizer, left, right, target, iters, max_disp,
                                                  prior[0] if prior else None, edge_weight)
         except RuntimeError as err:

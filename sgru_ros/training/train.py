@@ -265,6 +265,8 @@ class Trainer:
             raise ValueError(f"cuda_graphs needs a CUDA device, not {self.device}")
         if graphs and cfg.train_iters_max:
             raise ValueError("cuda_graphs replays a fixed iteration count; train_iters_max draws it per step")
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # the scenes keep one size: autotune each convolution once
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, graphs)
         self.train_step = TrainStep(self.model, self.optimizer, cfg.max_disp, cfg.edge_weight, graphs)
         # One-cycle as released: 1% warm-up, linear decay, 100 steps of slack.
@@ -444,7 +446,7 @@ class Trainer:
                                         "warm_start": int(warm), **({"sgbm_prior": int(from_sgbm)} if cfg.sgbm_prior
                                                                     else {}),
                                         **({"iters": iters} if cfg.train_iters_max else {}),
-                                        "lr": self.scheduler.get_last_lr()[0],
+                                        "lr": float(self.scheduler.get_last_lr()[0]),  # a tensor with graphs
                                         "elapsed_s": round(self.elapsed, 1)})
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", epe=f"{epe:.2f}")
             bar.update(1)
