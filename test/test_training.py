@@ -87,11 +87,13 @@ def test_an_optimizer_state_resumes_with_and_without_cuda_graphs():
     saved = torch.optim.AdamW(model.parameters(), lr=torch.tensor(2e-4), weight_decay=1e-5)
     model(torch.ones(1, 3)).sum().backward()
     saved.step()
+    state = saved.state_dict()
+    state["param_groups"][0].update(capturable=True, foreach=True)  # as a graphed run saves it (CUDA only)
     eager = make_optimizer(model, 4e-4, 1e-5)
-    load_optimizer_state(eager, saved.state_dict())
+    load_optimizer_state(eager, state)
     group = eager.param_groups[0]
     assert group["lr"] == pytest.approx(2e-4) and not isinstance(group["lr"], torch.Tensor)
-    assert not group["capturable"]
+    assert not group["capturable"] and group["foreach"] is None  # make_optimizer's own choice
     assert torch.equal(eager.state[model.weight]["exp_avg"], saved.state[model.weight]["exp_avg"])
     eager.step()  # runs as an eager optimiser
     tensor_lr = torch.optim.AdamW(model.parameters(), lr=torch.tensor(1e-3))
@@ -102,18 +104,29 @@ def test_an_optimizer_state_resumes_with_and_without_cuda_graphs():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU (scripts/gpu_train_check.py)")
 def test_graphed_training_steps_match_eager_ones():
-    torch.manual_seed(0)
-    data = SyntheticBatches(SyntheticStereo(SceneConfig(height=64, width=128, max_disparity=24), seed=5), 0, 12)
-    batches = [tuple(torch.stack(t).cuda() for t in zip(*(data[2 * i + j] for j in range(2)))) for i in range(6)]
-    results = []
+    """12 steps, every third from a prior: both kinds of step are warmed up, captured and replayed while the
+    one-cycle schedule changes the learning rate; losses, errors and final weights match the eager steps."""
+    from sgru_ros.training.train import warm_start_prior
+
+    data = SyntheticBatches(SyntheticStereo(SceneConfig(height=64, width=128, max_disparity=24), seed=5), 0, 8)
+    batches = [tuple(torch.stack(t).cuda() for t in zip(*(data[2 * i + j] for j in range(2)))) for i in range(4)]
+    priors = [warm_start_prior(b[2], 4, torch.Generator().manual_seed(i)) for i, b in enumerate(batches)]
+    results, weights = [], []
     for graphs in (False, True):
         torch.manual_seed(1)
         model = SelectiveRAFT(RaftConfig(**SMALL, n_downsample=2, early_downsample=True)).cuda()
         step = TrainStep(model, make_optimizer(model, 1e-3, 1e-5, graphs), max_disp=192, graphs=graphs, warmup=2)
-        results.append([step(batch, iters=3) for batch in batches])
-        assert len(step.captured) == int(graphs)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(step.optimizer, 1e-3, 13, pct_start=0.3, cycle_momentum=False)
+        run = []
+        for k in range(12):
+            run.append(step(batches[k % 4], 3, priors[k % 4] if k % 3 == 2 else None))
+            schedule.step()
+        results.append(run)
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        assert len(step.captured) == 2 * int(graphs)
     for (loss, epe), (graphed_loss, graphed_epe) in zip(*results):
         assert graphed_loss == pytest.approx(loss, rel=1e-3) and graphed_epe == pytest.approx(epe, rel=1e-3)
+    assert ((weights[0] - weights[1]).norm() / weights[0].norm()).item() < 1e-4
 
 
 def test_short_training_lowers_the_loss_on_a_fixed_batch():

@@ -143,6 +143,8 @@ class _GraphedStep:
             with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                 self.outputs = optimisation_step(model, optimizer, left, right, target, iters, max_disp,
                                                  prior[0] if prior else None, edge_weight)
+        except torch.cuda.OutOfMemoryError:
+            raise  # not a capture problem: a smaller batch is the remedy
         except RuntimeError as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise RuntimeError(f"the training step could not be captured as a CUDA graph ({first}); "
@@ -229,12 +231,12 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, graph
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     """``optimizer.load_state_dict(state)`` that keeps this optimiser's way of running: a state saved by an
     eager run resumes with CUDA graphs and the other way round (PyTorch would take the saved groups'
-    ``capturable`` and learning-rate type along)."""
-    own = [(group.get("capturable", False), group["lr"]) for group in optimizer.param_groups]
+    ``capturable``, ``foreach`` and learning-rate type along)."""
+    own = [(group.get("capturable", False), group.get("foreach"), group["lr"]) for group in optimizer.param_groups]
     optimizer.load_state_dict(state)
-    for group, (capturable, lr) in zip(optimizer.param_groups, own):
+    for group, (capturable, foreach, lr) in zip(optimizer.param_groups, own):
         value = float(group["lr"])
-        group["capturable"] = capturable
+        group["capturable"], group["foreach"] = capturable, foreach
         if isinstance(lr, torch.Tensor):
             group["lr"] = torch.tensor(value, device=lr.device)
         else:

@@ -269,7 +269,8 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # the scenes keep one size: autotune each convolution once
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, graphs)
         self.train_step = TrainStep(self.model, self.optimizer, cfg.max_disp, cfg.edge_weight, graphs)
-        # One-cycle as released: 1% warm-up, linear decay, 100 steps of slack.
+        # One-cycle as released: 1% warm-up, linear decay, 100 steps of slack. Only the learning rate may
+        # change during a run: a step captured as a CUDA graph holds AdamW's betas as constants.
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
             self.optimizer, cfg.lr, cfg.steps + 100, pct_start=0.01, cycle_momentum=False,
             anneal_strategy="linear")
@@ -347,9 +348,11 @@ class Trainer:
         rows: list[dict] = []
         if path.exists():
             with open(path, newline="") as f:
-                reader = csv.DictReader(f)
-                header, rows = list(reader.fieldnames or []), list(reader)
+                header = next(csv.reader(f), [])  # the header only: this runs every step
         rewrite = not header or bool(set(row) - set(header))
+        if header and rewrite:
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
         with open(path, "w" if rewrite else "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=header + [k for k in row if k not in header])
             if rewrite:
