@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """The stereo node's own stage times at 640x480, as deployed: three processes over real rclpy.
 
-    python scripts/benchmark_node.py [--frames 10 --iters 8 --rate 10 --checkpoint CKPT --threads 2 --rectify]
+    python scripts/benchmark_node.py [--frames 10 --iters 8 --rate 10 --checkpoint CKPT --threads 2 --rectify
+                                      --params-file my_robot.yaml]
 
 Process 1, the sample source, streams the Motorcycle pair resized to 640x480 (folder source, its
 calibration scaled) at --rate Hz, faster than the node keeps up with on a CPU. Process 2 is the
 stereo node (``sgru-stereo run``). This process subscribes to ``disparity``, ``disparity/color``
 and ``points2`` as rviz would, and reads the node's per-frame stage times (convert_in, inference,
 geometry, publish) from /diagnostics. Prints their medians after one warm-up frame, the time outside
-inference, and the output frame rate. With --rectify the source publishes a raw, distorted stream
+inference, the rate at which the node answered (its frames_processed count) and the rate at which
+this consumer received clouds. --params-file runs the node with a parameters file (as the launch
+file's params_file), for example to time other settings. With --rectify the source publishes a raw, distorted stream
 (``distort``) and the node rectifies it (``rectify``). Localhost DDS only, in its own ROS_DOMAIN_ID
 (--domain).
 """
@@ -41,11 +44,13 @@ def write_input(folder: Path) -> None:
 
 
 def collect(frames: int, timeout_s: float,
-            processes: list[subprocess.Popen]) -> tuple[list[dict[str, float]], list[float], int]:
+            processes: list[subprocess.Popen]) -> tuple[list[dict[str, float]], list[float], int, float]:
     """Subscribe like rviz and read /diagnostics until ``frames`` frames were processed, or one of
     ``processes`` ended. Returns the stage times per frame (in processing order), the clouds'
-    arrival times and the stale sets the node dropped. /diagnostics comes once a second: every
-    frame is seen when frames take longer than that (as on a CPU), a sample of them otherwise."""
+    arrival times, the stale sets the node dropped, and the node's answered frames per second (its
+    frames_processed count over the time between the first and last /diagnostics). /diagnostics comes
+    once a second: every frame is seen when frames take longer than that (as on a CPU), a sample of
+    them otherwise."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.node import Node
@@ -59,6 +64,7 @@ def collect(frames: int, timeout_s: float,
         per_frame: dict[int, dict[str, float]] = {}
         arrivals: list[float] = []
         dropped = [0]
+        counts: list[tuple[float, int]] = []  # (arrival, frames_processed) of each /diagnostics
 
         def on_diagnostics(msg: DiagnosticArray) -> None:
             for status in msg.status:
@@ -66,6 +72,7 @@ def collect(frames: int, timeout_s: float,
                 if "total_ms" in values:
                     per_frame[int(values["frames_processed"])] = {k.removesuffix("_ms"): float(v)
                                                                   for k, v in values.items() if k.endswith("_ms")}
+                    counts.append((time.monotonic(), int(values["frames_processed"])))
                     dropped[0] = int(values["frames_dropped_stale"])
 
         qos = QoSProfile(depth=5)
@@ -78,7 +85,10 @@ def collect(frames: int, timeout_s: float,
                and all(process.poll() is None for process in processes)):
             rclpy.spin_once(node, timeout_sec=0.2)
         node.destroy_node()
-        return [per_frame[k] for k in sorted(per_frame)], arrivals, dropped[0]
+        # From the second report on: the first frame warms the model up.
+        rate = ((counts[-1][1] - counts[1][1]) / (counts[-1][0] - counts[1][0])
+                if len(counts) > 2 and counts[-1][0] > counts[1][0] else float("nan"))
+        return [per_frame[k] for k in sorted(per_frame)], arrivals, dropped[0], rate
     finally:
         rclpy.try_shutdown()
 
@@ -86,7 +96,10 @@ def collect(frames: int, timeout_s: float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=10, help="frames after the warm-up frame")
-    parser.add_argument("--iters", type=int, default=8)
+    parser.add_argument("--iters", type=int, default=None, help="GRU iterations (default: the parameters "
+                        "file's, else 8)")
+    parser.add_argument("--params-file", default=None, help="the node's parameters from this file, as "
+                        "params_file:= in the launch file (e.g. config/fast_cpu.yaml); the options here override it")
     parser.add_argument("--rate", type=float, default=10.0, help="source frame rate (Hz)")
     parser.add_argument("--checkpoint", default=None, help="default: the bundled weights")
     parser.add_argument("--device", default="cpu")
@@ -105,7 +118,10 @@ def main() -> None:
         write_input(folder)
         source_args = ["-p", "source:=folder", "-p", f"path:={folder}",
                        "-p", f"calibration:={folder / 'calibration.yaml'}", "-p", f"rate:={args.rate}"]
-        node_args = ["-p", f"iterations:={args.iters}", "-p", f"device:={args.device}"]
+        node_args = ["--params-file", str(Path(args.params_file).resolve())] if args.params_file else []
+        if args.iters is not None or not args.params_file:
+            node_args += ["-p", f"iterations:={args.iters or 8}"]
+        node_args += ["-p", f"device:={args.device}"]
         if args.checkpoint:
             node_args += ["-p", f"model:={args.checkpoint}"]
         if args.rectify:
@@ -117,7 +133,7 @@ def main() -> None:
                                       stdout=logs[command], stderr=subprocess.STDOUT)
                      for command, ros_args in (("source", source_args), ("run", node_args))]
         try:
-            stages, arrivals, dropped = collect(args.frames + 1, args.timeout, processes)
+            stages, arrivals, dropped, answered = collect(args.frames + 1, args.timeout, processes)
             for (command, log), process in zip(logs.items(), processes):
                 if process.poll() is not None:
                     log.seek(0)
@@ -131,7 +147,9 @@ def main() -> None:
     if len(stages) < args.frames + 1:
         raise SystemExit(f"timed out after {args.timeout:.0f} s with {len(stages)} of {args.frames + 1} frames")
     stages = stages[1:]  # the first frame warms the model up
-    print(f"640x480{' raw, rectified in the node' if args.rectify else ''}, {args.iters} iterations, device "
+    settings = ([f"parameters {args.params_file}"] if args.params_file else []) + (
+        [f"{args.iters or 8} iterations"] if args.iters is not None or not args.params_file else [])
+    print(f"640x480{' raw, rectified in the node' if args.rectify else ''}, {', '.join(settings)}, device "
           f"{args.device}, {args.threads} threads, checkpoint "
           f"{args.checkpoint or 'bundled'}, code {args.code}; source, node and consumer in three processes; "
           f"{len(stages)} frames after 1 warm-up")
@@ -141,9 +159,11 @@ def main() -> None:
     outside = [s["total"] - s["inference"] for s in stages]
     print(f"  outside inference (total - inference) median {np.median(outside):.1f} ms, "
           f"min {np.min(outside):.1f} ms, max {np.max(outside):.1f} ms")
+    print(f"  the node answered {answered:.2f} frames/s (frames_processed on /diagnostics) with the source at "
+          f"{args.rate:g} Hz")
     if len(arrivals) > 1:
-        print(f"  clouds received at {(len(arrivals) - 1) / (arrivals[-1] - arrivals[0]):.2f} frames/s with the "
-              f"source at {args.rate:g} Hz ({dropped} stale sets dropped by the node)")
+        print(f"  clouds received by this consumer at {(len(arrivals) - 1) / (arrivals[-1] - arrivals[0]):.2f} "
+              f"frames/s ({dropped} stale sets dropped by the node)")
 
 
 if __name__ == "__main__":
