@@ -19,6 +19,7 @@ file's params_file), for example to time other settings. With --rectify the sour
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import tempfile
@@ -48,7 +49,8 @@ def collect(frames: int, timeout_s: float,
     """Subscribe like rviz and read /diagnostics until ``frames`` frames were processed, or one of
     ``processes`` ended. Returns the stage times per frame (in processing order), the clouds'
     arrival times, the stale sets the node dropped, and the node's answered frames per second (its
-    frames_processed count over the time between the first and last /diagnostics). /diagnostics comes
+    frames_processed count over the time between the second and the last /diagnostics: the first
+    frame warms the model up). /diagnostics comes
     once a second: every frame is seen when frames take longer than that (as on a CPU), a sample of
     them otherwise."""
     import rclpy
@@ -99,10 +101,10 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=None, help="GRU iterations (default: the parameters "
                         "file's, else 8)")
     parser.add_argument("--params-file", default=None, help="the node's parameters from this file, as "
-                        "params_file:= in the launch file (e.g. config/fast_cpu.yaml); the options here override it")
+                        "params_file:= in the launch file; --iters and --device override it when given")
     parser.add_argument("--rate", type=float, default=10.0, help="source frame rate (Hz)")
     parser.add_argument("--checkpoint", default=None, help="default: the bundled weights")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default=None, help="default: the parameters file's, else cpu")
     parser.add_argument("--threads", type=int, default=2, help="the node's torch threads")
     parser.add_argument("--domain", default="61", help="ROS_DOMAIN_ID of the three processes")
     parser.add_argument("--timeout", type=float, default=900.0)
@@ -111,6 +113,11 @@ def main() -> None:
                         help="run the source and the node from this checkout of the package (for example a "
                              "worktree of an older commit, to compare; default: this one)")
     args = parser.parse_args()
+    # The node's settings: the parameters file's, overridden by the options given (without a file: 8, cpu).
+    overrides = {"iterations": args.iters, "device": args.device}
+    if not args.params_file:
+        overrides = {"iterations": 8 if args.iters is None else args.iters, "device": args.device or "cpu"}
+    overrides = {name: value for name, value in overrides.items() if value is not None}
     os.environ.update(ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=args.domain)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,9 +126,8 @@ def main() -> None:
         source_args = ["-p", "source:=folder", "-p", f"path:={folder}",
                        "-p", f"calibration:={folder / 'calibration.yaml'}", "-p", f"rate:={args.rate}"]
         node_args = ["--params-file", str(Path(args.params_file).resolve())] if args.params_file else []
-        if args.iters is not None or not args.params_file:
-            node_args += ["-p", f"iterations:={args.iters or 8}"]
-        node_args += ["-p", f"device:={args.device}"]
+        for name, value in overrides.items():
+            node_args += ["-p", f"{name}:={value}"]
         if args.checkpoint:
             node_args += ["-p", f"model:={args.checkpoint}"]
         if args.rectify:
@@ -147,10 +153,10 @@ def main() -> None:
     if len(stages) < args.frames + 1:
         raise SystemExit(f"timed out after {args.timeout:.0f} s with {len(stages)} of {args.frames + 1} frames")
     stages = stages[1:]  # the first frame warms the model up
-    settings = ([f"parameters {args.params_file}"] if args.params_file else []) + (
-        [f"{args.iters or 8} iterations"] if args.iters is not None or not args.params_file else [])
-    print(f"640x480{' raw, rectified in the node' if args.rectify else ''}, {', '.join(settings)}, device "
-          f"{args.device}, {args.threads} threads, checkpoint "
+    settings = ([f"parameters {args.params_file}"] if args.params_file else []) + [
+        f"{name} {value}" for name, value in overrides.items()]
+    print(f"640x480{' raw, rectified in the node' if args.rectify else ''}, {', '.join(settings)}, "
+          f"{args.threads} threads, checkpoint "
           f"{args.checkpoint or 'bundled'}, code {args.code}; source, node and consumer in three processes; "
           f"{len(stages)} frames after 1 warm-up")
     for key in stages[0]:  # the node's stages in its order, total last
@@ -159,8 +165,11 @@ def main() -> None:
     outside = [s["total"] - s["inference"] for s in stages]
     print(f"  outside inference (total - inference) median {np.median(outside):.1f} ms, "
           f"min {np.min(outside):.1f} ms, max {np.max(outside):.1f} ms")
-    print(f"  the node answered {answered:.2f} frames/s (frames_processed on /diagnostics) with the source at "
-          f"{args.rate:g} Hz")
+    if math.isfinite(answered):
+        print(f"  the node answered {answered:.2f} frames/s (frames_processed on /diagnostics) with the source at "
+              f"{args.rate:g} Hz")
+    else:
+        print("  the node's answered rate needs three /diagnostics reports (one a second): more --frames")
     if len(arrivals) > 1:
         print(f"  clouds received by this consumer at {(len(arrivals) - 1) / (arrivals[-1] - arrivals[0]):.2f} "
               f"frames/s ({dropped} stale sets dropped by the node)")

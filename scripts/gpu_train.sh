@@ -53,6 +53,7 @@ case "${1:-}" in
   train)
     RUN=$(run_dir "${2:?give the stage}")
     BUDGET=${3:?give the time budget, e.g. 8m}
+    [[ $BUDGET =~ ^[0-9]+[smh]?$ ]] || { echo "gpu_train: a time budget is whole seconds, minutes or hours: 240, 240s, 4m, 1h" >&2; exit 2; }
     OUT=${4:?give the output folder}
     [ -d "$PHOTOS" ] || { mkdir -p "$PHOTOS" && cp "$CARRY"/photos/* "$PHOTOS/"; }
     [ -d "$CARRY/runs" ] && { mkdir -p runs && cp -r "$CARRY"/runs/. runs/; }
@@ -64,10 +65,15 @@ case "${1:-}" in
     if [ "$2" -lt 4 ]; then
       EXTRA_ARGS="$EXTRA" bash scripts/train_bundled.sh "$2" "$BUDGET"
     elif ! EXTRA_ARGS="$EXTRA --cuda-graphs" bash scripts/train_bundled.sh "$2" "$BUDGET"; then
-      # A failed capture must not cost the piece: the run resumes from its last saved state, eagerly.
+      # A failed graphed run (most likely its capture) must not cost the piece: the run resumes from its
+      # last saved state, eagerly.
       LEFT=$(( $(seconds "$BUDGET") - (SECONDS - START) ))
-      echo "gpu_train: the piece with --cuda-graphs failed (above); the $LEFT s left run without them" >&2
-      [ "$LEFT" -gt 30 ] && EXTRA_ARGS="$EXTRA" bash scripts/train_bundled.sh "$2" "$LEFT"
+      if [ "$LEFT" -gt 30 ]; then
+        echo "gpu_train: the piece with --cuda-graphs failed (above); the $LEFT s left run without them" >&2
+        EXTRA_ARGS="$EXTRA" bash scripts/train_bundled.sh "$2" "$LEFT" || echo "gpu_train: the run without them failed too" >&2
+      else
+        echo "gpu_train: the piece with --cuda-graphs failed (above), with no time left to go on without them" >&2
+      fi
     fi
     mkdir -p "$OUT/run"
     cp "$RUN"/*.csv "$RUN"/config.json "$RUN"/best.pth "$OUT/run/"

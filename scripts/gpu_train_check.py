@@ -53,8 +53,8 @@ def make_batches(data: SyntheticBatches, batch_size: int, count: int, device: to
 
 
 def with_priors(batches: list[tuple], factor: int) -> list[tuple]:
-    """Each batch twice in a cycle of WARM_EVERY steps: once with a warm-start prior, the rest without,
-    made before any timing (the recipe's warm_start 0.25 on average)."""
+    """The batches as (batch, prior) pairs: every WARM_EVERY-th with a warm-start prior, the others without
+    (the recipe's warm_start 0.25 on average), the priors made before any timing."""
     cycle = []
     for k, batch in enumerate(batches):
         prior = (warm_start_prior(batch[2], factor, torch.Generator().manual_seed(k))

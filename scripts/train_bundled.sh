@@ -22,19 +22,19 @@
 # 12"); scripts/gpu_train.sh runs a piece on a GPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STAGE=${1:?give the stage: 1, 2 or 3}
+STAGE=${1:?give the stage: 1 to 4}
 BUDGET=${2:-2h}
 PY=${PYTHON:-python3}
 # Texture photographs beside scikit-image's: Debian's mate-backgrounds (apt-get install mate-backgrounds).
 PHOTOS=/usr/share/backgrounds/mate/nature
-# Validation (48 scenes from seed 1234 + 1000003) is the same in both stages.
+# Validation (48 scenes from seed 1234 + 1000003) is the same in every stage.
 COMMON=(--preset raft-compact --seed 1234 --photo-dir "$PHOTOS" --time-budget "$BUDGET" --no-progress)
 case "$STAGE" in
   1)
     RUN=runs/bundled
     INIT=runs/init_raft_compact8.pth
     mkdir -p runs
-    [ -f "$INIT" ] || git show fe4e8af:sgru_ros/weights/sgru_raft_compact.pth > "$INIT"
+    [ -f "$INIT" ] || { git show fe4e8af:sgru_ros/weights/sgru_raft_compact.pth > "$INIT.tmp" && mv "$INIT.tmp" "$INIT"; }
     RECIPE=(--steps 4000 --batch-size 4 --lr 4e-4 --val-every 75 --init "$INIT")
     ;;
   2)
@@ -54,7 +54,7 @@ case "$STAGE" in
     RUN=runs/bundled_stage4
     INIT=runs/init_stage4.pth
     mkdir -p runs
-    [ -f "$INIT" ] || git show 1bc9dd4:sgru_ros/weights/sgru_raft_compact.pth > "$INIT"
+    [ -f "$INIT" ] || { git show 1bc9dd4:sgru_ros/weights/sgru_raft_compact.pth > "$INIT.tmp" && mv "$INIT.tmp" "$INIT"; }
     RECIPE=(--steps 12000 --batch-size 16 --lr 2e-4 --val-every 500 --first-sample 27040 --init "$INIT"
             --val-multiples 1 2 4 --best-over-multiples)
     ;;

@@ -65,15 +65,20 @@ def test_edge_band_is_the_evaluations_edge_region():
 
 
 def test_cuda_graph_steps_are_refused_without_cuda_and_with_drawn_iteration_counts(tmp_path):
+    """Also: an edge weight below 1 is refused."""
     from sgru_ros.training.train import TrainConfig, Trainer
 
     model = SelectiveRAFT(RaftConfig(**SMALL, n_downsample=3))
     with pytest.raises(ValueError, match="CUDA graphs need the model on a CUDA device"):
         TrainStep(model, make_optimizer(model, 1e-3, 0.0), max_disp=192, graphs=True)
+    with pytest.raises(ValueError, match="warmup must be at least 1"):
+        TrainStep(model, make_optimizer(model, 1e-3, 0.0), max_disp=192, warmup=0)
     config = TrainConfig(preset="raft-compact8", steps=2, batch_size=1, crop=(64, 128), val_samples=1, workers=0,
                          device="cpu", photo_dirs=(), cuda_graphs=True)
     with pytest.raises(ValueError, match="cuda_graphs needs a CUDA device, not cpu"):
         Trainer(config, tmp_path)
+    with pytest.raises(ValueError, match="train_iters_max draws it per step"):
+        Trainer(TrainConfig(**{**config.__dict__, "train_iters": 2, "train_iters_max": 4}), tmp_path)
     with pytest.raises(ValueError, match="edge_weight must be >= 1"):
         Trainer(TrainConfig(**{**config.__dict__, "cuda_graphs": False, "edge_weight": 0.5}), tmp_path)
 

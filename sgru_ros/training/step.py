@@ -173,6 +173,8 @@ class TrainStep:
                  edge_weight: float = 1.0, graphs: bool = False, warmup: int = 3, max_graphs: int = 2) -> None:
         self.model, self.optimizer, self.max_disp, self.edge_weight = model, optimizer, max_disp, edge_weight
         self.graphs, self.warmup, self.max_graphs = graphs, warmup, max_graphs
+        if warmup < 1:  # the optimiser's state must exist before a capture: it is made by the first step
+            raise ValueError(f"warmup must be at least 1, got {warmup}")
         if graphs:
             device = next(model.parameters()).device
             if device.type != "cuda":

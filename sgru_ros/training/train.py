@@ -260,11 +260,11 @@ class Trainer:
         self.model.to(self.device)
         if cfg.edge_weight < 1:
             raise ValueError(f"edge_weight must be >= 1, got {cfg.edge_weight}")
+        if cfg.cuda_graphs and cfg.train_iters_max:
+            raise ValueError("cuda_graphs replays a fixed iteration count; train_iters_max draws it per step")
         graphs = cfg.cuda_graphs and self.device.type == "cuda"
         if cfg.cuda_graphs and not graphs:
             raise ValueError(f"cuda_graphs needs a CUDA device, not {self.device}")
-        if graphs and cfg.train_iters_max:
-            raise ValueError("cuda_graphs replays a fixed iteration count; train_iters_max draws it per step")
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # the scenes keep one size: autotune each convolution once
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, graphs)
