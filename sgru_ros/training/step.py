@@ -195,9 +195,7 @@ class TrainStep:
         freeze_batch_norm(self.model)
         key = StepKey(iters, disp_init is not None)
         if not self.graphs:
-            self.optimizer.zero_grad(set_to_none=True)
-            loss, epe = optimisation_step(self.model, self.optimizer, *batch, iters, self.max_disp, disp_init,
-                                          self.edge_weight)
+            loss, epe = self._eager(batch, iters, disp_init)
         elif key in self.captured:
             loss, epe = self.captured[key](batch, disp_init)
         elif self.eager_steps.get(key, 0) < self.warmup:
@@ -205,9 +203,7 @@ class TrainStep:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                self.optimizer.zero_grad(set_to_none=True)
-                loss, epe = optimisation_step(self.model, self.optimizer, *batch, iters, self.max_disp,
-                                              disp_init, self.edge_weight)
+                loss, epe = self._eager(batch, iters, disp_init)
             torch.cuda.current_stream().wait_stream(side)
         else:
             if len(self.captured) >= self.max_graphs:
@@ -217,6 +213,12 @@ class TrainStep:
                                               self.edge_weight)
             loss, epe = self.captured[key](batch, disp_init)
         return loss.item(), epe.item()
+
+    def _eager(self, batch: tuple[torch.Tensor, ...], iters: int, disp_init: torch.Tensor | None,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.optimizer.zero_grad(set_to_none=True)
+        return optimisation_step(self.model, self.optimizer, *batch, iters, self.max_disp, disp_init,
+                                 self.edge_weight)
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, graphs: bool = False,
