@@ -10,12 +10,26 @@ stamps is dropped, so sets come out in time order and never twice. A message
 stamped exactly as its input's last emitted one (a driver that publishes the
 same frame again) is dropped on arrival and counted in ``repeated``; earlier
 stamps still form sets (a bag that loops, a driver restart).
+
+``CalibratedStereoSync`` is what the node and the bag tool use: the two images
+are synchronised as above, and each pair is then joined with each camera's
+camera_info. The camera_info stamped as its image (or, approximate, the nearest
+within the tolerance) is taken when it is there. A camera_info is small but is
+often sent right after a large image, and reliable DDS then tends to deliver it
+only with its next repair, seconds late (measured: in 3 s bursts from a 5 Hz
+camera with nothing else running). Waiting for it would leave most image pairs
+unmatched, so while a camera's calibration is static (its two newest
+camera_infos carry the same calibration) the newest one answers a pair at once
+if it describes images of the pair's size, counted in ``borrowed_info``. A
+camera whose calibration changes (zoom, binning, a recalibration) is waited
+for, stamp by stamp.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from collections.abc import Hashable
 from typing import Any
 
 
@@ -94,3 +108,90 @@ class StereoSynchronizer:
             chosen.append(min(queue, key=lambda item: abs(item[0] - stamp_ns)))
         stamps = [stamp for stamp, _ in chosen]
         return chosen if max(stamps) - min(stamps) <= self.tolerance_ns else None
+
+
+@dataclass
+class CameraInfoStats:
+    #: Per camera: pairs answered with another frame's camera_info of a static calibration (their own late or lost).
+    borrowed_info: list[int]
+    #: Image pairs dropped while waiting for a camera_info (none with their stamp, no static calibration yet).
+    without_info: int = 0
+
+
+class CalibratedStereoSync:
+    """The two images synchronised (``images``, a ``StereoSynchronizer``), each pair joined with its cameras'
+    camera_infos. Feed ``add_image(side, stamp, image, size)`` and ``add_info(side, stamp, calibration, info,
+    size)`` (side 0 left, 1 right; ``calibration``: any hashable value equal for equal calibrations; ``size``:
+    the image size, or the size of the images a camera_info describes; None: unknown, e.g. a compressed image
+    not decoded yet); both return the sets that became complete, oldest first, each
+    ``[left, right, left_info, right_info]``.
+
+    queue_size: images per input and pairs waiting for camera_infos; info_depth: camera_infos kept per
+    camera; tolerance_ns as ``StereoSynchronizer``'s."""
+
+    def __init__(self, queue_size: int, tolerance_ns: float | None = None, info_depth: int | None = None) -> None:
+        self.images = StereoSynchronizer(2, queue_size, tolerance_ns)
+        self.tolerance_ns = tolerance_ns
+        self.info_stats = CameraInfoStats(borrowed_info=[0, 0])
+        #: per camera, the newest camera_infos in arrival order: (stamp, calibration, message, size)
+        self._infos: list[deque[tuple[int, Hashable, Any, Any]]] = [deque(maxlen=info_depth or 10 * queue_size)
+                                                                    for _ in range(2)]
+        self.last_info_stamps: list[int | None] = [None, None]
+        #: image pairs waiting for camera_infos, oldest first: ([(stamp, size) left, right], [left, right])
+        self.waiting: deque[tuple[list[tuple[int, Any]], list[Any]]] = deque()
+        self._queue_size = queue_size
+
+    def stamp_spread_ns(self) -> int | None:
+        """Spread (max - min) of the newest stamp of each of the four inputs; None until every one has one."""
+        stamps = [*self.images.stats.last_stamps, *self.last_info_stamps]
+        return None if any(s is None for s in stamps) else max(stamps) - min(stamps)
+
+    def add_image(self, side: int, stamp_ns: int, image: Any, size: Any = None) -> list[list[Any]]:
+        pair = self.images.add(side, stamp_ns, (stamp_ns, size, image))
+        if pair is not None:
+            self.waiting.append(([(stamp, size) for stamp, size, _ in pair], [image for _, _, image in pair]))
+            if len(self.waiting) > self._queue_size:
+                self.waiting.popleft()
+                self.info_stats.without_info += 1
+        return self._release()
+
+    def add_info(self, side: int, stamp_ns: int, calibration: Hashable, info: Any, size: Any = None) -> list[list[Any]]:
+        self._infos[side].append((stamp_ns, calibration, info, size))
+        self.last_info_stamps[side] = stamp_ns
+        return self._release()
+
+    def _info_for(self, side: int, stamp_ns: int, size: Any) -> tuple[Any, bool] | None:
+        """(camera_info, whether it is another frame's) for an image of ``side`` stamped ``stamp_ns`` of ``size``;
+        None: wait."""
+        infos = self._infos[side]
+        if not infos:
+            return None
+        if self.tolerance_ns is None:
+            own = next((item for item in reversed(infos) if item[0] == stamp_ns), None)
+        else:
+            own = min(infos, key=lambda item: abs(item[0] - stamp_ns))
+            own = own if abs(own[0] - stamp_ns) <= self.tolerance_ns else None
+        if own is not None:
+            return own[2], False
+        static = len(infos) >= 2 and infos[-1][1] == infos[-2][1]
+        fits = size is None or infos[-1][3] is None or size == infos[-1][3]
+        return (infos[-1][2], True) if static and fits else None
+
+    def _release(self) -> list[list[Any]]:
+        """The waiting pairs that have their camera_infos now, in order; older pairs still without one are
+        dropped once a later pair goes (sets leave in time order)."""
+        found = [[self._info_for(side, stamp, size) for side, (stamp, size) in enumerate(images)]
+                 for images, _ in self.waiting]
+        ready = [i for i, infos in enumerate(found) if None not in infos]
+        if not ready:
+            return []
+        sets = []
+        for i in range(ready[-1] + 1):
+            _, (left, right) = self.waiting.popleft()
+            if None in found[i]:
+                self.info_stats.without_info += 1
+                continue
+            for side, (_, borrowed) in enumerate(found[i]):
+                self.info_stats.borrowed_info[side] += borrowed
+            sets.append([left, right, found[i][0][0], found[i][1][0]])
+        return sets

@@ -409,7 +409,7 @@ def test_the_stall_warning_says_what_is_missing_or_which_stamps_differ(rig, sync
             if publish_right_info:
                 stall_rig.pubs["right/camera_info"].publish(camera_info(CALIBRATION, True, 160, 120, shifted))
             stall_rig.pubs["left/image_rect"].publish(array_to_image(image, "rgb8", header))
-            stall_rig.pubs["right/image_rect"].publish(array_to_image(image, "rgb8", header))
+            stall_rig.pubs["right/image_rect"].publish(array_to_image(image, "rgb8", shifted))
             stall_rig.spin_for(0.5)
         stall_rig.spin_for(1.0)
         status = stall_rig.last_status(f"{namespace}/sgru_stereo")

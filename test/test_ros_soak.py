@@ -60,11 +60,14 @@ def test_300_frames_at_30_hz_into_a_slow_node(tmp_path):
           f"{min(rss):.0f}..{max(rss):.0f}); latency "
           f"median {np.median(latencies):.2f} s, max {latencies.max():.2f} s; frame {stats['total_ms']} ms")
     assert "Traceback" not in output, output
-    for topic in ("left/image_rect", "right/image_rect", "left/camera_info", "right/camera_info"):
+    for topic in ("left/camera_info", "right/camera_info"):
+        assert int(stats[f"received /soak_cam/{topic}"]) >= 0.9 * FRAMES, stats  # the transport delivers
+    for topic in ("left/image_rect", "right/image_rect"):
         received, unmatched = (int(stats[f"{k} /soak_cam/{topic}"]) for k in ("received", "unmatched"))
         assert received >= 0.9 * FRAMES, stats  # the transport delivers (reliable camera)
-        # Every message joined a set, was counted as unmatched by the synchroniser, or is still queued.
-        assert 0 <= received - sets - unmatched <= 10, stats
+        # Every image joined a set, was counted as unmatched by the synchroniser or as a pair without
+        # camera_info, or is still queued.
+        assert 0 <= received - sets - unmatched - int(stats["pairs_without_camera_info"]) <= 10, stats
     assert dropped > 0 and processed + dropped == sets, stats  # every set either answered or counted as stale
     assert stats["frames_failed"] == "0" and len(clouds) > 0
     assert rss_end - rss_start <= RSS_GROWTH_LIMIT_MB

@@ -116,3 +116,125 @@ def test_stamps_are_printed_to_the_nanosecond():
     assert stamp_text(1_796_623_022_071_982_453) == "1796623022.071982453"
     assert stamp_text(1_796_623_022_071_982_454) != stamp_text(1_796_623_022_071_982_453)
     assert stamp_text(5) == "0.000000005"
+
+
+def _stereo_frame(sync, stamp: int, infos: bool = True, calibration: str = "cal") -> list:
+    """Left and right images stamped ``stamp`` (and, with ``infos``, both camera_infos first, as drivers send
+    them); the sets that came out."""
+    sets = []
+    for side in (0, 1):
+        if infos:
+            sets += sync.add_info(side, stamp, calibration, f"info{side}@{stamp}")
+        sets += sync.add_image(side, stamp, f"image{side}@{stamp}")
+    return sets
+
+
+def test_each_pair_gets_the_camera_infos_stamped_as_its_images():
+    from sgru_ros.sync import CalibratedStereoSync
+
+    sync = CalibratedStereoSync(queue_size=5)
+    assert _stereo_frame(sync, 100) == [["image0@100", "image1@100", "info0@100", "info1@100"]]
+    # Images first, their camera_infos later: the pair waits for them (one calibration is not yet static).
+    assert _stereo_frame(sync, 200, infos=False) == []
+    assert sync.add_info(0, 200, "cal", "info0@200") == []
+    assert sync.add_info(1, 200, "cal", "info1@200") == [["image0@200", "image1@200", "info0@200", "info1@200"]]
+    assert sync.info_stats.borrowed_info == [0, 0] and sync.info_stats.without_info == 0
+
+
+def test_late_camera_infos_of_a_static_calibration_do_not_hold_the_images_back():
+    """Reliable DDS delivers a camera_info sent after a large image seconds late, in bursts: with a static
+    calibration each pair is answered at once with the newest camera_info, counted, and the late ones
+    form no second set."""
+    from sgru_ros.sync import CalibratedStereoSync
+
+    sync = CalibratedStereoSync(queue_size=5)
+    assert len(_stereo_frame(sync, 100)) == 1 and len(_stereo_frame(sync, 200)) == 1  # two equal calibrations
+    for stamp in range(300, 1300, 100):
+        assert _stereo_frame(sync, stamp, infos=False) == [
+            [f"image0@{stamp}", f"image1@{stamp}", "info0@200", "info1@200"]]
+    assert sync.info_stats.borrowed_info == [10, 10]
+    for stamp in range(300, 1300, 100):  # the burst of late ones
+        assert sync.add_info(0, stamp, "cal", f"info0@{stamp}") == []
+        assert sync.add_info(1, stamp, "cal", f"info1@{stamp}") == []
+    assert sync.info_stats.without_info == 0 and not sync.waiting
+
+
+def test_a_changed_calibration_is_waited_for_stamp_by_stamp():
+    """Two newest camera_infos that differ (zoom, binning, a recalibration): a pair takes only its own; an
+    older pair still without one is dropped, counted, once a later pair goes."""
+    from sgru_ros.sync import CalibratedStereoSync
+
+    sync = CalibratedStereoSync(queue_size=5)
+    _stereo_frame(sync, 100)
+    _stereo_frame(sync, 200, calibration="binned")  # differs from the one before
+    assert _stereo_frame(sync, 300, infos=False) == []
+    assert _stereo_frame(sync, 400, infos=False) == []
+    assert sync.add_info(0, 400, "zoomed", "info0@400") == []
+    assert sync.add_info(1, 400, "zoomed", "info1@400") == [["image0@400", "image1@400", "info0@400", "info1@400"]]
+    assert sync.info_stats.without_info == 1 and sync.info_stats.borrowed_info == [0, 0]  # the pair of 300
+    # Static again once two equal ones arrived: the next pair is answered at once.
+    _stereo_frame(sync, 500, calibration="zoomed")
+    assert _stereo_frame(sync, 600, infos=False) == [["image0@600", "image1@600", "info0@500", "info1@500"]]
+    assert sync.info_stats.borrowed_info == [1, 1]
+
+
+def test_a_static_calibration_of_another_image_size_is_not_borrowed():
+    """A camera that switches resolution (binning, ROI): its images wait for a camera_info of their size."""
+    from sgru_ros.sync import CalibratedStereoSync
+
+    sync = CalibratedStereoSync(queue_size=5)
+    for stamp in (100, 200):
+        for side in (0, 1):
+            sync.add_info(side, stamp, "full", f"info{side}@{stamp}", size=(640, 480))
+            sync.add_image(side, stamp, f"image{side}@{stamp}", size=(640, 480))
+    assert sync.add_image(0, 300, "binned0", size=(320, 240)) == []
+    assert sync.add_image(1, 300, "binned1", size=(320, 240)) == []
+    sync.add_info(0, 300, "binned", "binned-info0", size=(320, 240))
+    assert sync.add_info(1, 300, "binned", "binned-info1", size=(320, 240)) == [
+        ["binned0", "binned1", "binned-info0", "binned-info1"]]
+    assert sync.info_stats.borrowed_info == [0, 0]
+
+
+def test_pairs_without_any_camera_info_are_bounded_and_counted():
+    from sgru_ros.sync import CalibratedStereoSync
+
+    sync = CalibratedStereoSync(queue_size=3)
+    for stamp in range(10):
+        assert _stereo_frame(sync, stamp, infos=False) == []
+    assert len(sync.waiting) == 3 and sync.info_stats.without_info == 7
+    assert sync.stamp_spread_ns() is None  # no camera_info stamp yet
+
+
+def test_approximate_sync_takes_the_nearest_camera_info_within_the_tolerance():
+    from sgru_ros.sync import CalibratedStereoSync
+
+    sync = CalibratedStereoSync(queue_size=5, tolerance_ns=10 * MS)
+    sync.add_info(0, 95 * MS, "cal", "info0@95")
+    sync.add_info(1, 80 * MS, "cal", "info1@80")  # 20 ms off: not this pair's
+    sync.add_image(0, 100 * MS, "image0")
+    assert sync.add_image(1, 102 * MS, "image1") == []
+    assert sync.add_info(1, 104 * MS, "other", "info1@104") == [["image0", "image1", "info0@95", "info1@104"]]
+
+
+def test_every_image_is_accounted_for_with_late_and_lost_camera_infos():
+    """Each image ends in a set, is queued or waiting, or is counted (unmatched, or a pair without camera_info)."""
+    import random
+
+    from sgru_ros.sync import CalibratedStereoSync
+
+    rng = random.Random(1)
+    for tolerance in (None, 5):
+        sync = CalibratedStereoSync(queue_size=3, tolerance_ns=tolerance)
+        received, emitted = [0, 0], 0
+        events = [(stamp * 10 + rng.randint(0, 3 if tolerance else 0), i) for stamp in range(200) for i in range(4)
+                  if rng.random() > 0.1]
+        rng.shuffle(events)
+        for stamp, i in events:
+            if i < 2:
+                emitted += len(sync.add_image(i, stamp, (i, stamp)))
+                received[i] += 1
+            else:
+                emitted += len(sync.add_info(i - 2, stamp, "cal" if stamp < 1000 else "new", (i, stamp)))
+        for i in range(2):
+            assert received[i] == (emitted + sync.images.stats.unmatched[i] + len(sync.images.queues[i])
+                                   + sync.info_stats.without_info + len(sync.waiting))

@@ -1,9 +1,9 @@
 """sgru-stereo bag: a rosbag2 recording in, a new bag with the node's outputs out.
 
 Reads MCAP or sqlite3 rosbag2 folders with the pure-Python ``rosbags`` library
-(no ROS install), synchronises the left/right images and camera_infos by stamp
-like the node (``sync.StereoSynchronizer``: exact, or approximate within a
-tolerance), runs every set through ``pipeline.StereoPipeline`` (offline: nothing
+(no ROS install), synchronises the left/right images by stamp and joins each
+pair with its camera_infos like the node (``sync.CalibratedStereoSync``: exact,
+or approximate within a tolerance), runs every set through ``pipeline.StereoPipeline`` (offline: nothing
 is dropped for time), and writes the chosen outputs with the input stamps. The
 messages are built by ``ros_conversions`` exactly as the node publishes them and
 serialised with rclpy, so a bag and a live run of the same frame agree.
@@ -24,7 +24,7 @@ import numpy as np
 from ..geometry import CloudLayout
 from ..device import release_memory
 from ..pipeline import FrameResult, GeometryOptions, StereoPipeline, failure_kind
-from ..sync import StereoSynchronizer
+from ..sync import CalibratedStereoSync
 
 #: Outputs a bag can get, as topic names under the output namespace.
 OUTPUTS = ("disparity", "points2", "depth/image_rect", "depth/camera_info", "confidence")
@@ -78,13 +78,14 @@ class BagOptions:
 
 @dataclass
 class BagSummary:
-    """Counts of one conversion: every input message is in exactly one of a set or unmatched."""
+    """Counts of one conversion: every input image is in exactly one of a set or unmatched."""
 
     messages_in: Counter = field(default_factory=Counter)  # per input topic
     sets: int = 0
     processed: int = 0
     skipped: Counter = field(default_factory=Counter)  # sets by reason
-    unmatched: int = 0  # input messages that joined no set (no partner with the same/near stamp)
+    unmatched: int = 0  # input images that joined no set (no partner, or no camera_info, with the same/near stamp)
+    borrowed_info: int = 0  # sets answered with another frame's camera_info of a static calibration
     written: Counter = field(default_factory=Counter)  # per output topic
 
     def lines(self) -> list[str]:
@@ -92,7 +93,8 @@ class BagSummary:
         return [f"messages in: {sum(self.messages_in.values())} "
                 f"({', '.join(f'{t} {n}' for t, n in sorted(self.messages_in.items()))})",
                 f"sets formed: {self.sets}, processed: {self.processed}, skipped: {skipped}",
-                f"messages that joined no set: {self.unmatched}",
+                f"images that joined no set: {self.unmatched}, "
+                f"sets with another frame's camera_info of a static calibration: {self.borrowed_info}",
                 f"written: {', '.join(f'{t} {n}' for t, n in sorted(self.written.items())) or 'nothing'}"]
 
 
@@ -250,12 +252,12 @@ def convert_bag(source: str | Path, target: str | Path, pipeline: StereoPipeline
     from rclpy.serialization import deserialize_message
     from rosbags.rosbag2 import StoragePlugin, Writer
 
-    from .conversions import stamp_ns
+    from .conversions import camera_model, raw_image_size, stamp_ns
 
     _check_options(options, target := Path(target))
     ros_types = _ros_types()
     tolerance = None if options.tolerance_s is None else round(options.tolerance_s * 1e9)
-    sync = StereoSynchronizer(4, options.queue_size, tolerance)
+    sync = CalibratedStereoSync(options.queue_size, tolerance)
     summary = BagSummary()
     reader = open_bag(source, topics)
     try:
@@ -270,28 +272,24 @@ def convert_bag(source: str | Path, target: str | Path, pipeline: StereoPipeline
                 summary.messages_in[connection.topic] += 1
                 out.copy(connection.topic, log_time, raw)
                 msg = deserialize_message(raw, ros_types[connection.msgtype])
-                frame = sync.add(by_topic[connection.topic], stamp_ns(msg.header), (log_time, msg))
-                if frame is None:
-                    continue
-                summary.sets += 1
-                (log_time, left_msg), (_, right_msg), (_, left_info), (_, right_info) = frame
-                result, left, skipped = (None, None, f"--every {options.every}") if (summary.sets - 1) % options.every \
-                    else _process_set(pipeline, options, left_msg, right_msg, left_info, right_info)
-                if result is not None:
-                    out.write_frame(log_time, result, left, left_info)
-                    summary.processed += 1
+                index, stamp = by_topic[connection.topic], stamp_ns(msg.header)
+                if index < 2:
+                    sets = sync.add_image(index, stamp, (log_time, msg), raw_image_size(msg))
                 else:
-                    summary.skipped[skipped] += 1
-                if skipped == "out_of_memory":  # out of the except block: its traceback held the set's tensors
-                    release_memory(pipeline.estimator.device)
-                if progress is not None:
-                    progress(summary.sets, in_range)
+                    model = camera_model(msg)
+                    sets = sync.add_info(index - 2, stamp, model, msg, model.image_size())
+                for frame in sets:
+                    _convert_set(pipeline, options, frame, out, summary)
+                    if progress is not None:
+                        progress(summary.sets, in_range)
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)  # a bag cut short has no metadata: nobody can read it
         raise
     finally:
         reader.close()
-    summary.unmatched = sum(sync.stats.unmatched) + sum(len(q) for q in sync.queues)
+    summary.unmatched = (sum(sync.images.stats.unmatched) + sum(len(q) for q in sync.images.queues)
+                         + 2 * (sync.info_stats.without_info + len(sync.waiting)))
+    summary.borrowed_info = sum(sync.info_stats.borrowed_info)
     if summary.sets == 0:
         shutil.rmtree(target, ignore_errors=True)
         if not summary.messages_in:
@@ -301,6 +299,26 @@ def convert_bag(source: str | Path, target: str | Path, pipeline: StereoPipeline
                          + ("stamps must be identical for exact sync; try --approximate-sync SECONDS"
                             if tolerance is None else f"no stamps within {options.tolerance_s:g} s of each other"))
     return summary
+
+
+def _convert_set(pipeline: StereoPipeline, options: BagOptions, frame: list, out: _OutputBag,
+                 summary: BagSummary) -> None:
+    """One synchronised set ``[(log_time, left), (_, right), left_info, right_info]``: processed and written (each
+    output at the left image's log time and stamp), or counted as skipped."""
+    from .conversions import restamped
+
+    summary.sets += 1
+    (log_time, left_msg), (_, right_msg), left_info, right_info = frame
+    left_info, right_info = restamped(left_info, left_msg.header), restamped(right_info, right_msg.header)
+    result, left, skipped = (None, None, f"--every {options.every}") if (summary.sets - 1) % options.every \
+        else _process_set(pipeline, options, left_msg, right_msg, left_info, right_info)
+    if result is not None:
+        out.write_frame(log_time, result, left, left_info)
+        summary.processed += 1
+    else:
+        summary.skipped[skipped] += 1
+    if skipped == "out_of_memory":  # out of the except block: its traceback held the set's tensors
+        release_memory(pipeline.estimator.device)
 
 
 def parse_outputs(names: Sequence[str]) -> tuple[str, ...]:

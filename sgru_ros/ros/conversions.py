@@ -7,6 +7,7 @@ the node publishes them, the bag tool writes them.
 from __future__ import annotations
 
 import array
+import copy
 
 import cv2
 import numpy as np
@@ -301,6 +302,22 @@ def rectified_info(info: CameraInfo) -> CameraInfo:
     return CameraInfo(header=info.header, width=info.width, height=info.height, distortion_model="plumb_bob",
                       d=[0.0] * 5, k=p[:, :3].ravel().tolist(), r=np.eye(3).ravel().tolist(), p=list(info.p),
                       binning_x=info.binning_x, binning_y=info.binning_y, roi=info.roi)
+
+
+def raw_image_size(msg: Image | CompressedImage) -> tuple[int, int] | None:
+    """(width, height) of an image message as it came; None for a compressed one (known once decoded)."""
+    return (msg.width, msg.height) if isinstance(msg, Image) else None
+
+
+def restamped(info: CameraInfo, header: Header) -> CameraInfo:
+    """``info`` under the header of the image it answers: itself when it carries that header, else a shallow copy
+    (another frame's camera_info of a static calibration, ``sync.CalibratedStereoSync``), so
+    that every output and depth/camera_info carries the image's stamp."""
+    if info.header == header:
+        return info
+    answer = copy.copy(info)
+    answer.header = header
+    return answer
 
 
 def stamp_text(nanoseconds: int) -> str:

@@ -89,8 +89,10 @@ class NodeState:
     sync_stalled: bool
     topics: list[str]
     reliability: list[ReliabilityPolicy | None]
-    unmatched: list[int]  # per input, from the synchroniser
-    repeated: list[int]  # per input: messages stamped as the input's last set (dropped, counted in unmatched)
+    unmatched: list[int]  # per image input, from the synchroniser
+    repeated: list[int]  # per image input: images stamped as the input's last set (dropped, counted in unmatched)
+    borrowed_info: list[int]  # per camera: sets answered with another frame's camera_info (a static calibration)
+    without_info: int  # image pairs dropped waiting for a camera_info
     iterations: int
     model: str
     device: str
@@ -122,8 +124,10 @@ def status_values(stats: FrameStats, state: NodeState) -> dict[str, object]:
             "output_subscribers": state.subscribers,
             "sets_formed": s.sets,
             **{f"received {t}": n for t, n in zip(topics, s.received)},
-            **{f"unmatched {t}": n for t, n in zip(topics, state.unmatched)},
-            **{f"repeated_stamp {t}": n for t, n in zip(topics, state.repeated)},
+            **{f"unmatched {t}": n for t, n in zip(topics[:2], state.unmatched)},
+            **{f"repeated_stamp {t}": n for t, n in zip(topics[:2], state.repeated)},
+            "pairs_without_camera_info": state.without_info,
+            **{f"camera_info_from_another_frame {t}": n for t, n in zip(topics[2:], state.borrowed_info)},
             **{f"reliability {t}": (r.name.lower() if r else "none") for t, r in zip(topics, state.reliability)},
             "inference_thread": "running" if state.worker_alive else "stopped",
             "iterations": state.iterations,

@@ -37,8 +37,9 @@ from ..geometry import CloudLayout
 from ..device import release_memory
 from ..inference import InferenceCancelled, StereoEstimator
 from ..pipeline import FrameResult, GeometryOptions, StereoPipeline, failure_kind
-from ..sync import StereoSynchronizer
-from .conversions import image_size, projection, stamp_ns, stamp_text, stereo_pair_to_rgb
+from ..sync import CalibratedStereoSync
+from .conversions import (camera_model, image_size, projection, raw_image_size, restamped, stamp_ns, stamp_text,
+                          stereo_pair_to_rgb)
 from .diagnostics import FailureLog, FrameStats, NodeState, diagnostic_array, stall_reason
 from .inputs import INPUT_NAMES, StereoInputs
 from .outputs import StereoOutputs
@@ -83,7 +84,7 @@ class StereoWiring:
         self.params = StereoParameters(self)
         p = self.params
         self.stats = FrameStats(inputs=len(INPUT_NAMES))
-        self.sync = StereoSynchronizer(len(INPUT_NAMES), p("queue_size"), self.params.sync_tolerance_ns())
+        self.sync = self._new_sync()
         self._previous_disparity: np.ndarray | None = None  # for warm_start
         self._failures_logged = FailureLog()
         self._last_input_time = [-float("inf")] * len(INPUT_NAMES)
@@ -114,7 +115,7 @@ class StereoWiring:
         self.get_logger().info(p.summary(self.estimator, self.inputs.topics))
 
     def _start(self) -> None:
-        self.sync = StereoSynchronizer(len(INPUT_NAMES), self.params("queue_size"), self.params.sync_tolerance_ns())
+        self.sync = self._new_sync()
         self._last_input_time = [-float("inf")] * len(INPUT_NAMES)
         self._last_set_time = time.monotonic()
         self._received_at_last_set = list(self.stats.received)
@@ -157,6 +158,11 @@ class StereoWiring:
             self.outputs.stop()
 
     # -- inputs --------------------------------------------------------------------------------
+    def _new_sync(self) -> CalibratedStereoSync:
+        """Camera_infos kept as deep as their subscriptions (``StereoInputs``)."""
+        queue_size = self.params("queue_size")
+        return CalibratedStereoSync(queue_size, self.params.sync_tolerance_ns(), info_depth=10 * queue_size)
+
     def _adapt_inputs(self) -> None:
         """Inputs subscribed while any output has a subscriber, each with the reliability its publishers allow."""
         if not self.outputs.subscribers(self.params("publish_iterations")):
@@ -168,19 +174,24 @@ class StereoWiring:
             self._last_set_time = time.monotonic()
             self._received_at_last_set = list(self.stats.received)
         if self.inputs.adapt():  # other image topics: what waits for partners came from the old ones
-            self.sync = StereoSynchronizer(len(INPUT_NAMES), self.params("queue_size"), self.params.sync_tolerance_ns())
+            self.sync = self._new_sync()
 
     def _on_input(self, index: int, msg) -> None:
         self.stats.received[index] += 1
         self._last_input_time[index] = time.monotonic()
-        complete = self.sync.add(index, stamp_ns(msg.header), msg)
-        if complete is None:
-            return
-        self.stats.sets += 1
-        self._last_set_time = time.monotonic()
-        self._received_at_last_set = list(self.stats.received)
-        self.stats.dropped += self._backlog.push(complete, stamp_ns(complete[0].header), self.params("queue_size"),
-                                                 self.params("backlog_seconds"))
+        stamp = stamp_ns(msg.header)
+        sets = self.sync.add_image(index, stamp, msg, raw_image_size(msg)) if index < 2 else self._add_info(index, msg)
+        for left, right, left_info, right_info in sets:
+            self.stats.sets += 1
+            self._last_set_time = time.monotonic()
+            self._received_at_last_set = list(self.stats.received)
+            complete = [left, right, restamped(left_info, left.header), restamped(right_info, right.header)]
+            self.stats.dropped += self._backlog.push(complete, stamp_ns(left.header), self.params("queue_size"),
+                                                     self.params("backlog_seconds"))
+
+    def _add_info(self, index: int, msg: CameraInfo) -> list[list]:
+        model = camera_model(msg)
+        return self.sync.add_info(index - 2, stamp_ns(msg.header), model, msg, model.image_size())
 
     # -- the inference thread ------------------------------------------------------------------
     def _work(self, cancel: threading.Event) -> None:
@@ -275,7 +286,8 @@ class StereoWiring:
             sync_stalled = inputs_flowing and now - self._last_set_time > SYNC_WARN_AFTER_S
             if sync_stalled:
                 since = [n - m for n, m in zip(self.stats.received, self._received_at_last_set)]
-                reason = stall_reason(self.inputs.topics, since, self.sync.stats.last_stamps,
+                reason = stall_reason(self.inputs.topics, since,
+                                      [*self.sync.images.stats.last_stamps, *self.sync.last_info_stamps],
                                       self.sync.stamp_spread_ns(), self.params("approximate_sync"),
                                       self.params("approximate_sync_tolerance_seconds"))
                 self.get_logger().warning(f"no synchronised set for {now - self._last_set_time:.1f} s while inputs "
@@ -283,7 +295,9 @@ class StereoWiring:
         state = NodeState(running=self._running, worker_alive=self.busy, sync_stalled=sync_stalled,
                           subscribers=self.outputs.subscribers(self.params("publish_iterations")),
                           topics=self.inputs.topics, reliability=self.inputs.reliability,
-                          unmatched=self.sync.stats.unmatched, repeated=self.sync.stats.repeated,
+                          unmatched=self.sync.images.stats.unmatched, repeated=self.sync.images.stats.repeated,
+                          borrowed_info=self.sync.info_stats.borrowed_info,
+                          without_info=self.sync.info_stats.without_info,
                           iterations=self.params("iterations"),
                           model=self.estimator.variant, device=str(self.estimator.device))
         self.pub_diagnostics.publish(diagnostic_array(f"{self.get_fully_qualified_name()}: stereo", self.stats,
