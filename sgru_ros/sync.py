@@ -19,10 +19,13 @@ often sent right after a large image, and reliable DDS then tends to deliver it
 only with its next repair, seconds late (measured: in 3 s bursts from a 5 Hz
 camera with nothing else running). Waiting for it would leave most image pairs
 unmatched, so while a camera's calibration is static (its two newest
-camera_infos carry the same calibration) the newest one answers a pair at once
-if it describes images of the pair's size, counted in ``borrowed_info``. A
-camera whose calibration changes (zoom, binning, a recalibration) is waited
-for, stamp by stamp.
+camera_infos carry the same calibration) the newest one answers a pair whose own
+has not come by the time a later image (or a later camera_info of that camera)
+arrives, if it describes images of the pair's size; counted in
+``borrowed_info``. Drivers that send the camera_info just after its image
+(image_transport's CameraPublisher) still get their own. A camera whose
+calibration changes (zoom, binning, a recalibration) is waited for, stamp by
+stamp.
 """
 
 from __future__ import annotations
@@ -160,9 +163,9 @@ class CalibratedStereoSync:
         self.last_info_stamps[side] = stamp_ns
         return self._release()
 
-    def _info_for(self, side: int, stamp_ns: int, size: Any) -> tuple[Any, bool] | None:
-        """(camera_info, whether it is another frame's) for an image of ``side`` stamped ``stamp_ns`` of ``size``;
-        None: wait."""
+    def _info_for(self, side: int, stamp_ns: int, size: Any, later_image: bool) -> tuple[Any, bool] | None:
+        """(camera_info, whether it is another frame's) for an image of ``side`` stamped ``stamp_ns`` of ``size``
+        (``later_image``: an image stamped after its pair has arrived); None: wait."""
         infos = self._infos[side]
         if not infos:
             return None
@@ -173,15 +176,17 @@ class CalibratedStereoSync:
             own = own if abs(own[0] - stamp_ns) <= self.tolerance_ns else None
         if own is not None:
             return own[2], False
+        late = later_image or infos[-1][0] > stamp_ns
         static = len(infos) >= 2 and infos[-1][1] == infos[-2][1]
         fits = size is None or infos[-1][3] is None or size == infos[-1][3]
-        return (infos[-1][2], True) if static and fits else None
+        return (infos[-1][2], True) if late and static and fits else None
 
     def _release(self) -> list[list[Any]]:
         """The waiting pairs that have their camera_infos now, in order; older pairs still without one are
         dropped once a later pair goes (sets leave in time order)."""
-        found = [[self._info_for(side, stamp, size) for side, (stamp, size) in enumerate(images)]
-                 for images, _ in self.waiting]
+        newest_image = max((s for s in self.images.stats.last_stamps if s is not None), default=None)
+        found = [[self._info_for(side, stamp, size, newest_image > max(stamp for stamp, _ in images))
+                  for side, (stamp, size) in enumerate(images)] for images, _ in self.waiting]
         ready = [i for i, infos in enumerate(found) if None not in infos]
         if not ready:
             return []

@@ -32,10 +32,10 @@ TYPES = {"sensor_msgs/msg/Image": Image, "sensor_msgs/msg/CompressedImage": Comp
 
 def write_stereo_bag(path, pair, calibration: StereoCalibration, seconds: list[int], storage: str = "mcap",
                      compressed: bool = False, right_delay_ns: int = 0, namespace: str = "/stereo",
-                     bad_right_info: set[int] = frozenset()) -> list[int]:
+                     bad_right_info: set[int] = frozenset(), no_info: set[int] = frozenset()) -> list[int]:
     """A rosbag2 folder with one calibrated pair per entry of ``seconds`` (its header stamp), like a
     camera driver records it; in the seconds of ``bad_right_info`` the right camera_info is one
-    pixel too wide. Returns the left stamps (ns)."""
+    pixel too wide, in those of ``no_info`` there is none. Returns the left stamps (ns)."""
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
@@ -58,7 +58,8 @@ def write_stereo_bag(path, pair, calibration: StereoCalibration, seconds: list[i
                 writer.write(conns[f"{side}/{suffix}"], log_time, serialize_message(msg))
                 wrong = side == "right" and sec in bad_right_info
                 info = camera_info(calibration, side == "right", w + wrong, h, header)
-                writer.write(conns[f"{side}/camera_info"], log_time, serialize_message(info))
+                if sec not in no_info:
+                    writer.write(conns[f"{side}/camera_info"], log_time, serialize_message(info))
             stamps.append(sec * 1_000_000_000)
     return stamps
 
@@ -180,6 +181,28 @@ def test_bad_sets_are_counted_and_skipped_and_times_select_frames(tmp_path):
     assert "sets formed: 3, processed: 2, skipped: 1 bad_input" in run.stdout
     assert "set at 7.000000 skipped (bad_input): right camera_info is 97x64 but the images are 96x64" in run.stderr
     assert [stamp_ns(m.header) // 10**9 for m in read_bag(tmp_path / "window")["/sgru/disparity"]] == [6, 8]
+
+
+def test_pairs_without_their_camera_infos_take_the_static_calibration(tmp_path):
+    """A recording in which reliable DDS delivered some camera_infos late or not at all: every pair is answered,
+    with the static calibration under its own stamp, and the summary counts the camera_infos so taken."""
+    checkpoint = known_answer_checkpoint(tmp_path / "known.pth")
+    rng = np.random.default_rng(5)
+    texture = rng.integers(0, 255, size=(64, 104, 3), dtype=np.uint8)
+    pair = (np.ascontiguousarray(texture[:, :96]), np.ascontiguousarray(texture[:, 8:]))
+    calibration = StereoCalibration(focal_length=80.0, cx=48.0, cy=32.0, cx_right=48.0, baseline=0.1)
+    source = tmp_path / "bag"
+    stamps = write_stereo_bag(source, pair, calibration, [1, 2, 3, 4, 5], no_info={3, 4})
+    run = run_cli("bag", str(source), str(tmp_path / "out"), "--checkpoint", str(checkpoint), "--namespace",
+                  "/stereo", "--iters", "2", "--device", "cpu", "--outputs", "disparity,depth/camera_info",
+                  "--no-progress")
+    assert run.returncode == 0, run.stderr
+    assert "sets formed: 5, processed: 5, skipped: none" in run.stdout
+    assert "images that joined no set: 0, camera_infos of a static calibration taken for another frame: 4" in run.stdout
+    out = read_bag(tmp_path / "out")
+    for topic in ("/sgru/disparity", "/sgru/depth/camera_info"):
+        assert [stamp_ns(m.header) for m in out[topic]] == stamps, topic
+    assert all(m.f == pytest.approx(80.0) and m.t == pytest.approx(0.1) for m in out["/sgru/disparity"])
 
 
 def test_nothing_to_process_is_an_error_and_leaves_no_output(tmp_path):

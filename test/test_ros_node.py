@@ -165,36 +165,42 @@ def test_pair_in_disparity_and_cloud_out_with_consistent_geometry(rig):
 
 def test_images_whose_camera_infos_come_late_are_answered_with_the_static_calibration(rig):
     """Reliable DDS can deliver a camera_info sent after a large image seconds late. Once the calibration is
-    static, images without their own camera_info are answered at once, every output stamped as the images,
-    and counted on /diagnostics; the late camera_infos then form no second answer."""
+    static, a pair whose own camera_info has not come when the next image arrives is answered with the newest
+    one, every output stamped as the images, and counted on /diagnostics; the late camera_infos form no
+    second answer, and the newest pair, whose camera_infos then come, gets its own."""
     left, right = textured_pair()
     for sec in (300, 301):  # two equal camera_infos: the calibration is static
         rig.frame(left, right, sec=sec)
     key = f"camera_info_from_another_frame {CAMERA}/left/camera_info"
     rig.spin_until(lambda: key in rig.last_diagnostics(), 10.0, key)
     before = int(rig.last_diagnostics()[key])
-    stamps = []
-    for sec in (302, 303, 304):
+
+    def header_of(sec: int) -> Header:
         header = Header(frame_id="rig_left_optical")
         header.stamp.sec = sec
-        rig.pubs["left/image_rect"].publish(array_to_image(left, "rgb8", header))
+        return header
+
+    for sec in (302, 303, 304, 305):
+        rig.pubs["left/image_rect"].publish(array_to_image(left, "rgb8", header_of(sec)))
         rig.pubs["right/image_rect"].publish(array_to_image(right, "rgb8", Header(frame_id="rig_right_optical",
-                                                                                  stamp=header.stamp)))
-        stamps.append(stamp_ns(header))
+                                                                                  stamp=header_of(sec).stamp)))
+    stamps = [stamp_ns(header_of(sec)) for sec in (302, 303, 304)]
     rig.spin_until(lambda: all(stamp in o for o in rig.outputs.values() for stamp in stamps), 60.0, "answers")
     for stamp in stamps:
         for name, outputs in rig.outputs.items():
             assert stamp_ns(outputs[stamp].header) == stamp and outputs[stamp].header.frame_id == "rig_left_optical"
         np.testing.assert_allclose(as_array(rig.outputs["disparity"][stamp].image)[4:-4, 8:-4], 12.0, atol=1e-3)
     rig.spin_until(lambda: int(rig.last_diagnostics()[key]) >= before + 3, 10.0, f"{key} + 3")
+    rig.spin_for(1.5)
     sets = int(rig.last_diagnostics()["sets_formed"])
-    for sec in (302, 303, 304):  # the late ones
-        header = Header(frame_id="rig_left_optical")
-        header.stamp.sec = sec
-        rig.pubs["left/camera_info"].publish(camera_info(CALIBRATION, False, 160, 120, header))
-        rig.pubs["right/camera_info"].publish(camera_info(CALIBRATION, True, 160, 120, header))
-    rig.spin_for(2.5)
-    assert int(rig.last_diagnostics()["sets_formed"]) == sets
+    assert int(rig.last_diagnostics()[key]) == before + 3
+    for sec in (302, 303, 304, 305):  # the late ones
+        rig.pubs["left/camera_info"].publish(camera_info(CALIBRATION, False, 160, 120, header_of(sec)))
+        rig.pubs["right/camera_info"].publish(camera_info(CALIBRATION, True, 160, 120, header_of(sec)))
+    last = stamp_ns(header_of(305))
+    rig.spin_until(lambda: last in rig.outputs["disparity"], 60.0, "the newest pair answered with its own")
+    rig.spin_for(1.5)
+    assert int(rig.last_diagnostics()["sets_formed"]) == sets + 1 and int(rig.last_diagnostics()[key]) == before + 3
 
 
 def test_confidence_is_the_pipelines_and_its_threshold_invalidates_pixels(rig, tmp_path):

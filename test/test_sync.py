@@ -143,20 +143,39 @@ def test_each_pair_gets_the_camera_infos_stamped_as_its_images():
 
 def test_late_camera_infos_of_a_static_calibration_do_not_hold_the_images_back():
     """Reliable DDS delivers a camera_info sent after a large image seconds late, in bursts: with a static
-    calibration each pair is answered at once with the newest camera_info, counted, and the late ones
-    form no second set."""
+    calibration a pair is answered with the newest camera_info as soon as the next image shows that its own
+    is late, counted; the late ones form no second set."""
     from sgru_ros.sync import CalibratedStereoSync
 
     sync = CalibratedStereoSync(queue_size=5)
     assert len(_stereo_frame(sync, 100)) == 1 and len(_stereo_frame(sync, 200)) == 1  # two equal calibrations
-    for stamp in range(300, 1300, 100):
-        assert _stereo_frame(sync, stamp, infos=False) == [
-            [f"image0@{stamp}", f"image1@{stamp}", "info0@200", "info1@200"]]
-    assert sync.info_stats.borrowed_info == [10, 10]
-    for stamp in range(300, 1300, 100):  # the burst of late ones
+    assert _stereo_frame(sync, 300, infos=False) == []  # its camera_infos may still come
+    for stamp in range(400, 1300, 100):
+        assert sync.add_image(0, stamp, f"image0@{stamp}") == [  # a later image: the previous pair goes
+            [f"image0@{stamp - 100}", f"image1@{stamp - 100}", "info0@200", "info1@200"]]
+        assert sync.add_image(1, stamp, f"image1@{stamp}") == []
+    assert sync.info_stats.borrowed_info == [9, 9]
+    for stamp in range(300, 1200, 100):  # the burst of late ones
         assert sync.add_info(0, stamp, "cal", f"info0@{stamp}") == []
         assert sync.add_info(1, stamp, "cal", f"info1@{stamp}") == []
+    # The newest pair gets its own.
+    sync.add_info(0, 1200, "cal", "info0@1200")
+    assert sync.add_info(1, 1200, "cal", "info1@1200") == [["image0@1200", "image1@1200", "info0@1200", "info1@1200"]]
     assert sync.info_stats.without_info == 0 and not sync.waiting
+
+
+def test_a_camera_info_sent_just_after_its_image_is_its_own():
+    """image_transport's CameraPublisher sends the image, then the camera_info: each pair gets its own."""
+    from sgru_ros.sync import CalibratedStereoSync
+
+    sync = CalibratedStereoSync(queue_size=5)
+    for stamp in range(100, 600, 100):
+        sets = []
+        for side in (0, 1):
+            sets += sync.add_image(side, stamp, f"image{side}@{stamp}")
+            sets += sync.add_info(side, stamp, "cal", f"info{side}@{stamp}")
+        assert sets == [[f"image0@{stamp}", f"image1@{stamp}", f"info0@{stamp}", f"info1@{stamp}"]]
+    assert sync.info_stats.borrowed_info == [0, 0]
 
 
 def test_a_changed_calibration_is_waited_for_stamp_by_stamp():
@@ -174,7 +193,8 @@ def test_a_changed_calibration_is_waited_for_stamp_by_stamp():
     assert sync.info_stats.without_info == 1 and sync.info_stats.borrowed_info == [0, 0]  # the pair of 300
     # Static again once two equal ones arrived: the next pair is answered at once.
     _stereo_frame(sync, 500, calibration="zoomed")
-    assert _stereo_frame(sync, 600, infos=False) == [["image0@600", "image1@600", "info0@500", "info1@500"]]
+    assert _stereo_frame(sync, 600, infos=False) == []
+    assert sync.add_image(0, 700, "image0@700") == [["image0@600", "image1@600", "info0@500", "info1@500"]]
     assert sync.info_stats.borrowed_info == [1, 1]
 
 
@@ -189,6 +209,7 @@ def test_a_static_calibration_of_another_image_size_is_not_borrowed():
             sync.add_image(side, stamp, f"image{side}@{stamp}", size=(640, 480))
     assert sync.add_image(0, 300, "binned0", size=(320, 240)) == []
     assert sync.add_image(1, 300, "binned1", size=(320, 240)) == []
+    assert sync.add_image(0, 400, "binned0@400", size=(320, 240)) == []  # later, yet 640x480 does not fit
     sync.add_info(0, 300, "binned", "binned-info0", size=(320, 240))
     assert sync.add_info(1, 300, "binned", "binned-info1", size=(320, 240)) == [
         ["binned0", "binned1", "binned-info0", "binned-info1"]]

@@ -85,7 +85,7 @@ class BagSummary:
     processed: int = 0
     skipped: Counter = field(default_factory=Counter)  # sets by reason
     unmatched: int = 0  # input images that joined no set (no partner, or no camera_info, with the same/near stamp)
-    borrowed_info: int = 0  # sets answered with another frame's camera_info of a static calibration
+    borrowed_info: int = 0  # camera_infos of a static calibration that answered another frame (its own missing)
     written: Counter = field(default_factory=Counter)  # per output topic
 
     def lines(self) -> list[str]:
@@ -94,7 +94,7 @@ class BagSummary:
                 f"({', '.join(f'{t} {n}' for t, n in sorted(self.messages_in.items()))})",
                 f"sets formed: {self.sets}, processed: {self.processed}, skipped: {skipped}",
                 f"images that joined no set: {self.unmatched}, "
-                f"sets with another frame's camera_info of a static calibration: {self.borrowed_info}",
+                f"camera_infos of a static calibration taken for another frame: {self.borrowed_info}",
                 f"written: {', '.join(f'{t} {n}' for t, n in sorted(self.written.items())) or 'nothing'}"]
 
 
