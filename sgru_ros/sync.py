@@ -1,4 +1,4 @@
-"""Time synchronisation of the four stereo inputs, with message_filters' semantics.
+"""Time synchronisation of the stereo inputs, with message_filters' semantics.
 
 ROS 2's message_filters is not installable everywhere this package runs, so
 the policies are written here (no ROS import): ``exact`` matches identical
@@ -13,23 +13,26 @@ stamps still form sets (a bag that loops, a driver restart).
 
 ``CalibratedStereoSync`` is what the node and the bag tool use: the two images
 are synchronised as above, and each pair is then joined with each camera's
-camera_info. The camera_info stamped as its image (or, approximate, the nearest
-within the tolerance) is taken when it is there. A camera_info is small but is
-often sent right after a large image, and reliable DDS then tends to deliver it
-only with its next repair, seconds late (measured: in 3 s bursts from a 5 Hz
-camera with nothing else running). Waiting for it would leave most image pairs
+camera_info: the one stamped as its image, or (approximate) the nearest within
+the tolerance once nothing nearer can come. A camera_info is small but is often
+sent right after a large image, and reliable DDS then tends to deliver it only
+with its next repair, seconds late (measured: in 3 s bursts from a 5 Hz camera
+with nothing else running). Waiting for it would leave most image pairs
 unmatched, so while a camera's calibration is static (its two newest
 camera_infos carry the same calibration) the newest one answers a pair whose own
 has not come by the time a later image (or a later camera_info of that camera)
 arrives, if it describes images of the pair's size; counted in
 ``borrowed_info``. Drivers that send the camera_info just after its image
-(image_transport's CameraPublisher) still get their own. A camera whose
-calibration changes (zoom, binning, a recalibration) is waited for, stamp by
-stamp.
+(image_transport's CameraPublisher) get their own whenever it comes before the
+next image. A change of image size (binning, ROI) is waited for, stamp by stamp;
+a new calibration of the same size (a recalibration, a zoom) is taken from the
+first camera_info that carries it on, and frames before that one whose own
+camera_info is late get the calibration before it.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from dataclasses import dataclass
 from collections.abc import Hashable
@@ -91,6 +94,12 @@ class StereoSynchronizer:
         self.stats.emitted += 1
         return [message for _, message in chosen]
 
+    def clear(self) -> None:
+        """Drop every queued message (counted as unmatched); what was emitted still counts as emitted."""
+        for i, queue in enumerate(self.queues):
+            self.stats.unmatched[i] += len(queue)
+            queue.clear()
+
     def _exact(self, stamp_ns: int) -> list[tuple[int, Any]] | None:
         chosen = []
         for queue in self.queues:
@@ -115,10 +124,63 @@ class StereoSynchronizer:
 
 @dataclass
 class CameraInfoStats:
-    #: Per camera: pairs answered with another frame's camera_info of a static calibration (their own late or lost).
+    #: Per camera: pairs answered with a camera_info stamped otherwise than their image (their own late or lost).
     borrowed_info: list[int]
-    #: Image pairs dropped while waiting for a camera_info (none with their stamp, no static calibration yet).
+    #: Image pairs dropped without a camera_info: none of their stamp (nor, approximate, within the tolerance)
+    #: and no static calibration of their size, by the time a later pair went or the queue was full.
     without_info: int = 0
+
+
+@dataclass(frozen=True)
+class _Info:
+    stamp: int
+    calibration: Hashable
+    message: Any
+    size: Any
+
+
+class _CameraInfos:
+    """One camera's newest camera_infos (at most ``depth``): in arrival order (the newest, and whether the
+    calibration is static) and in stamp order (the nearest to a stamp, by bisection)."""
+
+    def __init__(self, depth: int) -> None:
+        self._depth = depth
+        self._arrival: deque[_Info] = deque()
+        self._stamps: list[int] = []  # sorted
+        self._by_stamp: list[_Info] = []  # in the order of _stamps
+
+    def __bool__(self) -> bool:
+        return bool(self._arrival)
+
+    def add(self, info: _Info) -> None:
+        self._arrival.append(info)
+        if len(self._arrival) > self._depth:
+            oldest = self._arrival.popleft()
+            i = bisect.bisect_left(self._stamps, oldest.stamp)
+            while self._by_stamp[i] is not oldest:
+                i += 1
+            del self._stamps[i], self._by_stamp[i]
+        i = bisect.bisect_right(self._stamps, info.stamp)
+        self._stamps.insert(i, info.stamp)
+        self._by_stamp.insert(i, info)
+
+    def nearest(self, stamp: int) -> _Info:
+        i = bisect.bisect_left(self._stamps, stamp)
+        candidates = self._by_stamp[max(i - 1, 0):i + 1]
+        return min(candidates, key=lambda info: abs(info.stamp - stamp))
+
+    @property
+    def latest_stamp(self) -> int:
+        return self._stamps[-1]
+
+    @property
+    def newest(self) -> _Info:
+        return self._arrival[-1]
+
+    @property
+    def static(self) -> bool:
+        """The two newest carry the same calibration."""
+        return len(self._arrival) >= 2 and self._arrival[-1].calibration == self._arrival[-2].calibration
 
 
 class CalibratedStereoSync:
@@ -127,7 +189,8 @@ class CalibratedStereoSync:
     size)`` (side 0 left, 1 right; ``calibration``: any hashable value equal for equal calibrations; ``size``:
     the image size, or the size of the images a camera_info describes; None: unknown, e.g. a compressed image
     not decoded yet); both return the sets that became complete, oldest first, each
-    ``[left, right, left_info, right_info]``.
+    ``[left, right, left_info, right_info]``. ``flush`` answers the pairs still waiting (the end of a
+    recording); ``clear`` drops everything held (inputs unsubscribed), counted.
 
     queue_size: images per input and pairs waiting for camera_infos; info_depth: camera_infos kept per
     camera; tolerance_ns as ``StereoSynchronizer``'s."""
@@ -136,18 +199,12 @@ class CalibratedStereoSync:
         self.images = StereoSynchronizer(2, queue_size, tolerance_ns)
         self.tolerance_ns = tolerance_ns
         self.info_stats = CameraInfoStats(borrowed_info=[0, 0])
-        #: per camera, the newest camera_infos in arrival order: (stamp, calibration, message, size)
-        self._infos: list[deque[tuple[int, Hashable, Any, Any]]] = [deque(maxlen=info_depth or 10 * queue_size)
-                                                                    for _ in range(2)]
-        self.last_info_stamps: list[int | None] = [None, None]
+        self._info_depth = info_depth or 10 * queue_size
+        self._infos = [_CameraInfos(self._info_depth) for _ in range(2)]
+        self.last_info_stamps: list[int | None] = [None, None]  # newest stamp received per camera
         #: image pairs waiting for camera_infos, oldest first: ([(stamp, size) left, right], [left, right])
         self.waiting: deque[tuple[list[tuple[int, Any]], list[Any]]] = deque()
         self._queue_size = queue_size
-
-    def stamp_spread_ns(self) -> int | None:
-        """Spread (max - min) of the newest stamp of each of the four inputs; None until every one has one."""
-        stamps = [*self.images.stats.last_stamps, *self.last_info_stamps]
-        return None if any(s is None for s in stamps) else max(stamps) - min(stamps)
 
     def add_image(self, side: int, stamp_ns: int, image: Any, size: Any = None) -> list[list[Any]]:
         pair = self.images.add(side, stamp_ns, (stamp_ns, size, image))
@@ -159,39 +216,53 @@ class CalibratedStereoSync:
         return self._release()
 
     def add_info(self, side: int, stamp_ns: int, calibration: Hashable, info: Any, size: Any = None) -> list[list[Any]]:
-        self._infos[side].append((stamp_ns, calibration, info, size))
+        self._infos[side].add(_Info(stamp_ns, calibration, info, size))
         self.last_info_stamps[side] = stamp_ns
         return self._release()
 
-    def _info_for(self, side: int, stamp_ns: int, size: Any, later_image: bool) -> tuple[Any, bool] | None:
-        """(camera_info, whether it is another frame's) for an image of ``side`` stamped ``stamp_ns`` of ``size``
-        (``later_image``: an image stamped after its pair has arrived); None: wait."""
+    def flush(self) -> list[list[Any]]:
+        """The waiting pairs answered as if a later image had come (no more will); the rest dropped, counted."""
+        return self._release(final=True)
+
+    def clear(self) -> None:
+        """Drop the queued images, the waiting pairs and the camera_infos, counted (``unmatched``, ``without_info``):
+        after a pause nothing from before it is answered, and the calibration must show again that it is static."""
+        self.images.clear()
+        self.info_stats.without_info += len(self.waiting)
+        self.waiting.clear()
+        self._infos = [_CameraInfos(self._info_depth) for _ in range(2)]
+
+    def _info_for(self, side: int, stamp_ns: int, size: Any, late: bool) -> tuple[Any, bool] | None:
+        """(camera_info, whether it is stamped otherwise) for an image of ``side`` stamped ``stamp_ns`` of ``size``
+        (``late``: an image stamped after its pair has arrived); None: wait."""
         infos = self._infos[side]
         if not infos:
             return None
-        if self.tolerance_ns is None:
-            own = next((item for item in reversed(infos) if item[0] == stamp_ns), None)
+        nearest = infos.nearest(stamp_ns)
+        distance = abs(nearest.stamp - stamp_ns)
+        if distance == 0:
+            return nearest.message, False
+        if not (late or infos.latest_stamp > stamp_ns):  # a nearer one may still come
+            return None
+        if self.tolerance_ns is not None and distance <= self.tolerance_ns:
+            candidate = nearest
+        elif infos.static:
+            candidate = infos.newest
         else:
-            own = min(infos, key=lambda item: abs(item[0] - stamp_ns))
-            own = own if abs(own[0] - stamp_ns) <= self.tolerance_ns else None
-        if own is not None:
-            return own[2], False
-        late = later_image or infos[-1][0] > stamp_ns
-        static = len(infos) >= 2 and infos[-1][1] == infos[-2][1]
-        fits = size is None or infos[-1][3] is None or size == infos[-1][3]
-        return (infos[-1][2], True) if late and static and fits else None
+            return None
+        fits = size is None or candidate.size is None or size == candidate.size
+        return (candidate.message, True) if fits else None
 
-    def _release(self) -> list[list[Any]]:
+    def _release(self, final: bool = False) -> list[list[Any]]:
         """The waiting pairs that have their camera_infos now, in order; older pairs still without one are
-        dropped once a later pair goes (sets leave in time order)."""
+        dropped once a later pair goes (sets leave in time order). ``final``: every pair counts as late."""
         newest_image = max((s for s in self.images.stats.last_stamps if s is not None), default=None)
-        found = [[self._info_for(side, stamp, size, newest_image > max(stamp for stamp, _ in images))
+        found = [[self._info_for(side, stamp, size, final or newest_image > max(stamp for stamp, _ in images))
                   for side, (stamp, size) in enumerate(images)] for images, _ in self.waiting]
         ready = [i for i, infos in enumerate(found) if None not in infos]
-        if not ready:
-            return []
+        last = len(found) - 1 if final else (ready[-1] if ready else -1)
         sets = []
-        for i in range(ready[-1] + 1):
+        for i in range(last + 1):
             _, (left, right) = self.waiting.popleft()
             if None in found[i]:
                 self.info_stats.without_info += 1

@@ -227,3 +227,32 @@ def test_binning_and_roi_adjust_the_projection_and_the_image_size_as_image_geome
     np.testing.assert_allclose(projection(roi), [[800, 0, 320, -80], [0, 800, 240, 0], [0, 0, 1, 0]])
     plain = CameraInfo(width=640, height=480, p=full)
     assert image_size(plain) == (640, 480) and np.array_equal(projection(plain), np.reshape(full, (3, 4)))
+
+
+def test_a_camera_info_calibration_is_equal_for_equal_fields_nan_included_and_its_size_says_when_unknown():
+    from sensor_msgs.msg import CameraInfo
+
+    from sgru_ros.ros.conversions import calibration_of
+
+    def info(**fields) -> CameraInfo:
+        msg = CameraInfo(width=640, height=480, p=[500.0, 0.0, 320.0, 0.0, 0.0, 500.0, 240.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+        for name, value in fields.items():
+            setattr(msg, name, value)
+        return msg
+
+    assert calibration_of(info()) == calibration_of(info(header=Header(frame_id="later")))
+    assert calibration_of(info(d=[float("nan")] * 5)) == calibration_of(info(d=[float("nan")] * 5))
+    assert calibration_of(info())[0] != calibration_of(info(binning_x=2))[0]
+    assert calibration_of(info(binning_x=2))[1] == (320, 480)
+    assert calibration_of(info(width=0, height=0))[1] is None  # the camera_info gives no size
+
+
+def test_the_stall_reason_says_when_image_pairs_find_no_camera_info():
+    from sgru_ros.ros.diagnostics import stall_reason
+
+    topics = ["/l/image_rect", "/r/image_rect", "/l/camera_info", "/r/camera_info"]
+    reason = stall_reason(topics, [5, 5, 3, 3], [10, 10, 7, 7], 0, False, 0.02, pairs_without_info=4)
+    assert reason.startswith("the images pair up, but 4 pairs found no camera_info stamped as their images")
+    assert "/l/camera_info 0.000000007" in reason
+    lost = stall_reason(topics, [5, 5, 3, 3], [10, 10, 10, 10], 0, False, 0.02)
+    assert "messages are being lost on the way" in lost

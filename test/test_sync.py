@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from sgru_ros.sync import StereoSynchronizer
@@ -223,39 +225,80 @@ def test_pairs_without_any_camera_info_are_bounded_and_counted():
     for stamp in range(10):
         assert _stereo_frame(sync, stamp, infos=False) == []
     assert len(sync.waiting) == 3 and sync.info_stats.without_info == 7
-    assert sync.stamp_spread_ns() is None  # no camera_info stamp yet
 
 
-def test_approximate_sync_takes_the_nearest_camera_info_within_the_tolerance():
+def test_approximate_sync_takes_the_nearest_camera_info_within_the_tolerance_once_none_nearer_can_come():
     from sgru_ros.sync import CalibratedStereoSync
 
     sync = CalibratedStereoSync(queue_size=5, tolerance_ns=10 * MS)
     sync.add_info(0, 95 * MS, "cal", "info0@95")
-    sync.add_info(1, 80 * MS, "cal", "info1@80")  # 20 ms off: not this pair's
+    sync.add_info(1, 80 * MS, "cal", "info1@80")  # 22 ms off: not this pair's
     sync.add_image(0, 100 * MS, "image0")
     assert sync.add_image(1, 102 * MS, "image1") == []
-    assert sync.add_info(1, 104 * MS, "other", "info1@104") == [["image0", "image1", "info0@95", "info1@104"]]
+    assert sync.add_info(1, 104 * MS, "other", "info1@104") == []  # the left camera's may still come nearer
+    assert sync.add_info(0, 106 * MS, "cal", "info0@106") == [["image0", "image1", "info0@95", "info1@104"]]
+    assert sync.info_stats.borrowed_info == [1, 1]  # stamped otherwise than their images
+
+
+@pytest.mark.parametrize("tolerance_ns", [1000, math.inf])
+def test_a_tolerance_wider_than_the_camera_period_still_gives_each_pair_its_own_camera_info(tolerance_ns):
+    """Image, then camera_info (image_transport's CameraPublisher), with a tolerance of more than a frame or none
+    at all: the previous frame's camera_info is near enough but not the nearest that comes."""
+    from sgru_ros.sync import CalibratedStereoSync
+
+    sync = CalibratedStereoSync(queue_size=5, tolerance_ns=tolerance_ns)
+    for stamp in range(100, 700, 100):
+        sets = []
+        for side in (0, 1):
+            sets += sync.add_image(side, stamp, f"image{side}@{stamp}")
+            sets += sync.add_info(side, stamp, "cal", f"info{side}@{stamp}")
+        assert sets == [[f"image0@{stamp}", f"image1@{stamp}", f"info0@{stamp}", f"info1@{stamp}"]]
+    assert sync.info_stats.borrowed_info == [0, 0]
+
+
+def test_flush_answers_the_last_pairs_of_a_recording_and_clear_forgets_everything():
+    from sgru_ros.sync import CalibratedStereoSync
+
+    sync = CalibratedStereoSync(queue_size=5)
+    _stereo_frame(sync, 100)
+    _stereo_frame(sync, 200)
+    assert _stereo_frame(sync, 300, infos=False) == []  # no later image will come
+    assert sync.flush() == [["image0@300", "image1@300", "info0@200", "info1@200"]]
+    assert _stereo_frame(sync, 400, infos=False) == []
+    sync.clear()  # inputs unsubscribed while the pair of 400 waits
+    assert sync.info_stats.without_info == 1 and not sync.waiting
+    sync.add_image(0, 500, "image0@500")
+    sync.clear()  # ... while a left image waits for its partner
+    assert sync.images.stats.unmatched == [1, 0]
+    assert _stereo_frame(sync, 600, infos=False) == [] and sync.add_image(0, 700, "image0@700") == []
+    assert _stereo_frame(sync, 800) == [["image0@800", "image1@800", "info0@800", "info1@800"]]
 
 
 def test_every_image_is_accounted_for_with_late_and_lost_camera_infos():
-    """Each image ends in a set, is queued or waiting, or is counted (unmatched, or a pair without camera_info)."""
+    """Each image ends in at most one set, is queued, or is counted (unmatched, or a pair without camera_info);
+    a camera_info stamped otherwise than its image is counted as borrowed. Arbitrary arrival order and losses."""
     import random
 
     from sgru_ros.sync import CalibratedStereoSync
 
     rng = random.Random(1)
-    for tolerance in (None, 5):
+    for tolerance in (None, 5, math.inf):
         sync = CalibratedStereoSync(queue_size=3, tolerance_ns=tolerance)
-        received, emitted = [0, 0], 0
+        received, sets = [0, 0], []
         events = [(stamp * 10 + rng.randint(0, 3 if tolerance else 0), i) for stamp in range(200) for i in range(4)
                   if rng.random() > 0.1]
         rng.shuffle(events)
         for stamp, i in events:
             if i < 2:
-                emitted += len(sync.add_image(i, stamp, (i, stamp)))
+                sets += sync.add_image(i, stamp, (i, stamp))
                 received[i] += 1
             else:
-                emitted += len(sync.add_info(i - 2, stamp, "cal" if stamp < 1000 else "new", (i, stamp)))
+                sets += sync.add_info(i - 2, stamp, "cal" if stamp < 1000 else "new", (i, stamp))
+        sets += sync.flush()
         for i in range(2):
-            assert received[i] == (emitted + sync.images.stats.unmatched[i] + len(sync.images.queues[i])
-                                   + sync.info_stats.without_info + len(sync.waiting))
+            assert received[i] == (len(sets) + sync.images.stats.unmatched[i] + len(sync.images.queues[i])
+                                   + sync.info_stats.without_info)
+            images = [s[i] for s in sets]
+            assert len(set(images)) == len(images)
+            borrowed = [s for s in sets if s[2 + i][1] != s[i][1]]
+            assert len(borrowed) == sync.info_stats.borrowed_info[i]

@@ -252,7 +252,7 @@ def convert_bag(source: str | Path, target: str | Path, pipeline: StereoPipeline
     from rclpy.serialization import deserialize_message
     from rosbags.rosbag2 import StoragePlugin, Writer
 
-    from .conversions import camera_model, raw_image_size, stamp_ns
+    from .conversions import calibration_of, raw_image_size, stamp_ns
 
     _check_options(options, target := Path(target))
     ros_types = _ros_types()
@@ -276,25 +276,28 @@ def convert_bag(source: str | Path, target: str | Path, pipeline: StereoPipeline
                 if index < 2:
                     sets = sync.add_image(index, stamp, (log_time, msg), raw_image_size(msg))
                 else:
-                    model = camera_model(msg)
-                    sets = sync.add_info(index - 2, stamp, model, msg, model.image_size())
+                    calibration, size = calibration_of(msg)
+                    sets = sync.add_info(index - 2, stamp, calibration, msg, size)
                 for frame in sets:
-                    _convert_set(pipeline, options, frame, out, summary)
-                    if progress is not None:
-                        progress(summary.sets, in_range)
+                    _convert_set(pipeline, options, frame, out, summary, progress, in_range)
+            for frame in sync.flush():  # the last pairs: no later image will show that their camera_info is late
+                _convert_set(pipeline, options, frame, out, summary, progress, in_range)
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)  # a bag cut short has no metadata: nobody can read it
         raise
     finally:
         reader.close()
     summary.unmatched = (sum(sync.images.stats.unmatched) + sum(len(q) for q in sync.images.queues)
-                         + 2 * (sync.info_stats.without_info + len(sync.waiting)))
+                         + 2 * sync.info_stats.without_info)
     summary.borrowed_info = sum(sync.info_stats.borrowed_info)
     if summary.sets == 0:
         shutil.rmtree(target, ignore_errors=True)
         if not summary.messages_in:
             raise ValueError(f"no input messages between --start {options.start:g} s and --end {options.end:g} s "
                              f"(the bag lasts {duration_s:.3f} s)")
+        if sync.info_stats.without_info:
+            raise ValueError(f"no synchronised set formed: {sync.info_stats.without_info} image pairs found no "
+                             "camera_info of their stamp (nor two equal ones of their size before them)")
         raise ValueError(f"no synchronised set formed from {sum(summary.messages_in.values())} messages: "
                          + ("stamps must be identical for exact sync; try --approximate-sync SECONDS"
                             if tolerance is None else f"no stamps within {options.tolerance_s:g} s of each other"))
@@ -302,9 +305,9 @@ def convert_bag(source: str | Path, target: str | Path, pipeline: StereoPipeline
 
 
 def _convert_set(pipeline: StereoPipeline, options: BagOptions, frame: list, out: _OutputBag,
-                 summary: BagSummary) -> None:
+                 summary: BagSummary, progress: Callable[[int, int], object] | None, in_range: int) -> None:
     """One synchronised set ``[(log_time, left), (_, right), left_info, right_info]``: processed and written (each
-    output at the left image's log time and stamp), or counted as skipped."""
+    output at the left image's log time and stamp), or counted as skipped; then ``progress``."""
     from .conversions import restamped
 
     summary.sets += 1
@@ -319,6 +322,8 @@ def _convert_set(pipeline: StereoPipeline, options: BagOptions, frame: list, out
         summary.skipped[skipped] += 1
     if skipped == "out_of_memory":  # out of the except block: its traceback held the set's tensors
         release_memory(pipeline.estimator.device)
+    if progress is not None:
+        progress(summary.sets, in_range)
 
 
 def parse_outputs(names: Sequence[str]) -> tuple[str, ...]:

@@ -304,6 +304,15 @@ def rectified_info(info: CameraInfo) -> CameraInfo:
                       binning_x=info.binning_x, binning_y=info.binning_y, roi=info.roi)
 
 
+def calibration_of(info: CameraInfo) -> tuple[str, tuple[int, int] | None]:
+    """What ``sync.CalibratedStereoSync`` compares of a camera_info: its calibration (equal for equal fields, NaN
+    included: the text of its ``CameraModel``) and the (width, height) of the images it describes (None when it
+    gives none: width or height 0)."""
+    model = camera_model(info)
+    size = model.image_size()
+    return repr(model), size if all(size) else None
+
+
 def raw_image_size(msg: Image | CompressedImage) -> tuple[int, int] | None:
     """(width, height) of an image message as it came; None for a compressed one (known once decoded)."""
     return (msg.width, msg.height) if isinstance(msg, Image) else None

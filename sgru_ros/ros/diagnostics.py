@@ -54,17 +54,18 @@ class FrameStats:
 
 
 def stall_reason(topics: list[str], since_last_set: list[int], newest_stamps: list[int], spread_ns: int,
-                 approximate: bool, tolerance_s: float) -> str:
+                 approximate: bool, tolerance_s: float, pairs_without_info: int = 0) -> str:
     """Why no synchronised set forms while inputs arrive, and what would help.
 
     since_last_set: messages per input since the last set; newest_stamps: each input's newest stamp (ns);
-    spread_ns: their spread (``StereoSynchronizer.stamp_spread_ns``)."""
+    spread_ns: the spread of the images' (``StereoSynchronizer.stamp_spread_ns``); pairs_without_info: image
+    pairs dropped without a camera_info since the last set."""
     counts = ", ".join(f"{t} {n}" for t, n in zip(topics, since_last_set))
     missing = [t for t, n in zip(topics, since_last_set) if n == 0]
     if missing:
         return (f"nothing received on {', '.join(missing)} (messages since the last set: {counts}); check that "
                 "they are published, with a compatible QoS, in this ROS_DOMAIN_ID")
-    stamps = ", ".join(f"{t} {stamp_text(s)}" for t, s in zip(topics, newest_stamps))
+    stamps = ", ".join(f"{t} {stamp_text(s)}" for t, s in zip(topics[:2], newest_stamps[:2]))
     enough = math.ceil(spread_ns / 1e6) / 1e3 if spread_ns else 0.0  # seconds, rounded up to the millisecond
     if approximate:
         if spread_ns > round(tolerance_s * 1e9):
@@ -75,6 +76,11 @@ def stall_reason(topics: list[str], since_last_set: list[int], newest_stamps: li
         return (f"newest stamps {stamps} differ by up to {spread_ns / 1e6:.1f} ms; exact sync needs identical stamps: "
                 f"fix the camera driver, or set approximate_sync:=true with approximate_sync_tolerance_seconds "
                 f">= {enough:.3f}")
+    if pairs_without_info:
+        infos = ", ".join(f"{t} {stamp_text(s)}" for t, s in zip(topics[2:], newest_stamps[2:]))
+        return (f"the images pair up, but {pairs_without_info} pairs found no camera_info stamped as their images"
+                f"{' (or within the tolerance)' if approximate else ''} and no static calibration of their size "
+                f"(two equal camera_infos in a row); newest camera_info stamps {infos}")
     return (f"every input arrives and stamps can match, but no complete set forms (messages since the last set: "
             f"{counts}): messages are being lost on the way; see the input reliability in /diagnostics")
 
@@ -91,8 +97,8 @@ class NodeState:
     reliability: list[ReliabilityPolicy | None]
     unmatched: list[int]  # per image input, from the synchroniser
     repeated: list[int]  # per image input: images stamped as the input's last set (dropped, counted in unmatched)
-    borrowed_info: list[int]  # per camera: sets answered with another frame's camera_info (a static calibration)
-    without_info: int  # image pairs dropped waiting for a camera_info
+    borrowed_info: list[int]  # per camera: sets answered with a camera_info stamped otherwise than their image
+    without_info: int  # image pairs dropped without a camera_info (sync.CameraInfoStats)
     iterations: int
     model: str
     device: str

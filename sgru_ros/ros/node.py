@@ -38,7 +38,7 @@ from ..device import release_memory
 from ..inference import InferenceCancelled, StereoEstimator
 from ..pipeline import FrameResult, GeometryOptions, StereoPipeline, failure_kind
 from ..sync import CalibratedStereoSync
-from .conversions import (camera_model, image_size, projection, raw_image_size, restamped, stamp_ns, stamp_text,
+from .conversions import (calibration_of, image_size, projection, raw_image_size, restamped, stamp_ns, stamp_text,
                           stereo_pair_to_rgb)
 from .diagnostics import FailureLog, FrameStats, NodeState, diagnostic_array, stall_reason
 from .inputs import INPUT_NAMES, StereoInputs
@@ -88,8 +88,7 @@ class StereoWiring:
         self._previous_disparity: np.ndarray | None = None  # for warm_start
         self._failures_logged = FailureLog()
         self._last_input_time = [-float("inf")] * len(INPUT_NAMES)
-        self._last_set_time = time.monotonic()
-        self._received_at_last_set = list(self.stats.received)
+        self._mark_set()
         # SIGINT/SIGTERM shut the context down before spin() returns: stop publishing from that moment.
         self.context.on_shutdown(self._stop_worker)
         self.inputs = StereoInputs(self, p("image_transport"), p("input_reliability"), p("queue_size"),
@@ -117,8 +116,7 @@ class StereoWiring:
     def _start(self) -> None:
         self.sync = self._new_sync()
         self._last_input_time = [-float("inf")] * len(INPUT_NAMES)
-        self._last_set_time = time.monotonic()
-        self._received_at_last_set = list(self.stats.received)
+        self._mark_set()
         self._failures_logged = FailureLog()
         self._wait_for_worker(RESTART_WAIT_S)
         if self.busy:
@@ -158,6 +156,12 @@ class StereoWiring:
             self.outputs.stop()
 
     # -- inputs --------------------------------------------------------------------------------
+    def _mark_set(self) -> None:
+        """A set formed (or the inputs start): the sync-stall clock and the counts since the last set start here."""
+        self._last_set_time = time.monotonic()
+        self._received_at_last_set = list(self.stats.received)
+        self._without_info_at_last_set = self.sync.info_stats.without_info
+
     def _new_sync(self) -> CalibratedStereoSync:
         """Camera_infos kept as deep as their subscriptions (``StereoInputs``)."""
         queue_size = self.params("queue_size")
@@ -170,11 +174,11 @@ class StereoWiring:
                 self.inputs.unsubscribe()
                 self.get_logger().info("no subscriber to any output: inputs unsubscribed until one subscribes")
             return
-        if not self.inputs.subscribed:  # from idle: the sync-stall clock starts now, not at the last set
-            self._last_set_time = time.monotonic()
-            self._received_at_last_set = list(self.stats.received)
+        if not self.inputs.subscribed:  # from idle: the sync-stall clock starts now, nothing before is answered
+            self.sync.clear()
+            self._mark_set()
         if self.inputs.adapt():  # other image topics: what waits for partners came from the old ones
-            self.sync = self._new_sync()
+            self.sync.clear()
 
     def _on_input(self, index: int, msg) -> None:
         self.stats.received[index] += 1
@@ -183,15 +187,14 @@ class StereoWiring:
         sets = self.sync.add_image(index, stamp, msg, raw_image_size(msg)) if index < 2 else self._add_info(index, msg)
         for left, right, left_info, right_info in sets:
             self.stats.sets += 1
-            self._last_set_time = time.monotonic()
-            self._received_at_last_set = list(self.stats.received)
+            self._mark_set()
             complete = [left, right, restamped(left_info, left.header), restamped(right_info, right.header)]
             self.stats.dropped += self._backlog.push(complete, stamp_ns(left.header), self.params("queue_size"),
                                                      self.params("backlog_seconds"))
 
     def _add_info(self, index: int, msg: CameraInfo) -> list[list]:
-        model = camera_model(msg)
-        return self.sync.add_info(index - 2, stamp_ns(msg.header), model, msg, model.image_size())
+        calibration, size = calibration_of(msg)
+        return self.sync.add_info(index - 2, stamp_ns(msg.header), calibration, msg, size)
 
     # -- the inference thread ------------------------------------------------------------------
     def _work(self, cancel: threading.Event) -> None:
@@ -288,8 +291,9 @@ class StereoWiring:
                 since = [n - m for n, m in zip(self.stats.received, self._received_at_last_set)]
                 reason = stall_reason(self.inputs.topics, since,
                                       [*self.sync.images.stats.last_stamps, *self.sync.last_info_stamps],
-                                      self.sync.stamp_spread_ns(), self.params("approximate_sync"),
-                                      self.params("approximate_sync_tolerance_seconds"))
+                                      self.sync.images.stamp_spread_ns(), self.params("approximate_sync"),
+                                      self.params("approximate_sync_tolerance_seconds"),
+                                      self.sync.info_stats.without_info - self._without_info_at_last_set)
                 self.get_logger().warning(f"no synchronised set for {now - self._last_set_time:.1f} s while inputs "
                                           f"arrive: {reason}", throttle_duration_sec=5.0)
         state = NodeState(running=self._running, worker_alive=self.busy, sync_stalled=sync_stalled,

@@ -160,10 +160,12 @@ def declare_stereo_parameters(node: Node) -> None:
 
 def _declare_input_parameters(declare) -> None:
     """Which images, how they are matched, and how long they may wait."""
-    declare("queue_size", 5, "Messages kept per input, by the subscription and for synchronisation, as "
-            "stereo_image_proc's (raise it when the four topics arrive more frames apart than this)",
+    declare("queue_size", 5, "Images kept per input, by the subscription and for synchronisation, as "
+            "stereo_image_proc's, and image pairs waiting for their camera_infos (camera_infos: ten times as many; "
+            "raise it when the left and right images arrive more frames apart than this)",
             read_only=True, integer_range=(1, 100))
-    declare("approximate_sync", False, "Match inputs by nearest stamp instead of identical stamps",
+    declare("approximate_sync", False, "Match the images, and each with its camera_info, by nearest stamp instead "
+            "of identical stamps",
             read_only=True)
     declare("approximate_sync_tolerance_seconds", 0.02, "Largest stamp spread of an approximate set (0: no bound, "
             "the nearest stamps, as stereo_image_proc)",
