@@ -67,14 +67,38 @@ def test_without_subscribers_no_input_is_taken_and_diagnostics_say_idle(ros, che
         camera.publish_pair(*textured_pair(), sec=1)
         # A consumer appears: the node subscribes its inputs and answers.
         answers = {}
-        camera.create_subscription(DisparityImage, "/lazy/disparity", lambda m: answers.__setitem__(stamp_ns(m.header),
-                                                                                                    m), QoSProfile(depth=5))
+
+        def subscribe():
+            return camera.create_subscription(DisparityImage, "/lazy/disparity",
+                                              lambda m: answers.__setitem__(stamp_ns(m.header), m), QoSProfile(depth=5))
+
+        consumer = subscribe()
         camera.wait_connected()
         stamp = camera.publish_pair(*textured_pair(), sec=2)
         camera.spin_until(lambda: stamp in answers, 60.0, "an answer once somebody subscribes")
         values = lambda: {kv.key: kv.value for kv in camera.last_status("/lazy/sgru_stereo").values}  # noqa: E731
         camera.spin_until(lambda: values()["frames_processed"] == "1", 5.0, "diagnostics counting the frame")
         assert camera.last_status("/lazy/sgru_stereo").message == "running" and values()["output_subscribers"] == "1"
+        # A pair still waiting for its camera_infos when the last consumer leaves is not answered after the pause,
+        # not even once the calibration turns out static.
+        from std_msgs.msg import Header
+
+        from sgru_ros.ros.conversions import array_to_image
+
+        header = Header(frame_id="rig_left_optical")
+        header.stamp.sec = 3
+        for side, image in zip(("left", "right"), textured_pair()):
+            camera.pubs[f"{side}/image_rect"].publish(array_to_image(image, "rgb8", header))
+        camera.spin_for(1.0)
+        camera.destroy_subscription(consumer)
+        camera.spin_until(lambda: values()["output_subscribers"] == "0", 10.0, "idle")
+        consumer = subscribe()
+        camera.wait_connected()
+        stamp = camera.publish_pair(*textured_pair(), sec=4)
+        camera.spin_until(lambda: stamp in answers, 60.0, "an answer after the pause")
+        camera.spin_for(1.5)
+        assert sorted(answers) == [stamp_ns(header) - 1_000_000_000, stamp]  # seconds 2 and 4, never 3
+        assert values()["pairs_without_camera_info"] == "1"
     finally:
         camera.destroy_node()
         output = stop_process(proc)
