@@ -21,10 +21,10 @@ with nothing else running). Waiting for it would leave most image pairs
 unmatched, so while a camera's calibration is static (its two newest
 camera_infos carry the same calibration) the newest one answers a pair whose own
 has not come by the time a later image (or a later camera_info of that camera)
-arrives, if it describes images of the pair's size; counted in
-``borrowed_info``. Drivers that send the camera_info just after its image
+arrives or ``grace_s`` after the pair formed, if it describes images of the
+pair's size; counted in ``borrowed_info``. Drivers that send the camera_info just after its image
 (image_transport's CameraPublisher) get their own whenever it comes before the
-next image. A change of image size (binning, ROI) is waited for, stamp by stamp;
+next image or within ``grace_s``. A change of image size (binning, ROI) is waited for, stamp by stamp;
 a new calibration of the same size (a recalibration, a zoom) is taken from the
 first camera_info that carries it on, and frames before that one whose own
 camera_info is late get the calibration before it.
@@ -33,9 +33,10 @@ camera_info is late get the calibration before it.
 from __future__ import annotations
 
 import bisect
+import time
 from collections import deque
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from collections.abc import Hashable
 from typing import Any
 
 
@@ -189,27 +190,34 @@ class CalibratedStereoSync:
     size)`` (side 0 left, 1 right; ``calibration``: any hashable value equal for equal calibrations; ``size``:
     the image size, or the size of the images a camera_info describes; None: unknown, e.g. a compressed image
     not decoded yet); both return the sets that became complete, oldest first, each
-    ``[left, right, left_info, right_info]``. ``flush`` answers the pairs still waiting (the end of a
-    recording); ``clear`` drops everything held (inputs unsubscribed), counted.
+    ``[left, right, left_info, right_info]``. ``release`` (call it periodically, live) gives the pairs that
+    waited ``grace_s``; ``flush`` answers the pairs still waiting (the end of a recording); ``clear`` drops
+    everything held (inputs unsubscribed), counted.
 
     queue_size: images per input and pairs waiting for camera_infos; info_depth: camera_infos kept per
-    camera; tolerance_ns as ``StereoSynchronizer``'s."""
+    camera; tolerance_ns as ``StereoSynchronizer``'s; grace_s: how long a pair waits for its own camera_info
+    before it counts as late also without a later image (None: only a later image tells, as offline);
+    clock: seconds, for ``grace_s``."""
 
-    def __init__(self, queue_size: int, tolerance_ns: float | None = None, info_depth: int | None = None) -> None:
+    def __init__(self, queue_size: int, tolerance_ns: float | None = None, info_depth: int | None = None,
+                 grace_s: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.images = StereoSynchronizer(2, queue_size, tolerance_ns)
         self.tolerance_ns = tolerance_ns
         self.info_stats = CameraInfoStats(borrowed_info=[0, 0])
         self._info_depth = info_depth or 10 * queue_size
         self._infos = [_CameraInfos(self._info_depth) for _ in range(2)]
         self.last_info_stamps: list[int | None] = [None, None]  # newest stamp received per camera
-        #: image pairs waiting for camera_infos, oldest first: ([(stamp, size) left, right], [left, right])
-        self.waiting: deque[tuple[list[tuple[int, Any]], list[Any]]] = deque()
+        #: image pairs waiting for camera_infos, oldest first: ([(stamp, size) left, right], [left, right], formed)
+        self.waiting: deque[tuple[list[tuple[int, Any]], list[Any], float]] = deque()
         self._queue_size = queue_size
+        self._grace_s = grace_s
+        self._clock = clock
 
     def add_image(self, side: int, stamp_ns: int, image: Any, size: Any = None) -> list[list[Any]]:
         pair = self.images.add(side, stamp_ns, (stamp_ns, size, image))
         if pair is not None:
-            self.waiting.append(([(stamp, size) for stamp, size, _ in pair], [image for _, _, image in pair]))
+            self.waiting.append(([(stamp, size) for stamp, size, _ in pair], [image for _, _, image in pair],
+                                 self._clock()))
             if len(self.waiting) > self._queue_size:
                 self.waiting.popleft()
                 self.info_stats.without_info += 1
@@ -218,6 +226,10 @@ class CalibratedStereoSync:
     def add_info(self, side: int, stamp_ns: int, calibration: Hashable, info: Any, size: Any = None) -> list[list[Any]]:
         self._infos[side].add(_Info(stamp_ns, calibration, info, size))
         self.last_info_stamps[side] = stamp_ns
+        return self._release()
+
+    def release(self) -> list[list[Any]]:
+        """The waiting pairs that have their camera_infos now, ``grace_s`` counted (a timer's call)."""
         return self._release()
 
     def flush(self) -> list[list[Any]]:
@@ -257,13 +269,19 @@ class CalibratedStereoSync:
         """The waiting pairs that have their camera_infos now, in order; older pairs still without one are
         dropped once a later pair goes (sets leave in time order). ``final``: every pair counts as late."""
         newest_image = max((s for s in self.images.stats.last_stamps if s is not None), default=None)
-        found = [[self._info_for(side, stamp, size, final or newest_image > max(stamp for stamp, _ in images))
-                  for side, (stamp, size) in enumerate(images)] for images, _ in self.waiting]
+        now = self._clock()
+
+        def late(images: list[tuple[int, Any]], formed: float) -> bool:
+            return (final or newest_image > max(stamp for stamp, _ in images)
+                    or (self._grace_s is not None and now - formed >= self._grace_s))
+
+        found = [[self._info_for(side, stamp, size, late(images, formed)) for side, (stamp, size) in enumerate(images)]
+                 for images, _, formed in self.waiting]
         ready = [i for i, infos in enumerate(found) if None not in infos]
         last = len(found) - 1 if final else (ready[-1] if ready else -1)
         sets = []
         for i in range(last + 1):
-            _, (left, right) = self.waiting.popleft()
+            _, (left, right), _ = self.waiting.popleft()
             if None in found[i]:
                 self.info_stats.without_info += 1
                 continue

@@ -165,9 +165,9 @@ def test_pair_in_disparity_and_cloud_out_with_consistent_geometry(rig):
 
 def test_images_whose_camera_infos_come_late_are_answered_with_the_static_calibration(rig):
     """Reliable DDS can deliver a camera_info sent after a large image seconds late. Once the calibration is
-    static, a pair whose own camera_info has not come when the next image arrives is answered with the newest
-    one, every output stamped as the images, and counted on /diagnostics; the late camera_infos form no
-    second answer, and the newest pair, whose camera_infos then come, gets its own."""
+    static, a pair whose own camera_info has not come when the next image arrives (or 0.1 s later) is answered
+    with the newest one, every output stamped as the images, and counted on /diagnostics; the late camera_infos
+    form no second answer."""
     left, right = textured_pair()
     for sec in (300, 301):  # two equal camera_infos: the calibration is static
         rig.frame(left, right, sec=sec)
@@ -180,27 +180,24 @@ def test_images_whose_camera_infos_come_late_are_answered_with_the_static_calibr
         header.stamp.sec = sec
         return header
 
-    for sec in (302, 303, 304, 305):
+    seconds = (302, 303, 304)
+    for sec in seconds:
         rig.pubs["left/image_rect"].publish(array_to_image(left, "rgb8", header_of(sec)))
         rig.pubs["right/image_rect"].publish(array_to_image(right, "rgb8", Header(frame_id="rig_right_optical",
                                                                                   stamp=header_of(sec).stamp)))
-    stamps = [stamp_ns(header_of(sec)) for sec in (302, 303, 304)]
+    stamps = [stamp_ns(header_of(sec)) for sec in seconds]
     rig.spin_until(lambda: all(stamp in o for o in rig.outputs.values() for stamp in stamps), 60.0, "answers")
     for stamp in stamps:
         for name, outputs in rig.outputs.items():
             assert stamp_ns(outputs[stamp].header) == stamp and outputs[stamp].header.frame_id == "rig_left_optical"
         np.testing.assert_allclose(as_array(rig.outputs["disparity"][stamp].image)[4:-4, 8:-4], 12.0, atol=1e-3)
     rig.spin_until(lambda: int(rig.last_diagnostics()[key]) >= before + 3, 10.0, f"{key} + 3")
-    rig.spin_for(1.5)
     sets = int(rig.last_diagnostics()["sets_formed"])
-    assert int(rig.last_diagnostics()[key]) == before + 3
-    for sec in (302, 303, 304, 305):  # the late ones
+    for sec in seconds:  # the late ones
         rig.pubs["left/camera_info"].publish(camera_info(CALIBRATION, False, 160, 120, header_of(sec)))
         rig.pubs["right/camera_info"].publish(camera_info(CALIBRATION, True, 160, 120, header_of(sec)))
-    last = stamp_ns(header_of(305))
-    rig.spin_until(lambda: last in rig.outputs["disparity"], 60.0, "the newest pair answered with its own")
-    rig.spin_for(1.5)
-    assert int(rig.last_diagnostics()["sets_formed"]) == sets + 1 and int(rig.last_diagnostics()[key]) == before + 3
+    rig.spin_for(2.5)
+    assert int(rig.last_diagnostics()["sets_formed"]) == sets and int(rig.last_diagnostics()[key]) == before + 3
 
 
 def test_confidence_is_the_pipelines_and_its_threshold_invalidates_pixels(rig, tmp_path):

@@ -289,3 +289,19 @@ def test_every_image_is_accounted_for_with_late_and_lost_camera_infos():
             assert len(set(images)) == len(images)
             borrowed = [s for s in sets if s[2 + i][1] != s[i][1]]
             assert len(borrowed) == sync.info_stats.borrowed_info[i]
+
+
+def test_a_pair_whose_camera_info_is_late_goes_after_the_grace_period_also_without_a_later_image():
+    """A slow camera (or the last frame of a stream): the next image may be far off, the static calibration is not."""
+    from sgru_ros.sync import CalibratedStereoSync
+
+    now = [0.0]
+    sync = CalibratedStereoSync(queue_size=5, grace_s=0.1, clock=lambda: now[0])
+    _stereo_frame(sync, 100)
+    _stereo_frame(sync, 200)
+    assert _stereo_frame(sync, 300, infos=False) == []
+    now[0] = 0.05
+    assert sync.release() == []
+    now[0] = 0.1
+    assert sync.release() == [["image0@300", "image1@300", "info0@200", "info1@200"]]
+    assert sync.info_stats.borrowed_info == [1, 1]

@@ -55,6 +55,9 @@ SHUTDOWN_WAIT_S = 1.0
 RESTART_WAIT_S = 10.0
 #: How often the inputs' publishers are looked up (their reliability decides the subscriptions').
 INPUT_QOS_CHECK_S = 0.25
+#: How long an image pair waits for its own camera_info before a static calibration answers it also without a
+#: later image (a slow camera, the last frame of a stream); image_transport's camera publisher sends it just after.
+CAMERA_INFO_GRACE_S = 0.1
 
 
 class StereoWiring:
@@ -75,7 +78,7 @@ class StereoWiring:
         self._cancel.set()
         self._worker: threading.Thread | None = None
         self._backlog = FrameBacklog()
-        self._input_timer = None
+        self._input_timers: list = []  # while started: the inputs' QoS check, the camera_info grace
         self._diagnostics_timer = None
         self.estimator: StereoEstimator | None = None
         self.pipeline: StereoPipeline | None = None
@@ -124,7 +127,8 @@ class StereoWiring:
         self._backlog = FrameBacklog()  # a fresh pace and camera period
         self._cancel = threading.Event()
         self._adapt_inputs()
-        self._input_timer = self.create_timer(INPUT_QOS_CHECK_S, self._adapt_inputs)
+        self._input_timers = [self.create_timer(INPUT_QOS_CHECK_S, self._adapt_inputs),
+                              self.create_timer(CAMERA_INFO_GRACE_S / 2, lambda: self._push(self.sync.release()))]
         self._worker = threading.Thread(target=self._work, args=(self._cancel,), name="sgru_inference", daemon=True)
         self._worker.start()
 
@@ -133,9 +137,9 @@ class StereoWiring:
         self._wait_for_worker(SHUTDOWN_WAIT_S)
         if self.busy:
             self.get_logger().warning(f"frame in progress abandoned (not done after {SHUTDOWN_WAIT_S} s)")
-        if self._input_timer is not None:
-            self.destroy_timer(self._input_timer)
-            self._input_timer = None
+        for timer in self._input_timers:
+            self.destroy_timer(timer)
+        self._input_timers = []
         self.inputs.unsubscribe()
         self._backlog.clear()
 
@@ -165,7 +169,8 @@ class StereoWiring:
     def _new_sync(self) -> CalibratedStereoSync:
         """Camera_infos kept as deep as their subscriptions (``StereoInputs``)."""
         queue_size = self.params("queue_size")
-        return CalibratedStereoSync(queue_size, self.params.sync_tolerance_ns(), info_depth=10 * queue_size)
+        return CalibratedStereoSync(queue_size, self.params.sync_tolerance_ns(), info_depth=10 * queue_size,
+                                    grace_s=CAMERA_INFO_GRACE_S)
 
     def _adapt_inputs(self) -> None:
         """Inputs subscribed while any output has a subscriber, each with the reliability its publishers allow."""
@@ -184,7 +189,11 @@ class StereoWiring:
         self.stats.received[index] += 1
         self._last_input_time[index] = time.monotonic()
         stamp = stamp_ns(msg.header)
-        sets = self.sync.add_image(index, stamp, msg, raw_image_size(msg)) if index < 2 else self._add_info(index, msg)
+        self._push(self.sync.add_image(index, stamp, msg, raw_image_size(msg)) if index < 2
+                   else self._add_info(index, msg))
+
+    def _push(self, sets: list[list]) -> None:
+        """Sets that formed, to the backlog (the inference thread takes them), each under its images' headers."""
         for left, right, left_info, right_info in sets:
             self.stats.sets += 1
             self._mark_set()
