@@ -165,7 +165,7 @@ def test_pair_in_disparity_and_cloud_out_with_consistent_geometry(rig):
 
 def test_images_whose_camera_infos_come_late_are_answered_with_the_static_calibration(rig):
     """Reliable DDS can deliver a camera_info sent after a large image seconds late. Once the calibration is
-    static, a pair whose own camera_info has not come when the next image arrives (or 0.1 s later) is answered
+    static, a pair whose own camera_info has not come when the next image arrives (or 0.5 s later) is answered
     with the newest one, every output stamped as the images, and counted on /diagnostics; the late camera_infos
     form no second answer."""
     left, right = textured_pair()

@@ -56,8 +56,9 @@ RESTART_WAIT_S = 10.0
 #: How often the inputs' publishers are looked up (their reliability decides the subscriptions').
 INPUT_QOS_CHECK_S = 0.25
 #: How long an image pair waits for its own camera_info before a static calibration answers it also without a
-#: later image (a slow camera, the last frame of a stream); image_transport's camera publisher sends it just after.
-CAMERA_INFO_GRACE_S = 0.1
+#: later image (a slow camera, the last frame of a stream). image_transport's camera publisher sends it just after
+#: the image, but a busy executor can take it a good part of a second later.
+CAMERA_INFO_GRACE_S = 0.5
 
 
 class StereoWiring:
@@ -128,7 +129,7 @@ class StereoWiring:
         self._cancel = threading.Event()
         self._adapt_inputs()
         self._input_timers = [self.create_timer(INPUT_QOS_CHECK_S, self._adapt_inputs),
-                              self.create_timer(CAMERA_INFO_GRACE_S / 2, lambda: self._push(self.sync.release()))]
+                              self.create_timer(CAMERA_INFO_GRACE_S / 5, lambda: self._push(self.sync.release()))]
         self._worker = threading.Thread(target=self._work, args=(self._cancel,), name="sgru_inference", daemon=True)
         self._worker.start()
 
