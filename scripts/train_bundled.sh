@@ -14,7 +14,10 @@
 # for GPU pieces (scripts/gpu_train.sh adds --cuda-graphs): 12000 steps of batch 16
 # at lr 2e-4 from the stage-3 weights (commit 1bc9dd4), on fresh scenes, 8
 # iterations per step, best.pth by the worst bad-2 over 8, 16 and 32 iterations.
-# Each call starts the stage's
+# Stage "edges" (runs/bundled_edges; python -m sgru_ros.training.edges) trains the
+# full-resolution edge refinement on the frozen stage-3 network, about 15 CPU
+# minutes in one go; its best.pth (network and refinement) is the bundled model.
+# Each numbered call starts the stage's
 # run if its folder holds no state, else resumes it, and stops cleanly before
 # TIME_BUDGET (default 2h; seconds, or 90m, 2h) with the state saved. The one-cycle
 # schedule is defined over the whole stage, so every piece continues the same
@@ -22,12 +25,18 @@
 # 12"); scripts/gpu_train.sh runs a piece on a GPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STAGE=${1:?give the stage: 1 to 4}
+STAGE=${1:?give the stage: 1 to 4 or edges}
 BUDGET=${2:-2h}
 PY=${PYTHON:-python3}
 # Texture photographs beside scikit-image's: Debian's mate-backgrounds (apt-get install mate-backgrounds).
 PHOTOS=/usr/share/backgrounds/mate/nature
 # Validation (48 scenes from seed 1234 + 1000003) is the same in every stage.
+if [ "$STAGE" = edges ]; then
+  INIT=runs/init_stage4.pth  # the stage-3 weights, as stage 4 starts from them
+  [ -f "$INIT" ] || { git show 1bc9dd4:sgru_ros/weights/sgru_raft_compact.pth > "$INIT.tmp" && mv "$INIT.tmp" "$INIT"; }
+  # shellcheck disable=SC2086  # EXTRA_ARGS is a list of options
+  exec "$PY" -m sgru_ros.training.edges --backbone "$INIT" --out runs/bundled_edges ${EXTRA_ARGS:-}
+fi
 COMMON=(--preset raft-compact --seed 1234 --photo-dir "$PHOTOS" --time-budget "$BUDGET" --no-progress)
 case "$STAGE" in
   1)
@@ -59,7 +68,7 @@ case "$STAGE" in
             --val-multiples 1 2 4 --best-over-multiples)
     ;;
   *)
-    echo "train_bundled: stage is 1 to 4, not $STAGE" >&2
+    echo "train_bundled: stage is 1 to 4 or edges, not $STAGE" >&2
     exit 2
     ;;
 esac

@@ -116,3 +116,16 @@ def test_early_downsample_is_marked_in_the_file_and_read_back(tmp_path):
     torch.save(state, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match="stride markers"):
         load_model(tmp_path / "bad.pth")
+
+
+def test_an_edge_refinement_is_read_off_the_file(tmp_path):
+    torch.manual_seed(0)
+    config = RaftConfig(hidden_dim=32, encoder_dims=(16, 16, 32), feature_dim=32, n_gru_layers=1,
+                        edge_width=6, edge_window=7)
+    save_checkpoint(build_model(config), tmp_path / "edges.pth")
+    assert load_model(tmp_path / "edges.pth").config == config
+    state = torch.load(tmp_path / "edges.pth", weights_only=True)
+    state["edge_refine.head.weight"] = state["edge_refine.head.weight"][:48]
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match="window"):
+        load_model(tmp_path / "bad.pth")

@@ -25,9 +25,12 @@ def needs_onnx():
 
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory):
+    """A small Selective-RAFT with an edge refinement (like the bundled model) that visibly changes its input."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("speed") / "small.pth"
-    save_checkpoint(SelectiveRAFT(RaftConfig(**SMALL_RAFT)), path)
+    model = SelectiveRAFT(RaftConfig(**SMALL_RAFT, edge_width=4, edge_window=5))
+    torch.nn.init.normal_(model.edge_refine.head.weight, std=0.1)
+    save_checkpoint(model, path)
     return path
 
 

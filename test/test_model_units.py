@@ -176,3 +176,55 @@ def test_raft_feature_encoder_on_each_image_is_the_function_of_one_batch_also_in
     together = encoder(torch.cat([left, right]))
     apart = torch.cat([encoder(left), encoder(right)])
     assert torch.allclose(together, apart, atol=1e-5)
+
+
+def test_edge_refinement_starts_as_nearly_the_identity_and_checks_shapes():
+    from sgru_ros.model.edges import EdgeRefinement
+
+    torch.manual_seed(0)
+    refinement = EdgeRefinement(width=4, window=5)
+    disparity = torch.rand(2, 1, 24, 40) * 30
+    left, right = torch.rand(2, 3, 24, 40) * 2 - 1, torch.rand(2, 3, 24, 40) * 2 - 1
+    out = refinement(disparity, left, right)
+    assert out.shape == disparity.shape
+    # Centre weight 0.9989: the other 24 neighbours share 0.0011, the correction starts at 0.
+    assert (out - disparity).abs().max() <= 1.2e-3 * 30
+    assert (out - disparity).abs().max() > 0
+    with pytest.raises(ValueError, match="B x 1 x H x W"):
+        refinement(disparity[:, 0], left, right)
+    with pytest.raises(ValueError, match="images must be"):
+        refinement(disparity, left[:, :, :20], right[:, :, :20])
+    with pytest.raises(ValueError, match="window must be odd"):
+        EdgeRefinement(width=4, window=4)
+
+
+def test_photometric_error_vanishes_where_the_disparity_is_right():
+    from sgru_ros.model.edges import photometric_error
+
+    torch.manual_seed(0)
+    left = torch.rand(1, 3, 16, 48)
+    right = torch.roll(left, shifts=-3, dims=3)  # right(x) = left(x + 3): disparity 3 everywhere
+    error = photometric_error(torch.full((1, 1, 16, 48), 3.0), left, right)
+    assert error[..., 3:44].abs().max() < 1e-5  # away from the borders (and the roll's wrap-around)
+    wrong = photometric_error(torch.full((1, 1, 16, 48), 1.0), left, right)
+    assert wrong[..., 3:44].mean() > 0.1
+
+
+def test_a_raft_with_an_edge_refinement_refines_every_returned_iteration():
+    torch.manual_seed(0)
+    config = RaftConfig(hidden_dim=32, encoder_dims=(16, 16, 32), feature_dim=32, n_gru_layers=1,
+                        edge_width=4, edge_window=3)
+    model = SelectiveRAFT(config).eval()
+    plain = SelectiveRAFT(RaftConfig(hidden_dim=32, encoder_dims=(16, 16, 32), feature_dim=32,
+                                     n_gru_layers=1)).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("edge_refine.")})
+    with torch.no_grad():
+        model.edge_refine.head.bias[-1] = 0.5  # a constant correction makes the refinement visible
+        left, right = torch.rand(1, 3, 64, 128) * 255, torch.rand(1, 3, 64, 128) * 255
+        refined = model(left, right, iters=3, output_iters=[1, 3])
+        unrefined = plain(left, right, iters=3, output_iters=[1, 3])
+    for a, b in zip(refined.disparities, unrefined.disparities):
+        assert (a - b - 0.5).abs().max() < 1e-2  # near-identity mix plus the 0.5 px correction
+    assert torch.equal(refined.low_res, unrefined.low_res)  # the warm start for the next frame is the GRU's
+    with pytest.raises(ValueError, match="edge_width"):
+        RaftConfig(edge_width=-1)

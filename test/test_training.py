@@ -305,3 +305,32 @@ def test_a_log_gains_a_column_when_a_newer_version_resumes_the_run(tmp_path):
     trainer._log("val_log.csv", {"step": 225, "val_bad2": 29.0, "val_bad2_edges": 54.0, "elapsed_s": 30.0})
     assert (tmp_path / "val_log.csv").read_text().splitlines() == [
         "step,val_bad2,elapsed_s,val_bad2_edges", "75,40.0,10.0,", "150,30.0,20.0,55.0", "225,29.0,30.0,54.0"]
+
+
+def test_the_edge_stage_trains_a_refinement_on_a_frozen_network(tmp_path):
+    from sgru_ros.model import build_model, load_model, save_checkpoint
+    from sgru_ros.training.edges import EdgeStageConfig, run
+
+    torch.manual_seed(0)
+    backbone = build_model(RaftConfig(hidden_dim=32, encoder_dims=(16, 16, 32), feature_dim=32, n_gru_layers=1))
+    save_checkpoint(backbone, tmp_path / "backbone.pth")
+    lines: list[str] = []
+    config = EdgeStageConfig(backbone=str(tmp_path / "backbone.pth"), width=4, window=3, scenes=8, steps=4,
+                             batch_size=4, val_every=2, val_samples=4)
+    best = run(config, tmp_path / "run", log=lines.append)
+    model = load_model(tmp_path / "run/best.pth")
+    assert (model.config.edge_width, model.config.edge_window) == (4, 3)
+    # The network's own weights are unchanged; only the refinement was trained.
+    frozen = backbone.state_dict()
+    assert all(torch.equal(v, frozen[k]) for k, v in model.state_dict().items() if not k.startswith("edge_refine."))
+    log = (tmp_path / "run/val_log.csv").read_text().splitlines()
+    assert log[0].startswith("step,") and [row.split(",")[0] for row in log[1:]] == ["0", "2", "4"]
+    assert best["step"] in (0, 2, 4) and "through the network" in lines[-1]
+    # Scored on the cached outputs and through the whole network: the same figures.
+    through = dict(item.split(" ") for item in lines[-1].split("through the network: ")[1].split(", "))
+    for key in ("val_bad2", "val_bad2_x2", "val_bad2_x4", "val_bad2_edges"):
+        assert abs(float(through[key]) - best[key]) <= 0.011, key
+    # The cached outputs are reused by a second run in the same folder.
+    assert (tmp_path / "run/outputs.pt").is_file()
+    with pytest.raises(ValueError, match="without an edge refinement"):
+        run(EdgeStageConfig(backbone=str(tmp_path / "run/best.pth"), scenes=8, val_samples=4), tmp_path / "again")

@@ -125,13 +125,24 @@ def detect_config(state: dict[str, torch.Tensor], variant: Variant) -> ModelConf
                               feature_dim=_shape(state, "fnet.conv2.weight")[0],
                               corr_levels=levels, corr_radius=radius,
                               n_downsample=n_downsample, n_gru_layers=n_gru_layers,
-                              early_downsample=_early_downsample(state, n_downsample))
+                              early_downsample=_early_downsample(state, n_downsample), **_edge_refinement(state))
         levels, radius = _split_corr_planes(corr_in, GWC_GROUPS + 1)
         return IGEVConfig(hidden_dim=hidden, corr_levels=levels, corr_radius=radius, n_gru_layers=n_gru_layers)
     except ValueError as err:  # a config check refused the detected shapes
         if isinstance(err, CheckpointError):
             raise
         raise CheckpointError(f"unsupported {_NAMES[variant]} architecture: {err}") from None
+
+
+def _edge_refinement(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """RaftConfig's edge_width and edge_window from ``edge_refine.*`` (none in released checkpoints)."""
+    if "edge_refine.stem.weight" not in state:
+        return {}
+    outputs = _shape(state, "edge_refine.head.weight")[0]
+    window = math.isqrt(outputs - 1)
+    if window * window + 1 != outputs:
+        raise CheckpointError(f"edge refinement head width {outputs} is not window^2 + 1")
+    return {"edge_width": _shape(state, "edge_refine.stem.weight")[0], "edge_window": window}
 
 
 def _early_downsample(state: dict[str, torch.Tensor], n_downsample: int) -> bool:

@@ -37,6 +37,9 @@ class RaftConfig:
         first, so they run at 1/2 and the last stage keeps the working
         resolution; about half the encoders' cost at the same output size and
         the same weight shapes (checkpoints mark it, see ``FeatureEncoder``).
+    edge_width, edge_window: the full-resolution ``edges.EdgeRefinement`` after
+        upsampling, its hidden channels and neighbourhood; edge_width 0 (as
+        released): none.
     """
 
     hidden_dim: int = 128
@@ -47,10 +50,15 @@ class RaftConfig:
     n_downsample: int = 2
     n_gru_layers: int = 3
     early_downsample: bool = False
+    edge_width: int = 0
+    edge_window: int = 5
 
     def __post_init__(self) -> None:
         for name in ("hidden_dim", "feature_dim", "corr_levels", "corr_radius"):
             _check_positive(name, getattr(self, name))
+        if self.edge_width < 0 or self.edge_window < 3 or self.edge_window % 2 != 1:
+            raise ValueError(f"edge_width must be >= 0 and edge_window odd and >= 3, got {self.edge_width} and "
+                             f"{self.edge_window}")
         if len(self.encoder_dims) != 3 or min(self.encoder_dims) <= 0:
             raise ValueError(f"encoder_dims must be three positive widths, got {self.encoder_dims}")
         if self.hidden_dim % 16:

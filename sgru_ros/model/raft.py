@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from .base import SelectiveStereo, StereoPrediction, check_pair, normalize_image, output_schedule, stage, StopRule
 from .config import RaftConfig
 from .corr import CorrPyramid1D
+from .edges import EdgeRefinement
 from .encoders import ContextEncoder, FeatureEncoder
 from .gru import ChannelAttention, SpatialAttention, apply_context_attention
 from .update import RaftUpdateBlock
@@ -49,6 +50,7 @@ class SelectiveRAFT(SelectiveStereo):
         self.update_block = RaftUpdateBlock(c.hidden_dim, corr_planes, c.n_gru_layers, c.downsample_factor)
         self.sam = SpatialAttention()
         self.cam = ChannelAttention(c.hidden_dim)
+        self.edge_refine = EdgeRefinement(c.edge_width, c.edge_window) if c.edge_width else None
 
     variant = "raft"
 
@@ -97,9 +99,13 @@ class SelectiveRAFT(SelectiveStereo):
                                  f"got {tuple(disp_init.shape)}")
             flow = -disp_init.float()
 
+        def upsample(f: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            disparity = -convex_upsample(f, mask.float(), c.downsample_factor)
+            if self.edge_refine is None:
+                return disparity
+            return self.edge_refine(disparity, image1.to(disparity.dtype), image2.to(disparity.dtype))
+
         flow, preds, done = self.refine(
-            flow, net, inp, att,
-            lookup=lambda f: corr_fn(x + f),
-            upsample=lambda f, mask: -convex_upsample(f, mask.float(), c.downsample_factor),
+            flow, net, inp, att, lookup=lambda f: corr_fn(x + f), upsample=upsample,
             iters=iters, outputs=outputs, stop=stop)
         return StereoPrediction(disparities=preds, iterations=done, low_res=-flow)
