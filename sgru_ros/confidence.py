@@ -46,10 +46,10 @@ WINDOW = 5
 class ConfidenceModel:
     """Logistic-regression weights of the three cues (each enters as log(1 + cue))."""
 
-    bias: float = 4.685
-    convergence: float = -2.319
-    edge: float = -0.257
-    photometric: float = -1.052
+    bias: float = 4.647
+    convergence: float = -2.396
+    edge: float = -0.147
+    photometric: float = -1.086
 
 
 #: Fit by scripts/fit_confidence.py (synthetic scenes, bundled model, 8 iterations).

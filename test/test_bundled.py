@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from sgru_ros.calibration import motorcycle_pair
 from sgru_ros.evaluation import disparity_metrics
 from sgru_ros.inference import StereoEstimator
 from sgru_ros.model import load_model
+from sgru_ros.training.edges import EdgeStageConfig
 from sgru_ros.training.train import PRESETS
 from sgru_ros.weights import BUNDLED_CHECKPOINT
 
@@ -17,7 +20,9 @@ from conftest import run_cli
 def test_bundled_checkpoint_loads_through_the_public_loader():
     assert BUNDLED_CHECKPOINT.is_file() and BUNDLED_CHECKPOINT.stat().st_size <= 20 * 2**20
     model = load_model(BUNDLED_CHECKPOINT)
-    assert model.config == PRESETS["raft-compact"]
+    # The raft-compact network with the edge stage's refinement (docs/model_card.md, "Recipe").
+    assert model.config == dataclasses.replace(PRESETS["raft-compact"], edge_width=EdgeStageConfig.width,
+                                               edge_window=EdgeStageConfig.window)
 
 
 def test_bundled_model_sees_the_motorcycle_scene():
