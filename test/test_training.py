@@ -3,6 +3,8 @@ resume and validate."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -330,7 +332,13 @@ def test_the_edge_stage_trains_a_refinement_on_a_frozen_network(tmp_path):
     through = dict(item.split(" ") for item in lines[-1].split("through the network: ")[1].split(", "))
     for key in ("val_bad2", "val_bad2_x2", "val_bad2_x4", "val_bad2_edges"):
         assert abs(float(through[key]) - best[key]) <= 0.011, key
-    # The cached outputs are reused by a second run in the same folder.
-    assert (tmp_path / "run/outputs.pt").is_file()
+    assert lines[0].startswith("network outputs on 8 scenes made")
+    # The outputs are cached in the run folder for the same network and scenes only.
+    torch.manual_seed(1)
+    save_checkpoint(build_model(backbone.config), tmp_path / "other.pth")
+    again: list[str] = []
+    run(dataclasses.replace(config, steps=1, val_every=1, backbone=str(tmp_path / "other.pth")), tmp_path / "run",
+        log=again.append)
+    assert again[0].startswith("network outputs on 8 scenes remade (another network")
     with pytest.raises(ValueError, match="without an edge refinement"):
         run(EdgeStageConfig(backbone=str(tmp_path / "run/best.pth"), scenes=8, val_samples=4), tmp_path / "again")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import math
 import time
@@ -129,18 +130,23 @@ def run(config: EdgeStageConfig, out_dir: Path, log=functools.partial(print, flu
         raise ValueError(f"crop {config.crop} is larger than the scenes ({scene.height} x {scene.width})")
     val = SyntheticBatches(SyntheticStereo(scene, seed=config.seed + 1_000_003), 0, config.val_samples)
     val_batches = list(DataLoader(val, batch_size=train_config.batch_size))
+    # The outputs are a function of the network's weights and of the scenes: reused only if both are the same.
+    made_from = {"backbone_sha256": hashlib.sha256(Path(config.backbone).read_bytes()).hexdigest(),
+                 **{k: getattr(config, k) for k in ("scenes", "first_sample", "val_samples", "seed")}}
     cache_path = out_dir / "outputs.pt"
     tick = time.perf_counter()
-    if cache_path.is_file():
-        cache = torch.load(cache_path, weights_only=True)
+    cache = torch.load(cache_path, weights_only=True) if cache_path.is_file() else {}
+    if cache.get("made_from") == made_from:
+        log(f"network outputs on {config.scenes} scenes reused from {cache_path}")
     else:
+        how = "remade (another network or other scenes)" if cache else "made"
         priors = [sgbm_batch_prior(left, right, model.downsample_factor, train_config.data_max_disparity)
                   for left, right, _ in val_batches]
         train = SyntheticBatches(SyntheticStereo(scene, seed=config.seed), config.first_sample, config.scenes)
         cache = {"train": cache_outputs(model, train, 8, train_config.data_max_disparity),
-                 "val": validation_outputs(model, val_batches, priors)}
+                 "val": validation_outputs(model, val_batches, priors), "made_from": made_from}
         torch.save(cache, cache_path)
-    log(f"network outputs on {config.scenes} scenes ready ({time.perf_counter() - tick:.0f} s)")
+        log(f"network outputs on {config.scenes} scenes {how} ({time.perf_counter() - tick:.0f} s)")
 
     torch.manual_seed(config.seed)
     refinement = EdgeRefinement(config.width, config.window)
