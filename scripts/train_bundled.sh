@@ -15,8 +15,10 @@
 # at lr 2e-4 from the stage-3 weights (commit 1bc9dd4), on fresh scenes, 8
 # iterations per step, best.pth by the worst bad-2 over 8, 16 and 32 iterations.
 # Stage "edges" (runs/bundled_edges; python -m sgru_ros.training.edges) trains the
-# full-resolution edge refinement on the frozen stage-3 network, about 15 CPU
-# minutes in one go; its best.pth (network and refinement) is the bundled model.
+# full-resolution edge refinement on the frozen stage-3 network, about 17 CPU
+# minutes in one go (no time budget, not resumable; the network's outputs it
+# caches are reused by a second call); its best.pth (network and refinement) is
+# the bundled model.
 # Each numbered call starts the stage's
 # run if its folder holds no state, else resumes it, and stops cleanly before
 # TIME_BUDGET (default 2h; seconds, or 90m, 2h) with the state saved. The one-cycle

@@ -10,7 +10,6 @@ from sgru_ros.calibration import motorcycle_pair
 from sgru_ros.evaluation import disparity_metrics
 from sgru_ros.inference import StereoEstimator
 from sgru_ros.model import load_model
-from sgru_ros.training.edges import EdgeStageConfig
 from sgru_ros.training.train import PRESETS
 from sgru_ros.weights import BUNDLED_CHECKPOINT
 
@@ -21,8 +20,7 @@ def test_bundled_checkpoint_loads_through_the_public_loader():
     assert BUNDLED_CHECKPOINT.is_file() and BUNDLED_CHECKPOINT.stat().st_size <= 20 * 2**20
     model = load_model(BUNDLED_CHECKPOINT)
     # The raft-compact network with the edge stage's refinement (docs/model_card.md, "Recipe").
-    assert model.config == dataclasses.replace(PRESETS["raft-compact"], edge_width=EdgeStageConfig.width,
-                                               edge_window=EdgeStageConfig.window)
+    assert model.config == dataclasses.replace(PRESETS["raft-compact"], edge_width=8, edge_window=5)
 
 
 def test_bundled_model_sees_the_motorcycle_scene():

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from sgru_ros.model import ConvGRU, RaftConfig, SelectiveConvGRU, SelectiveRAFT
-from sgru_ros.model.base import output_schedule
+from sgru_ros.model.base import normalize_image, output_schedule
 from sgru_ros.model.encoders import FeatureEncoder
 from sgru_ros.model.layers import Conv2d, winograd_convolutions
 
@@ -218,13 +218,17 @@ def test_a_raft_with_an_edge_refinement_refines_every_returned_iteration():
     plain = SelectiveRAFT(RaftConfig(hidden_dim=32, encoder_dims=(16, 16, 32), feature_dim=32,
                                      n_gru_layers=1)).eval()
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("edge_refine.")})
+    torch.nn.init.normal_(model.edge_refine.head.weight, std=0.3)  # a trained-like head that uses its inputs
     with torch.no_grad():
-        model.edge_refine.head.bias[-1] = 0.5  # a constant correction makes the refinement visible
         left, right = torch.rand(1, 3, 64, 128) * 255, torch.rand(1, 3, 64, 128) * 255
         refined = model(left, right, iters=3, output_iters=[1, 3])
         unrefined = plain(left, right, iters=3, output_iters=[1, 3])
-    for a, b in zip(refined.disparities, unrefined.disparities):
-        assert (a - b - 0.5).abs().max() < 1e-2  # near-identity mix plus the 0.5 px correction
+        for a, b in zip(refined.disparities, unrefined.disparities):
+            # Each returned iteration is refined with the normalised left and right images, in that order.
+            expected = model.edge_refine(b, normalize_image(left), normalize_image(right))
+            assert torch.allclose(a, expected, atol=1e-5)
+            assert (a - b).abs().mean() > 0.01
+            assert not torch.allclose(a, model.edge_refine(b, normalize_image(right), normalize_image(left)), atol=1e-3)
     assert torch.equal(refined.low_res, unrefined.low_res)  # the warm start for the next frame is the GRU's
     with pytest.raises(ValueError, match="edge_width"):
         RaftConfig(edge_width=-1)

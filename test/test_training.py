@@ -170,6 +170,23 @@ def test_a_1_8_model_starts_a_1_4_model():
         transfer_state(fine, other.state_dict())
 
 
+def test_the_network_of_a_model_with_an_edge_refinement_starts_a_run():
+    """``--init`` with the bundled weights: the network is taken, the refinement (trained for it as it was) left out."""
+    from sgru_ros.model import build_model
+    from sgru_ros.training.train import transfer_state
+
+    torch.manual_seed(0)
+    refined = build_model(RaftConfig(**SMALL, edge_width=4, edge_window=3))
+    plain = build_model(RaftConfig(**SMALL))
+    assert transfer_state(plain, refined.state_dict()) == []
+    assert torch.equal(plain.fnet.conv1.weight, refined.fnet.conv1.weight)
+    both = build_model(RaftConfig(**SMALL, edge_width=4, edge_window=3))
+    transfer_state(both, refined.state_dict())  # a model with one takes it
+    assert torch.equal(both.edge_refine.head.bias, refined.edge_refine.head.bias)
+    with pytest.raises(CheckpointError, match=r"missing keys 12 \(edge_refine\."):
+        transfer_state(both, plain.state_dict())
+
+
 def test_warm_start_prior_is_a_noisy_holed_estimate_at_working_resolution():
     from sgru_ros.training.train import warm_start_prior
 
@@ -318,7 +335,7 @@ def test_the_edge_stage_trains_a_refinement_on_a_frozen_network(tmp_path):
     save_checkpoint(backbone, tmp_path / "backbone.pth")
     lines: list[str] = []
     config = EdgeStageConfig(backbone=str(tmp_path / "backbone.pth"), width=4, window=3, scenes=8, steps=4,
-                             batch_size=4, val_every=2, val_samples=4)
+                             batch_size=4, crop_height=32, val_every=2, val_samples=4)
     best = run(config, tmp_path / "run", log=lines.append)
     model = load_model(tmp_path / "run/best.pth")
     assert (model.config.edge_width, model.config.edge_window) == (4, 3)
@@ -334,6 +351,9 @@ def test_the_edge_stage_trains_a_refinement_on_a_frozen_network(tmp_path):
         assert abs(float(through[key]) - best[key]) <= 0.011, key
     assert lines[0].startswith("network outputs on 8 scenes made")
     # The outputs are cached in the run folder for the same network and scenes only.
+    same: list[str] = []
+    assert run(config, tmp_path / "run", log=same.append) == best  # seeded: the same run again
+    assert same[0].startswith("network outputs on 8 scenes reused")
     torch.manual_seed(1)
     save_checkpoint(build_model(backbone.config), tmp_path / "other.pth")
     again: list[str] = []

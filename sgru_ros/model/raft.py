@@ -103,7 +103,7 @@ class SelectiveRAFT(SelectiveStereo):
             disparity = -convex_upsample(f, mask.float(), c.downsample_factor)
             if self.edge_refine is None:
                 return disparity
-            return self.edge_refine(disparity, image1.to(disparity.dtype), image2.to(disparity.dtype))
+            return self.edge_refine(disparity, image1, image2)
 
         flow, preds, done = self.refine(
             flow, net, inp, att, lookup=lambda f: corr_fn(x + f), upsample=upsample,

@@ -3,11 +3,13 @@
 The refinement only sees the network's upsampled disparity and the two images, so with the rest of
 the network frozen its inputs can be computed once: the network runs on ``scenes`` fresh training
 scenes (a quarter from SGBM's map at 2/4/8 iterations, a quarter from a noisy prior at 4/8/16, half
-from nothing at 8/16/32 - the ways it runs in the node) and the refinement trains on random crops
-of those outputs, many passes over them, at a small fraction of what training through the network
+from nothing at 8/16/32 - the ways it runs in the node) and the refinement trains on random bands of
+rows of those outputs, many passes over them, at a small fraction of what training through the network
 costs. Validation uses the same 48 held-out scenes as ``train.Trainer`` (bad-2 at 8, 16 and 32
 iterations, and from SGBM's map at 4), keeping the weights with the lowest worst bad-2 over 8/16/32.
-The result is the network's checkpoint with the refinement's weights added.
+The run folder gets best.pth (the network's checkpoint with the refinement's weights added),
+val_log.csv, config.json, and the network's outputs (outputs.pt, about 1.3 GB for 768 scenes, with
+outputs.json saying what they were made from: a later run with the same network and scenes reuses them).
 
     python -m sgru_ros.training.edges --backbone runs/bundled_stage3/best.pth --out runs/bundled_edges
 """
@@ -20,7 +22,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -32,7 +34,7 @@ from ..model.config import RaftConfig
 from ..model.edges import EdgeRefinement
 from .step import edge_band
 from .synthetic import SyntheticStereo
-from .train import SyntheticBatches, TrainConfig, sgbm_batch_prior, validate, warm_start_prior
+from .train import SyntheticBatches, TrainConfig, _option, sgbm_batch_prior, validate, warm_start_prior
 
 #: (iterations returned, how the network starts) for each kind of batch, in turn.
 CACHE_MODES = (((8, 16, 32), "none"), ((8, 16, 32), "none"), ((2, 4, 8), "sgbm"), ((4, 8, 16), "prior"))
@@ -40,18 +42,22 @@ CACHE_MODES = (((8, 16, 32), "none"), ((8, 16, 32), "none"), ((2, 4, 8), "sgbm")
 
 @dataclass
 class EdgeStageConfig:
-    backbone: str
-    width: int = 8
-    window: int = 5
-    scenes: int = 768
-    first_sample: int = 300_000
-    steps: int = 2000
-    batch_size: int = 16
-    crop: tuple[int, int] = (64, 128)
-    lr: float = 1e-3
-    val_every: int = 250
-    val_samples: int = 48
-    seed: int = 1234
+    """The edge stage's recipe (``python -m sgru_ros.training.edges`` makes an option of each field)."""
+
+    backbone: str = _option("", "Selective-RAFT checkpoint without an edge refinement; it stays frozen")
+    width: int = _option(8, "hidden channels of the refinement")
+    window: int = _option(5, "odd side of the neighbourhood a pixel mixes")
+    scenes: int = _option(768, "training scenes the network runs on once")
+    first_sample: int = _option(300_000, "index of the first training scene (past every scene of stages 1-4)")
+    steps: int = _option(2000, "optimisation steps (one AdamW cycle)")
+    batch_size: int = _option(16, "bands of rows per step")
+    # Bands of whole rows, not square crops: the right image must keep the columns the disparity points
+    # at (up to the scenes' 96 px), or the photometric-error input is wrong near the crop's left edge.
+    crop_height: int = _option(64, "rows per training band (whole rows of the scenes)")
+    lr: float = _option(1e-3, "peak learning rate")
+    val_every: int = _option(250, "validate every N steps")
+    val_samples: int = _option(48, "validation scenes (train.Trainer's: another seed)")
+    seed: int = _option(1234, "data seed (train.Trainer's)")
 
 
 def cache_outputs(model, data: SyntheticBatches, batch_size: int, max_disparity: float) -> dict[str, torch.Tensor]:
@@ -126,43 +132,33 @@ def run(config: EdgeStageConfig, out_dir: Path, log=functools.partial(print, flu
         raise ValueError(f"{config.backbone} must hold a Selective-RAFT without an edge refinement")
     train_config = TrainConfig(seed=config.seed)
     scene = train_config.scene()
-    if scene.height < config.crop[0] or scene.width < config.crop[1]:
-        raise ValueError(f"crop {config.crop} is larger than the scenes ({scene.height} x {scene.width})")
+    missing = [d for d in scene.photo_dirs if not Path(d).is_dir()]
+    if missing:
+        raise ValueError(f"photo folder {missing[0]} does not exist (Debian: apt-get install mate-backgrounds)")
+    if not 0 < config.crop_height <= scene.height:
+        raise ValueError(f"crop_height must lie in 1..{scene.height}, got {config.crop_height}")
     val = SyntheticBatches(SyntheticStereo(scene, seed=config.seed + 1_000_003), 0, config.val_samples)
     val_batches = list(DataLoader(val, batch_size=train_config.batch_size))
-    # The outputs are a function of the network's weights and of the scenes: reused only if both are the same.
-    made_from = {"backbone_sha256": hashlib.sha256(Path(config.backbone).read_bytes()).hexdigest(),
-                 **{k: getattr(config, k) for k in ("scenes", "first_sample", "val_samples", "seed")}}
-    cache_path = out_dir / "outputs.pt"
     tick = time.perf_counter()
-    cache = torch.load(cache_path, weights_only=True) if cache_path.is_file() else {}
-    if cache.get("made_from") == made_from:
-        log(f"network outputs on {config.scenes} scenes reused from {cache_path}")
-    else:
-        how = "remade (another network or other scenes)" if cache else "made"
-        priors = [sgbm_batch_prior(left, right, model.downsample_factor, train_config.data_max_disparity)
-                  for left, right, _ in val_batches]
-        train = SyntheticBatches(SyntheticStereo(scene, seed=config.seed), config.first_sample, config.scenes)
-        cache = {"train": cache_outputs(model, train, 8, train_config.data_max_disparity),
-                 "val": validation_outputs(model, val_batches, priors), "made_from": made_from}
-        torch.save(cache, cache_path)
-        log(f"network outputs on {config.scenes} scenes {how} ({time.perf_counter() - tick:.0f} s)")
+    cache, how = _network_outputs(model, config, scene, val_batches, train_config.data_max_disparity, out_dir)
+    log(f"network outputs on {config.scenes} scenes {how} ({time.perf_counter() - tick:.0f} s)")
 
     torch.manual_seed(config.seed)
     refinement = EdgeRefinement(config.width, config.window)
     optimizer = torch.optim.AdamW(refinement.parameters(), lr=config.lr, weight_decay=1e-5)
+    # One cycle as in train.Trainer (5 % warm-up here: a fresh module), a few steps of slack.
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, config.steps + 10, pct_start=0.05,
-                                                    anneal_strategy="linear")
+                                                    cycle_momentum=False, anneal_strategy="linear")
     rows, generator = cache["train"], torch.Generator().manual_seed(config.seed)
-    (n, _, h, w), (ch, cw) = rows["target"].shape, config.crop
+    n, _, h, _ = rows["target"].shape
     best = {"step": 0, **evaluate(refinement, cache["val"])}
     log_rows = [best]
     log(f"step 0: {best}")
     state = {k: v.clone() for k, v in refinement.state_dict().items()}
     for step in range(1, config.steps + 1):
         pick = torch.randint(0, n, (config.batch_size,), generator=generator)
-        y, x = (int(torch.randint(0, size + 1, (1,), generator=generator)) for size in (h - ch, w - cw))
-        batch = {k: v[pick, :, y:y + ch, x:x + cw] for k, v in rows.items()}
+        y = int(torch.randint(0, h - config.crop_height + 1, (1,), generator=generator))
+        batch = {k: v[pick, :, y:y + config.crop_height] for k, v in rows.items()}
         target = batch["target"]
         valid = torch.isfinite(target) & (target < train_config.max_disp)
         loss = (refine(refinement, batch) - target)[valid].abs().mean()
@@ -196,22 +192,40 @@ def run(config: EdgeStageConfig, out_dir: Path, log=functools.partial(print, flu
     return best
 
 
+def _network_outputs(model, config: EdgeStageConfig, scene, val_batches: list, max_disparity: float,
+                     out_dir: Path) -> tuple[dict, str]:
+    """The cached outputs (``cache_outputs`` of the training scenes, ``validation_outputs``) from out_dir when
+    they were made from the same network and scenes, else made and saved. Returns them and how they came."""
+    made_from = {"backbone_sha256": hashlib.sha256(Path(config.backbone).read_bytes()).hexdigest(),
+                 "scene": json.loads(json.dumps(asdict(scene))), "modes": json.loads(json.dumps(CACHE_MODES)),
+                 **{k: getattr(config, k) for k in ("scenes", "first_sample", "val_samples", "seed")}}
+    path, key_path = out_dir / "outputs.pt", out_dir / "outputs.json"
+    saved = json.loads(key_path.read_text()) if key_path.is_file() and path.is_file() else None
+    if saved == made_from:
+        return torch.load(path, weights_only=True), f"reused from {path}"
+    priors = [sgbm_batch_prior(left, right, model.downsample_factor, max_disparity) for left, right, _ in val_batches]
+    train = SyntheticBatches(SyntheticStereo(scene, seed=config.seed), config.first_sample, config.scenes)
+    cache = {"train": cache_outputs(model, train, 8, max_disparity),
+             "val": validation_outputs(model, val_batches, priors)}
+    key_path.unlink(missing_ok=True)
+    partial = path.with_suffix(".partial")
+    torch.save(cache, partial)
+    partial.replace(path)  # a cut-off write never passes for a whole one
+    key_path.write_text(json.dumps(made_from, indent=2))
+    return cache, "remade (another network or other scenes)" if saved is not None else "made"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    defaults = EdgeStageConfig(backbone="")
-    parser.add_argument("--backbone", required=True, help="Selective-RAFT checkpoint without an edge refinement")
     parser.add_argument("--out", required=True, type=Path, help="run folder")
-    for name in ("width", "window", "scenes", "first_sample", "steps", "batch_size", "val_every", "val_samples",
-                 "seed"):
-        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--crop", type=int, nargs=2, default=defaults.crop)
+    for field in fields(EdgeStageConfig):
+        parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default,
+                            required=field.name == "backbone", help=field.metadata["help"])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's choice)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    values = {k: v for k, v in vars(args).items() if k not in ("out", "threads")}
-    run(EdgeStageConfig(**{**values, "crop": tuple(values["crop"])}), args.out)
+    run(EdgeStageConfig(**{f.name: getattr(args, f.name) for f in fields(EdgeStageConfig)}), args.out)
 
 
 if __name__ == "__main__":

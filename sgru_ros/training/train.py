@@ -197,10 +197,13 @@ def transfer_state(model: SelectiveStereo, state: dict[str, torch.Tensor]) -> li
     A 1/8 and a 1/4 Selective-RAFT of the same widths share every weight except
     the last conv of the upsampling-mask head (9 x factor^2 outputs). That conv
     is zeroed: every fine pixel then mixes its 3x3 coarse neighbours equally,
-    a smooth upsampling the training sharpens. Anything else that does not fit
+    a smooth upsampling the training sharpens. An edge refinement (``edge_refine.*``, the bundled
+    model's) is left out when ``model`` has none: it was trained on the network as it was, so the edge
+    stage (``training.edges``) runs again after training. Anything else that does not fit
     raises CheckpointError. Returns the names that were not taken from ``state``.
     """
     expected = model.state_dict()
+    state = {k: v for k, v in state.items() if k in expected or not k.startswith("edge_refine.")}
     mask_head = ("update_block.mask.2.weight", "update_block.mask.2.bias")
     markers = tuple(k for k in expected if k.endswith("stage_strides"))
     adapted = [k for k in mask_head if k in state and k in expected and state[k].shape != expected[k].shape]
