@@ -46,10 +46,10 @@ WINDOW = 5
 class ConfidenceModel:
     """Logistic-regression weights of the three cues (each enters as log(1 + cue))."""
 
-    bias: float = 4.647
-    convergence: float = -2.396
-    edge: float = -0.147
-    photometric: float = -1.086
+    bias: float = 4.646
+    convergence: float = -2.379
+    edge: float = -0.151
+    photometric: float = -1.092
 
 
 #: Fit by scripts/fit_confidence.py (synthetic scenes, bundled model, 8 iterations).
