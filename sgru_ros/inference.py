@@ -109,32 +109,51 @@ class StereoResult:
     iterations: int = 0
 
 
-def iteration_stop(start: float, budget_ms: float | None, converged_px: float | None, scale: float,
-                   device: torch.device, at_least: int = 1) -> StopRule | None:
-    """The rule that ends a pass early (``SelectiveStereo.refine``): after an update, stop when
-    another one (timed as the last) would end past ``start`` + ``budget_ms`` (perf_counter
-    seconds, milliseconds), or when the update's mean |change| x ``scale`` (working ->
-    input pixels) is below ``converged_px``; never before ``at_least`` iterations. None when
-    neither is set."""
-    if not budget_ms and not converged_px:
-        return None
-    previous = [start]
+class IterationStop:
+    """The rule that ends a pass early (``SelectiveStereo.refine``), called after each update but the last.
 
-    def stop(iteration: int, delta: torch.Tensor) -> bool:
-        if iteration < at_least:
+    Stop after update k when one more update (timed as the last one) and the final upsampling
+    (``upsample_s``, measured on an earlier frame of the size; 0 before one) would end the pass past
+    ``start`` + ``budget_ms`` (perf_counter seconds, milliseconds), or when the update's mean |change| x
+    ``scale`` (working -> input pixels) is below ``converged_px``; never before ``at_least`` iterations.
+    ``outputs``: iterations the network upsamples on its way, whose upsampling is no part of an update's time.
+    After the pass, ``final_upsampling_s`` says what the last upsampling took, for the next frame.
+    """
+
+    def __init__(self, start: float, budget_ms: float | None, converged_px: float | None, scale: float,
+                 device: torch.device, at_least: int = 1, outputs: Sequence[int] = (), upsample_s: float = 0.0,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.start, self.budget_ms, self.converged_px, self.scale = start, budget_ms, converged_px, scale
+        self.device, self.at_least, self.outputs, self.upsample_s = device, at_least, set(outputs), upsample_s
+        self.clock = clock
+        self.last_call = start
+        self.update_s = 0.0  # the first update also holds the encoders and volumes: not counted
+
+    def __call__(self, iteration: int, delta: torch.Tensor) -> bool:
+        late = False
+        if self.budget_ms:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            now = self.clock()
+            if iteration > 1:
+                took = now - self.last_call
+                if iteration - 1 in self.outputs:
+                    took -= self.upsample_s
+                self.update_s = max(took, 0.0)
+            self.last_call = now
+            late = (now + self.update_s + self.upsample_s - self.start) * 1e3 > self.budget_ms
+        if iteration < self.at_least:
             return False
-        if converged_px and float(delta.abs().mean()) * scale < converged_px:  # .item() waits for the GPU
+        if self.converged_px and float(delta.abs().mean()) * self.scale < self.converged_px:  # waits for the GPU
             return True
-        if budget_ms:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            now = time.perf_counter()
-            last = now - previous[0] if iteration > 1 else 0.0  # the first includes encoders and volumes
-            previous[0] = now
-            return (now + last - start) * 1e3 > budget_ms
-        return False
+        return late
 
-    return stop
+    def final_upsampling_s(self, end: float, ran_to_the_end: bool) -> float | None:
+        """Seconds from the last call to ``end`` (the pass's end) less the update in between when the pass
+        ran all its iterations (the rule is not asked after the last); None without a budget (nothing timed)."""
+        if not self.budget_ms:
+            return None
+        return max(end - self.last_call - (self.update_s if ran_to_the_end else 0.0), 0.0)
 
 
 class StereoEstimator:
@@ -192,6 +211,9 @@ class StereoEstimator:
         self._compiled = CompiledEncoders(self.model, self.device, log) if compile else None
         self._graphs = GraphCache(max_graphs, log) if graphs else None
         self._staging: torch.Tensor | None = None  # pinned host buffer for the uploads (CUDA)
+        # Per input size: what the final upsampling (with cropping and resizing back) took on the last frame
+        # with a latency budget, which the next one reserves (IterationStop).
+        self._upsample_s: dict[tuple[int, int], float] = {}
         if self.device.type == "cuda":
             # Each camera keeps its size, so cuDNN's per-shape autotuning pays for itself after a frame.
             torch.backends.cudnn.benchmark = True
@@ -267,8 +289,9 @@ class StereoEstimator:
         disp_init: H x W disparity in input pixels to start from (e.g. the previous frame's), or None.
         cancel: when this event is set, the pass stops at the next stage or GRU iteration with
         ``InferenceCancelled``.
-        budget_ms: stop iterating once another GRU iteration would end the pass later than this many
-        milliseconds after it began (at least one runs; the final upsampling comes after).
+        budget_ms: stop iterating once another GRU iteration and the final upsampling (timed on the last
+        frame of this size) would end the pass later than this many milliseconds after it began (at least one
+        iteration runs).
         converged_px: stop once an iteration changes the disparity by less than this on average (input pixels).
         Both are torch-engine features, never stop before ``output_iters``; ``result.iterations`` says how many ran.
         """
@@ -301,14 +324,21 @@ class StereoEstimator:
                     disparities, done = graphed(pair), outputs
                 else:
                     scale = self.model.downsample_factor * size[1] / proc[1]  # working -> input pixels
-                    stop = iteration_stop(start, budget_ms, converged_px, scale, self.device,
-                                          at_least=max(extra, default=0) + 1)
+                    stop = None
+                    if budget_ms or converged_px:
+                        stop = IterationStop(start, budget_ms, converged_px, scale, self.device,
+                                             at_least=max(extra, default=0) + 1, outputs=extra,
+                                             upsample_s=self._upsample_s.get(size, 0.0))
                     if disp_init is not None:
                         disp_init = self._working_resolution(disp_init, size, proc, padding)
                     run = functools.partial(fixed, pair, stop=stop, disp_init=disp_init)
                     disparities, done = run() if self._compiled is None else \
                         self._compiled.run(run, (proc[0] + padding.top + padding.bottom,
                                                  proc[1] + padding.left + padding.right))
+                    if stop is not None and budget_ms:
+                        if self.device.type == "cuda":
+                            torch.cuda.synchronize(self.device)
+                        self._upsample_s[size] = stop.final_upsampling_s(time.perf_counter(), done[-1] == iters)
             finally:
                 self._cancel = None
             host = [d[0, 0].cpu().numpy() for d in disparities]

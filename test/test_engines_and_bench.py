@@ -217,3 +217,27 @@ def test_compile_is_refused_with_onnxruntime_and_without_a_cxx_compiler(small_ch
     assert done.returncode == 1
     assert done.stderr == "sgru-stereo export: error: export takes no --compile: the ONNX graph is traced from the " \
         "eager network\n"
+
+
+def test_the_latency_budget_reserves_the_final_upsampling_and_times_updates_alone():
+    from sgru_ros.inference import IterationStop
+
+    def rule(times, upsample_s, outputs=()):
+        clock = iter(times).__next__
+        stop = IterationStop(0.0, 100.0, None, 1.0, torch.device("cpu"), outputs=outputs, upsample_s=upsample_s,
+                             clock=clock)
+        return [stop(k, torch.zeros(1)) for k in range(1, len(times) + 1)], stop
+
+    # Updates of 10 ms after 40 ms of encoders; a final upsampling of 25 ms must still fit in 100 ms.
+    times = [0.040, 0.050, 0.060, 0.070, 0.080, 0.090, 0.100]
+    stops, _ = rule(times, upsample_s=0.025)
+    assert stops.index(True) == 3  # after update 4 (70 ms): a fifth and the upsampling would end at 105 ms
+    stops, _ = rule(times, upsample_s=0.0)
+    assert stops.index(True) == 6  # not reserving it: one more update, then 25 ms over
+    # An update that followed an intermediate output's upsampling is timed without it.
+    # (Counted as an update, the 35 ms from 20 to 55 ms would stop the pass at update 3.)
+    stops, stop = rule([0.010, 0.020, 0.055, 0.065], upsample_s=0.025, outputs=[2])
+    assert stop.update_s == pytest.approx(0.010) and stops == [False, False, False, False]
+    # After the pass: what the final upsampling took (less the last update when no stop ended it).
+    assert stop.final_upsampling_s(0.125, ran_to_the_end=False) == pytest.approx(0.060)
+    assert stop.final_upsampling_s(0.125, ran_to_the_end=True) == pytest.approx(0.050)

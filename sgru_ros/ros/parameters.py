@@ -195,8 +195,9 @@ def _declare_network_parameters(node: Node, declare) -> None:
     node.declare_parameter("publish_iterations", Parameter.Type.INTEGER_ARRAY, ParameterDescriptor(
         description="Also publish disparity/iter_K for these K < iterations (same pass)",
         type=ParameterType.PARAMETER_INTEGER_ARRAY))
-    declare("latency_budget_ms", 0.0, "Stop the GRU iterations of a frame once another would end its network "
-            "pass later than this after it began (at least one runs; 0: off; torch engine)",
+    declare("latency_budget_ms", 0.0, "Stop the GRU iterations of a frame once another and the final "
+            "upsampling would end its network pass later than this after it began (at least one runs; 0: off; "
+            "torch engine)",
             float_range=(0.0, 60000.0))
     declare("convergence_threshold_px", 0.0, "Stop the GRU iterations once one changes the disparity by less "
             "than this on average, in pixels (0: off; torch engine)", float_range=(0.0, 100.0))
