@@ -124,7 +124,8 @@ def score(metrics: dict[str, float]) -> float:
 
 
 def run(config: EdgeStageConfig, out_dir: Path, log=functools.partial(print, flush=True)) -> dict[str, float]:
-    """The whole stage; writes out_dir/best.pth (network + refinement), val_log.csv and config.json."""
+    """The whole stage; writes out_dir/best.pth (network + refinement), val_log.csv, config.json and the network's
+    cached outputs (outputs.pt, outputs.json). Returns the best validation (``evaluate``'s keys and its step)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
     model = load_model(config.backbone)
