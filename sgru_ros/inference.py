@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .compiled import CompiledEncoders
-from .device import check_precision, resolve_device
+from .device import check_precision, keep_freed_memory, resolve_device
 from .graphs import GraphCache, GraphedPass, PassKey
 from .model import SIZE_MULTIPLE, load_model
 from .model.base import SelectiveStereo, StopRule
@@ -205,6 +205,8 @@ class StereoEstimator:
             raise ValueError(f"max_pixels must be at least {SIZE_MULTIPLE**2}, got {max_pixels}")
         model.check_max_disp(max_disp)
         self.model = model.to(self.device).eval()
+        if self.device.type == "cpu":
+            keep_freed_memory()  # each frame reuses the last one's pages (device.keep_freed_memory)
         self.engine = engine
         self.graphs = graphs
         self._log = log

@@ -219,3 +219,36 @@ def test_out_of_memory_errors_are_recognised():
     with pytest.raises(RuntimeError) as err:  # a real allocation failure of this machine's allocator
         torch.empty(1 << 50, dtype=torch.uint8)
     assert is_out_of_memory(err.value)
+
+
+_PAGE_FAULTS_OF_LARGE_TENSORS = """
+import resource, sys, torch
+from sgru_ros.inference import StereoEstimator
+if sys.argv[1] == "estimator":
+    StereoEstimator.from_checkpoint(sys.argv[2], device="cpu")
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+torch.empty(12 << 20).fill_(1.0)  # 48 MB: above glibc's adaptive mmap threshold, which is at most 32 MB
+before = faults()
+for _ in range(4):
+    torch.empty(12 << 20).fill_(1.0)
+print(faults() - before)
+"""
+
+
+@pytest.mark.skipif(not __import__("platform").libc_ver()[0] == "glibc", reason="glibc's malloc only")
+def test_a_cpu_estimator_keeps_freed_memory_for_the_next_frame(small_raft_checkpoint):
+    import subprocess
+    import sys
+
+    def page_faults(*args: str, env: dict[str, str] | None = None) -> int:
+        run = subprocess.run([sys.executable, "-c", _PAGE_FAULTS_OF_LARGE_TENSORS, *args], capture_output=True,
+                             text=True, timeout=300, env={**__import__("os").environ, **(env or {})})
+        assert run.returncode == 0, run.stderr
+        return int(run.stdout.split()[-1])
+
+    # Four 48 MB tensors are 4 x 12,288 pages: by default each is mapped afresh and faulted in again.
+    assert page_faults("plain") > 40_000
+    assert page_faults("estimator", str(small_raft_checkpoint)) < 1_000
+    # A user's own malloc settings stay as they are.
+    assert page_faults("estimator", str(small_raft_checkpoint), env={"MALLOC_TOP_PAD_": "0"}) > 40_000
