@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from ..device import keep_freed_memory
 from ..model import build_model, load_model, save_checkpoint
 from ..model.base import normalize_image
 from ..model.config import RaftConfig
@@ -126,6 +127,7 @@ def score(metrics: dict[str, float]) -> float:
 def run(config: EdgeStageConfig, out_dir: Path, log=functools.partial(print, flush=True)) -> dict[str, float]:
     """The whole stage; writes out_dir/best.pth (network + refinement), val_log.csv, config.json and the network's
     cached outputs (outputs.pt, outputs.json). Returns the best validation (``evaluate``'s keys and its step)."""
+    keep_freed_memory()  # a CPU stage: see device.keep_freed_memory
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
     model = load_model(config.backbone)

@@ -237,7 +237,7 @@ class Trainer:
     step: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
-        from ..device import resolve_device
+        from ..device import keep_freed_memory, resolve_device
 
         cfg = self.config
         if cfg.preset not in PRESETS:
@@ -245,6 +245,8 @@ class Trainer:
         if cfg.crop[0] % 32 or cfg.crop[1] % 32:
             raise ValueError(f"crop {cfg.crop} must be multiples of 32")
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # about a tenth of a CPU step was page faults (device.keep_freed_memory)
         torch.manual_seed(cfg.seed)
         self.model = build_model(PRESETS[cfg.preset])
         missing = [d for d in cfg.photo_dirs if not Path(d).is_dir()]
