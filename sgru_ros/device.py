@@ -31,43 +31,55 @@ def release_memory(device: torch.device) -> None:
 
 
 #: glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-#: Freed memory up to this size stays with the process. A frame's tensors are at most tens of MB (640 x 480:
-#: 32 MB), so the whole working set of a frame is reused by the next one.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+#: Freed memory up to this size stays with the process: a 640 x 480 frame's largest tensors are 32 MB.
 _KEEP_BYTES = 1 << 30
 #: The largest mmap threshold glibc before 2.35 accepts (HEAP_MAX_SIZE / 2 on 64-bit systems).
 _OLD_GLIBC_MAX_MMAP_THRESHOLD = 32 << 20
-_USER_MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+#: Threads other than the main one allocate from heaps of at most HEAP_MAX_SIZE (64 MB on 64-bit systems).
+_THREAD_HEAP_BYTES = 64 << 20
+#: Environment settings of the same thresholds: a user who sets any of them manages malloc, not the package.
+_USER_MALLOC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+_USER_MALLOC_TUNABLES = ("glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold", "glibc.malloc.top_pad")
 _freed_memory_kept = False
+
+
+def _user_sets_malloc() -> bool:
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return any(name in os.environ for name in _USER_MALLOC_VARIABLES) or \
+        any(name in tunables for name in _USER_MALLOC_TUNABLES)
 
 
 def keep_freed_memory() -> bool:
     """Let glibc's malloc keep freed memory for the process's next frame instead of handing it back to the OS.
 
     By default glibc maps blocks above its mmap threshold (adaptive, at most 32 MB) afresh on each
-    allocation and unmaps them when freed, and trims the heap's free top: a 640 x 480 frame of the bundled
-    model then touches about 200 MB of new pages each time (about 50,000 page faults, 0.1 s of system
-    time on two cores), most of it in the full-resolution edge refinement. Kept, the next frame reuses the
-    pages. The process's resident memory then stays at its peak instead of falling between frames.
+    allocation and unmaps them when freed, trims the main heap's free top, and unmaps a thread's heap
+    once it is empty: a 640 x 480 frame of the bundled model then touches 150-200 MB of new pages each
+    time (40,000-65,000 page faults, 0.1 s or more of system time on two cores), most of it in the
+    full-resolution edge refinement. Kept, the next frame reuses the pages, on the main thread and on
+    others (the node runs its frames on a worker thread). The process's resident memory then stays at its
+    peak instead of falling between frames.
 
-    Process-wide and once per process; Linux with glibc only. Returns whether it took effect: False
-    elsewhere, or when the user's environment already sets malloc's thresholds (``MALLOC_*_`` or a
-    ``glibc.malloc`` entry of ``GLIBC_TUNABLES``), which stay as the user set them.
+    Process-wide and once per process; Linux with glibc only. Before glibc 2.35 blocks of 32 MB and more are
+    still mapped afresh. Returns whether glibc took the settings: False elsewhere, or when the environment sets one of
+    these thresholds itself (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_`` or
+    the matching ``glibc.malloc`` entries of ``GLIBC_TUNABLES``), which then stay as the user set them.
     """
     global _freed_memory_kept
     if _freed_memory_kept:
         return True
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    if any(name in os.environ for name in _USER_MALLOC_SETTINGS) or \
-            "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or _user_sets_malloc():
         return False
     mallopt = ctypes.CDLL(None).mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    # The mmap threshold first: setting either threshold turns glibc's adaptive one off.
+    # The mmap threshold first, as setting any of the three turns glibc's adaptive threshold off: if glibc
+    # refuses both values, nothing has changed.
     if not (mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES) or mallopt(_M_MMAP_THRESHOLD, _OLD_GLIBC_MAX_MMAP_THRESHOLD)):
         return False
-    _freed_memory_kept = bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
+    # The trim threshold keeps the main heap's free top. glibc's heap_trim unmaps a thread's empty heap only
+    # when the heap before it has room for the top pad, which a pad of a whole heap never finds.
+    _freed_memory_kept = bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES) and mallopt(_M_TOP_PAD, _THREAD_HEAP_BYTES))
     return _freed_memory_kept
 
 

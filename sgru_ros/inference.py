@@ -159,6 +159,9 @@ class IterationStop:
 class StereoEstimator:
     """A loaded network plus the run-time choices for it.
 
+    On the CPU, building one sets glibc's malloc for the whole process to keep freed memory for the next
+    frame (``device.keep_freed_memory``), unless the environment sets malloc's thresholds itself.
+
     Args:
         model: a SelectiveRAFT/SelectiveIGEV (weights loaded).
         device: 'auto', 'cpu', 'cuda', 'cuda:N'.
