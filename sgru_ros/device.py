@@ -56,7 +56,7 @@ def keep_freed_memory() -> bool:
     By default glibc maps blocks above its mmap threshold (adaptive, at most 32 MB) afresh on each
     allocation and unmaps them when freed, trims the main heap's free top, and unmaps a thread's heap
     once it is empty: a 640 x 480 frame of the bundled model then touches 150-200 MB of new pages each
-    time (40,000-65,000 page faults, 0.1 s or more of system time on two cores), most of it in the
+    time (35,000-65,000 page faults, 0.1 s or more of system time on two cores), most of it in the
     full-resolution edge refinement. Kept, the next frame reuses the pages, on the main thread and on
     others (the node runs its frames on a worker thread). The process's resident memory then stays at its
     peak instead of falling between frames.
