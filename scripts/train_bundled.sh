@@ -18,7 +18,11 @@
 # full-resolution edge refinement on the frozen stage-3 network, about 17 CPU
 # minutes in one go (no time budget, not resumable; the network's outputs it
 # caches are reused by a second call); its best.pth (network and refinement) is
-# the bundled model.
+# the bundled model. Stage "fast" (runs/bundled_fast; python -m sgru_ros.training.distill)
+# distils the bundled compact model's encoders into ones half as wide (16, 24, 32):
+# 2500 steps of batch 8, about 70 CPU minutes, stopping at the first validation past
+# TIME_BUDGET (the same call resumes); its
+# best.pth is the bundled fast model.
 # Each numbered call starts the stage's
 # run if its folder holds no state, else resumes it, and stops cleanly before
 # TIME_BUDGET (default 2h; seconds, or 90m, 2h) with the state saved. The one-cycle
@@ -27,7 +31,7 @@
 # 12"); scripts/gpu_train.sh runs a piece on a GPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STAGE=${1:?give the stage: 1 to 4 or edges}
+STAGE=${1:?give the stage: 1 to 4, edges or fast}
 BUDGET=${2:-2h}
 PY=${PYTHON:-python3}
 # Texture photographs beside scikit-image's: Debian's mate-backgrounds (apt-get install mate-backgrounds).
@@ -38,6 +42,14 @@ if [ "$STAGE" = edges ]; then
   [ -f "$INIT" ] || { git show 1bc9dd4:sgru_ros/weights/sgru_raft_compact.pth > "$INIT.tmp" && mv "$INIT.tmp" "$INIT"; }
   # shellcheck disable=SC2086  # EXTRA_ARGS is a list of options
   exec "$PY" -m sgru_ros.training.edges --backbone "$INIT" --out runs/bundled_edges ${EXTRA_ARGS:-}
+fi
+if [ "$STAGE" = fast ]; then
+  TEACHER=runs/teacher_fast.pth  # the bundled compact model (commit 72c838f) the fast one learns from
+  mkdir -p runs
+  [ -f "$TEACHER" ] || { git show 72c838f:sgru_ros/weights/sgru_raft_compact.pth > "$TEACHER.tmp" && mv "$TEACHER.tmp" "$TEACHER"; }
+  # shellcheck disable=SC2086  # EXTRA_ARGS is a list of options
+  exec "$PY" -m sgru_ros.training.distill --teacher "$TEACHER" --encoder-dims 16 24 32 --steps 2500 --batch-size 8 \
+    --val-every 500 --out runs/bundled_fast --time-budget "$BUDGET" ${EXTRA_ARGS:-}
 fi
 COMMON=(--preset raft-compact --seed 1234 --photo-dir "$PHOTOS" --time-budget "$BUDGET" --no-progress)
 case "$STAGE" in
@@ -70,7 +82,7 @@ case "$STAGE" in
             --val-multiples 1 2 4 --best-over-multiples)
     ;;
   *)
-    echo "train_bundled: stage is 1 to 4 or edges, not $STAGE" >&2
+    echo "train_bundled: stage is 1 to 4, edges or fast, not $STAGE" >&2
     exit 2
     ;;
 esac

@@ -362,3 +362,79 @@ def test_the_edge_stage_trains_a_refinement_on_a_frozen_network(tmp_path):
     assert again[0].startswith("network outputs on 8 scenes remade (another network")
     with pytest.raises(ValueError, match="without an edge refinement"):
         run(EdgeStageConfig(backbone=str(tmp_path / "run/best.pth"), scenes=8, val_samples=4), tmp_path / "again")
+
+
+def test_a_student_takes_the_teachers_weights_with_its_encoders_cut():
+    from sgru_ros.model import IGEVConfig, build_model
+    from sgru_ros.training.distill import ENCODERS, make_student
+
+    torch.manual_seed(0)
+    teacher = build_model(RaftConfig(**SMALL, early_downsample=True, edge_width=4))
+    student = make_student(teacher, (8, 16, 24))
+    assert student.config == dataclasses.replace(teacher.config, encoder_dims=(8, 16, 24))
+    source = teacher.state_dict()
+    for key, value in student.state_dict().items():
+        if key.startswith(ENCODERS):
+            assert torch.equal(value, source[key][tuple(slice(0, n) for n in value.shape)]), key
+        else:
+            assert torch.equal(value, source[key]), key
+    assert student.fnet.conv1.weight.shape == (8, 3, 7, 7) and student.cnet.layer3[1].conv2.weight.shape[0] == 24
+    with pytest.raises(ValueError, match="must not exceed"):
+        make_student(teacher, (8, 16, 48))
+    with pytest.raises(ValueError, match="Selective-RAFT"):
+        make_student(build_model(IGEVConfig(hidden_dim=32, n_gru_layers=1)), (8, 8, 8))
+
+
+def test_distillation_trains_only_the_encoders_toward_the_teachers_outputs_and_resumes(tmp_path):
+    from sgru_ros.model import build_model, load_model, save_checkpoint
+    from sgru_ros.training.distill import (ENCODERS, DistillConfig, distillation_loss, encoder_outputs,
+                                           make_student, run)
+    from sgru_ros.training.train import TrainConfig
+
+    torch.manual_seed(0)
+    teacher = build_model(RaftConfig(hidden_dim=32, encoder_dims=(16, 16, 32), feature_dim=32, n_gru_layers=1))
+    save_checkpoint(teacher, tmp_path / "teacher.pth")
+    config = DistillConfig(teacher=str(tmp_path / "teacher.pth"), encoder_dims=(8, 8, 16), steps=6, batch_size=2,
+                           lr=2e-3, val_every=3, val_samples=2)
+    whole = run(config, tmp_path / "whole", log=lambda line: None)
+    lines: list[str] = []
+    run(config, tmp_path / "pieces", log=lines.append, time_budget_s=0)
+    assert lines[-2].startswith("time budget spent at step 3")
+    resumed: list[str] = []
+    assert run(config, tmp_path / "pieces", log=resumed.append) == whole  # the same run in two pieces
+    assert resumed[0] == "resumed at step 3"
+    assert (tmp_path / "whole/val_log.csv").read_text() == (tmp_path / "pieces/val_log.csv").read_text()
+    rows = (tmp_path / "whole/val_log.csv").read_text().splitlines()
+    assert rows[0].split(",")[:2] == ["step", "val_epe"] and "sgbm_bad2_x2" in rows[0] and "loss" in rows[0]
+    assert [row.split(",")[0] for row in rows[1:]] == ["0", "3", "6"]
+    # Only the encoders learned, toward the teacher's outputs (on the first training scenes).
+    assert load_model(tmp_path / "whole/best.pth").config.encoder_dims == (8, 8, 16)
+    state = torch.load(tmp_path / "whole/state.pt", weights_only=True)["student"]
+    frozen = teacher.state_dict()
+    assert all(torch.equal(v, frozen[k]) for k, v in state.items() if not k.startswith(ENCODERS))
+    student = make_student(teacher, (8, 8, 16))
+    scene = TrainConfig(seed=config.seed).scene()
+    left, right, _ = next(iter(torch.utils.data.DataLoader(
+        SyntheticBatches(SyntheticStereo(scene, seed=config.seed), config.first_sample, 2), batch_size=2)))
+    with torch.no_grad():
+        target = encoder_outputs(teacher, left, right)
+        before = distillation_loss(encoder_outputs(student, left, right), target)
+        student.load_state_dict(state)
+        after = distillation_loss(encoder_outputs(student, left, right), target)
+    assert after < 0.9 * before  # seeded: 0.89 -> 0.73
+    with pytest.raises(ValueError, match="another recipe"):
+        run(dataclasses.replace(config, lr=1e-3), tmp_path / "whole")
+
+
+def test_a_stage_configs_fields_are_its_command_line_options():
+    import argparse
+
+    from sgru_ros.training.distill import DistillConfig
+    from sgru_ros.training.train import add_config_options, config_from_options
+
+    parser = argparse.ArgumentParser()
+    add_config_options(parser, DistillConfig, required=("teacher",))
+    args = parser.parse_args(["--teacher", "t.pth", "--encoder-dims", "8", "8", "16", "--lr", "1e-3"])
+    assert config_from_options(args, DistillConfig) == DistillConfig(teacher="t.pth", encoder_dims=(8, 8, 16), lr=1e-3)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--encoder-dims", "8", "8", "16"])  # --teacher is required

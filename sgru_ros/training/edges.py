@@ -22,7 +22,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -35,7 +35,8 @@ from ..model.config import RaftConfig
 from ..model.edges import EdgeRefinement
 from .step import edge_band
 from .synthetic import SyntheticStereo
-from .train import SyntheticBatches, TrainConfig, _option, sgbm_batch_prior, validate, warm_start_prior
+from .train import (SyntheticBatches, TrainConfig, _option, add_config_options, config_from_options, sgbm_batch_prior,
+                    validate, warm_start_prior)
 
 #: (iterations returned, how the network starts) for each kind of batch, in turn.
 CACHE_MODES = (((8, 16, 32), "none"), ((8, 16, 32), "none"), ((2, 4, 8), "sgbm"), ((4, 8, 16), "prior"))
@@ -221,14 +222,12 @@ def _network_outputs(model, config: EdgeStageConfig, scene, val_batches: list, m
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="run folder")
-    for field in fields(EdgeStageConfig):
-        parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default,
-                            required=field.name == "backbone", help=field.metadata["help"])
+    add_config_options(parser, EdgeStageConfig, required=("backbone",))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's choice)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    run(EdgeStageConfig(**{f.name: getattr(args, f.name) for f in fields(EdgeStageConfig)}), args.out)
+    run(config_from_options(args, EdgeStageConfig), args.out)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ over the GRU iterations, AdamW with a one-cycle schedule, gradient clipping at
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
@@ -51,6 +52,24 @@ def _option(default, help: str, **kwargs):
     if callable(default):
         return field(default_factory=default, metadata={"help": help}, **kwargs)
     return field(default=default, metadata={"help": help}, **kwargs)
+
+
+def add_config_options(parser: argparse.ArgumentParser, config_type: type, required: tuple[str, ...] = ()) -> None:
+    """An option for each field of a stage's config dataclass made with ``_option`` (``batch_size`` ->
+    ``--batch-size``), with its default and help text; a tuple field takes as many values as its default."""
+    for item in fields(config_type):
+        kwargs = dict(default=item.default, help=item.metadata["help"], required=item.name in required)
+        if isinstance(item.default, tuple):
+            kwargs.update(type=type(item.default[0]), nargs=len(item.default))
+        else:
+            kwargs["type"] = type(item.default)
+        parser.add_argument("--" + item.name.replace("_", "-"), **kwargs)
+
+
+def config_from_options(args: argparse.Namespace, config_type: type):
+    """The config dataclass the options of ``add_config_options`` give."""
+    values = {item.name: getattr(args, item.name) for item in fields(config_type)}
+    return config_type(**{name: tuple(v) if isinstance(v, list) else v for name, v in values.items()})
 
 
 @dataclass
