@@ -34,7 +34,8 @@ from lifecycle_msgs.msg import Transition
 #: strings; the others are parsed as YAML (true, 0.05, 16) and converted to the type where they
 #: can be (1 -> 1.0 for a float); the node checks type and range.
 NODE_ARGUMENTS = {
-    'model': (str, "Checkpoint file (authors' .pth or this package's); default: bundled weights"),
+    'model': (str, "Checkpoint file (authors' .pth or this package's), or a bundled model: compact (default) "
+                   "or fast"),
     'iterations': (int, 'GRU iterations per frame'),
     'init': (str, 'none, or sgbm: start the GRU from OpenCV SGBM\'s map (a classical prior)'),
     'device': (str, 'auto, cpu, cuda or cuda:N'),

@@ -35,7 +35,7 @@ from .device import check_precision, keep_freed_memory, resolve_device
 from .graphs import GraphCache, GraphedPass, PassKey
 from .model import SIZE_MULTIPLE, load_model
 from .model.base import SelectiveStereo, StopRule
-from .weights import default_checkpoint
+from .weights import resolve_checkpoint
 
 #: ``torch``: PyTorch eager (every feature); ``onnxruntime``: an ONNX export per input size
 #: (``onnx_engine``), fixed iterations (no warm start, early stop or mid-pass cancel).
@@ -256,9 +256,9 @@ class StereoEstimator:
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path | None = None, variant: str | None = None,
                         **kwargs) -> StereoEstimator:
-        """Load a checkpoint file (None: the weights bundled with the package);
+        """Load a checkpoint file or a bundled model by name (``weights.resolve_checkpoint``; None: the compact one);
         variant 'raft'/'igev' insists on one. kwargs go to the constructor."""
-        return cls(load_model(checkpoint or default_checkpoint(), variant=variant), **kwargs)
+        return cls(load_model(resolve_checkpoint(checkpoint), variant=variant), **kwargs)
 
     @property
     def variant(self) -> str:

@@ -4,7 +4,8 @@ stereo node's parameters of the same name take their help text from here. No ROS
 from __future__ import annotations
 
 OPTION_HELP = {
-    "model": "checkpoint file (the authors' .pth or this package's)",
+    "model": "checkpoint file (the authors' .pth or this package's), or a bundled model: compact (the default) or "
+             "fast (narrower encoders, for init sgbm at 1-2 iterations)",
     "max_disp": "Selective-IGEV cost-volume range in processed pixels, a multiple of 32",
     "device": "auto, cpu, cuda or cuda:N",
     "precision": "fp32, fp16 (CUDA) or bf16",

@@ -1,14 +1,28 @@
-"""The checkpoint that ships inside the package (used when no model is configured)."""
+"""The checkpoints that ship inside the package, by the name the ``model`` option takes."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-BUNDLED_CHECKPOINT = WEIGHTS_DIR / "sgru_raft_compact.pth"
+#: compact: the default network (docs/model_card.md). fast: the same network with encoders half as wide,
+#: distilled from it (``training.distill``): for init sgbm at 1-2 iterations on a CPU.
+BUNDLED_MODELS = {"compact": WEIGHTS_DIR / "sgru_raft_compact.pth", "fast": WEIGHTS_DIR / "sgru_raft_fast.pth"}
+BUNDLED_CHECKPOINT = BUNDLED_MODELS["compact"]
+
+
+def resolve_checkpoint(model: str | Path | None) -> Path:
+    """The file a ``model`` option means: empty or None the bundled compact model, a name of
+    ``BUNDLED_MODELS`` that bundled model, anything else a checkpoint path."""
+    if not model:
+        model = "compact"
+    if str(model) in BUNDLED_MODELS:
+        path = BUNDLED_MODELS[str(model)]
+        if not path.is_file():
+            raise ValueError(f"no bundled weights at {path}; pass a checkpoint explicitly")
+        return path
+    return Path(model)
 
 
 def default_checkpoint() -> Path:
-    if not BUNDLED_CHECKPOINT.is_file():
-        raise ValueError(f"no bundled weights at {BUNDLED_CHECKPOINT}; pass a checkpoint explicitly")
-    return BUNDLED_CHECKPOINT
+    return resolve_checkpoint(None)
