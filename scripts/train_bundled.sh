@@ -20,7 +20,7 @@
 # caches are reused by a second call); its best.pth (network and refinement) is
 # the bundled model. Stage "fast" (runs/bundled_fast; python -m sgru_ros.training.distill)
 # distils the bundled compact model's encoders into ones half as wide (16, 24, 32):
-# 2500 steps of batch 8, about 70 CPU minutes, stopping at the first validation past
+# 2500 steps of batch 8, about an hour on two CPU cores, stopping at the first validation past
 # TIME_BUDGET (the same call resumes); its
 # best.pth is the bundled fast model.
 # Each numbered call starts the stage's

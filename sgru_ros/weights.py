@@ -13,7 +13,8 @@ BUNDLED_CHECKPOINT = BUNDLED_MODELS["compact"]
 
 def resolve_checkpoint(model: str | Path | None) -> Path:
     """The file a ``model`` option means: empty or None the bundled compact model, a name of
-    ``BUNDLED_MODELS`` that bundled model, anything else a checkpoint path."""
+    ``BUNDLED_MODELS`` that bundled model, anything else a checkpoint path (a file named like a bundled
+    model is given with its folder, e.g. ./fast)."""
     if not model:
         model = "compact"
     if str(model) in BUNDLED_MODELS:

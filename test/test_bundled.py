@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ def test_the_model_option_names_a_bundled_model_or_a_file(tmp_path):
     assert resolve_checkpoint(None) == resolve_checkpoint("") == resolve_checkpoint("compact") == BUNDLED_CHECKPOINT
     assert resolve_checkpoint("fast") == BUNDLED_MODELS["fast"]
     assert resolve_checkpoint(str(tmp_path / "fast.pth")) == tmp_path / "fast.pth"
+    assert resolve_checkpoint("./fast") == Path("fast")  # a file named like a bundled model, with its folder
 
 
 def test_the_fast_model_is_the_compact_network_with_narrower_encoders():
@@ -48,7 +50,7 @@ def test_bundled_model_sees_the_motorcycle_scene():
 
 
 def test_the_fast_model_from_sgbms_map_sees_the_motorcycle_scene():
-    """Its one use (docs/model_card.md): one iteration from SGBM's map, which it must improve. Not a benchmark."""
+    """Its one use (docs/model_card_fast.md): one iteration from SGBM's map, which it must improve. Not a benchmark."""
     left, right, gt = motorcycle_pair()
     prior = sgbm_prior(left, right)
     result = StereoEstimator.from_checkpoint("fast", device="cpu").estimate(left, right, iters=1, disp_init=prior)

@@ -379,6 +379,16 @@ def test_a_student_takes_the_teachers_weights_with_its_encoders_cut():
         else:
             assert torch.equal(value, source[key]), key
     assert student.fnet.conv1.weight.shape == (8, 3, 7, 7) and student.cnet.layer3[1].conv2.weight.shape[0] == 24
+    # Cut to its own widths, the teacher is itself: the cut keeps every channel where it was.
+    from sgru_ros.training.distill import encoder_outputs
+    images = torch.rand(2, 3, 64, 96) * 255
+    same = make_student(teacher, teacher.config.encoder_dims)
+    with torch.no_grad():
+        for a, b in zip(encoder_outputs(teacher.eval(), images[:1], images[1:]),
+                        encoder_outputs(same.eval(), images[:1], images[1:])):
+            assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="layout"):
+        make_student(teacher, (8, 16, 16))  # no shortcut projection in stage 3, where the teacher has one
     with pytest.raises(ValueError, match="must not exceed"):
         make_student(teacher, (8, 16, 48))
     with pytest.raises(ValueError, match="Selective-RAFT"):
@@ -395,7 +405,7 @@ def test_distillation_trains_only_the_encoders_toward_the_teachers_outputs_and_r
     teacher = build_model(RaftConfig(hidden_dim=32, encoder_dims=(16, 16, 32), feature_dim=32, n_gru_layers=1))
     save_checkpoint(teacher, tmp_path / "teacher.pth")
     config = DistillConfig(teacher=str(tmp_path / "teacher.pth"), encoder_dims=(8, 8, 16), steps=6, batch_size=2,
-                           lr=2e-3, val_every=3, val_samples=2)
+                           lr=2e-3, val_every=3, val_samples=2, photo_dir="")
     whole = run(config, tmp_path / "whole", log=lambda line: None)
     lines: list[str] = []
     run(config, tmp_path / "pieces", log=lines.append, time_budget_s=0)
@@ -412,8 +422,11 @@ def test_distillation_trains_only_the_encoders_toward_the_teachers_outputs_and_r
     state = torch.load(tmp_path / "whole/state.pt", weights_only=True)["student"]
     frozen = teacher.state_dict()
     assert all(torch.equal(v, frozen[k]) for k, v in state.items() if not k.startswith(ENCODERS))
+    # Batch norm stayed frozen: the encoders' running statistics are the teacher's, cut.
+    statistics = [k for k in state if k.startswith("cnet.") and k.endswith(("running_mean", "running_var"))]
+    assert statistics and all(torch.equal(state[k], frozen[k][:len(state[k])]) for k in statistics)
     student = make_student(teacher, (8, 8, 16))
-    scene = TrainConfig(seed=config.seed).scene()
+    scene = TrainConfig(seed=config.seed, photo_dirs=()).scene()
     left, right, _ = next(iter(torch.utils.data.DataLoader(
         SyntheticBatches(SyntheticStereo(scene, seed=config.seed), config.first_sample, 2), batch_size=2)))
     with torch.no_grad():
@@ -424,6 +437,8 @@ def test_distillation_trains_only_the_encoders_toward_the_teachers_outputs_and_r
     assert after < 0.9 * before  # seeded: 0.89 -> 0.73
     with pytest.raises(ValueError, match="another recipe"):
         run(dataclasses.replace(config, lr=1e-3), tmp_path / "whole")
+    with pytest.raises(ValueError, match="photo folder"):
+        run(dataclasses.replace(config, photo_dir=str(tmp_path / "none")), tmp_path / "other")
 
 
 def test_a_stage_configs_fields_are_its_command_line_options():
@@ -436,5 +451,6 @@ def test_a_stage_configs_fields_are_its_command_line_options():
     add_config_options(parser, DistillConfig, required=("teacher",))
     args = parser.parse_args(["--teacher", "t.pth", "--encoder-dims", "8", "8", "16", "--lr", "1e-3"])
     assert config_from_options(args, DistillConfig) == DistillConfig(teacher="t.pth", encoder_dims=(8, 8, 16), lr=1e-3)
+    assert parser.parse_args(["--teacher", "t", "--photo-dir", ""]).photo_dir == ""
     with pytest.raises(SystemExit):
         parser.parse_args(["--encoder-dims", "8", "8", "16"])  # --teacher is required

@@ -84,7 +84,7 @@ iterations = int_type(1, MAX_ITERATIONS)
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model options, with the help texts the node's parameters of the same name share (``OPTION_HELP``)."""
-    parser.add_argument("--checkpoint", help=OPTION_HELP["model"] + "; default: the bundled compact model")
+    parser.add_argument("--checkpoint", help=OPTION_HELP["model"])
     parser.add_argument("--variant", choices=VARIANTS, default=None,
                         help="insist on raft or igev (default: detected from the checkpoint)")
     parser.add_argument("--max-disp", type=int_type(32, multiple=32), default=192,

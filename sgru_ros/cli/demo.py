@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..inference import MAX_ITERATIONS
+from ..options import OPTION_HELP
 from .common import CommandError, check_folder, int_type, iterations, positive_float
 
 
@@ -14,7 +15,7 @@ def add_parser(sub) -> None:
     demo.add_argument("--out", default="sgru_demo", help="output folder (default sgru_demo)")
     demo.add_argument("--frames", type=int_type(1), default=3, help="frames to wait for (default 3)")
     demo.add_argument("--iters", type=iterations, default=8, help=f"GRU iterations, 1..{MAX_ITERATIONS} (default 8)")
-    demo.add_argument("--checkpoint", help="checkpoint file (default: bundled weights)")
+    demo.add_argument("--checkpoint", help=OPTION_HELP["model"])
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     demo.add_argument("--rate", type=positive_float, default=1.0, help="sample source frame rate (default 1 Hz)")
     demo.add_argument("--timeout", type=positive_float, default=300.0, help="give up after this many seconds")

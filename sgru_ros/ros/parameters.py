@@ -188,7 +188,7 @@ def _declare_input_parameters(declare) -> None:
 
 def _declare_network_parameters(node: Node, declare) -> None:
     """The model, where and how it runs, and its iterations."""
-    declare("model", "", OPTION_HELP["model"] + "; empty: the bundled compact model", read_only=True)
+    declare("model", "", OPTION_HELP["model"] + "; empty: compact", read_only=True)
     declare("max_disp", 192, OPTION_HELP["max_disp"], read_only=True, integer_range=(32, 1024, 32))
     declare("iterations", 8, "GRU refinement iterations per frame (more: finer, slower)",
             integer_range=(1, MAX_ITERATIONS))

@@ -38,7 +38,7 @@ from ..model import build_model, load_model, save_checkpoint
 from ..model.base import normalize_image
 from ..model.config import RaftConfig
 from ..model.raft import SelectiveRAFT
-from .synthetic import SyntheticStereo
+from .synthetic import DEFAULT_PHOTO_DIRS, SyntheticStereo
 from .train import (SyntheticBatches, TrainConfig, _option, add_config_options, config_from_options, sgbm_batch_prior,
                     validate)
 
@@ -59,6 +59,8 @@ class DistillConfig:
     val_every: int = _option(500, "validate and save the state every N steps")
     val_samples: int = _option(48, "validation scenes (train.Trainer's: another seed)")
     seed: int = _option(1234, "data seed (train.Trainer's)")
+    photo_dir: str = _option(DEFAULT_PHOTO_DIRS[0], "folder of texture photographs beside scikit-image's (Debian: "
+                                                    "apt-get install mate-backgrounds); '' for none")
 
 
 def make_student(teacher: SelectiveRAFT, encoder_dims: tuple[int, int, int]) -> SelectiveRAFT:
@@ -71,6 +73,11 @@ def make_student(teacher: SelectiveRAFT, encoder_dims: tuple[int, int, int]) -> 
                          f"{teacher.config.encoder_dims}")
     student = build_model(replace(teacher.config, encoder_dims=tuple(encoder_dims)))
     source = teacher.state_dict()
+    differ = sorted(set(source) ^ set(student.state_dict()))
+    if differ:
+        # A residual block projects its shortcut only where its widths differ, so not every cut keeps the layout.
+        raise ValueError(f"encoder_dims {tuple(encoder_dims)} change the encoders' layout (e.g. {differ[0]} in one "
+                         f"network only); keep each stage's width equal to the previous one's where the teacher's are")
     student.load_state_dict({key: source[key][tuple(slice(0, n) for n in value.shape)].clone()
                              for key, value in student.state_dict().items()})
     return student
@@ -105,16 +112,16 @@ def run(config: DistillConfig, out_dir: Path, log=functools.partial(print, flush
     out_dir.mkdir(parents=True, exist_ok=True)
     recipe = json.loads(json.dumps(asdict(config)))
     config_path, state_path = out_dir / "config.json", out_dir / "state.pt"
-    if state_path.is_file() and json.loads(config_path.read_text()) != recipe:
+    if state_path.is_file() and (not config_path.is_file() or json.loads(config_path.read_text()) != recipe):
         raise ValueError(f"{out_dir} holds a run of another recipe (its config.json); use another folder")
     config_path.write_text(json.dumps(recipe, indent=2))
     teacher = load_model(config.teacher)
     student = make_student(teacher, config.encoder_dims)
-    train_config = TrainConfig(seed=config.seed)
+    if config.photo_dir and not Path(config.photo_dir).is_dir():
+        raise ValueError(f"photo folder {config.photo_dir} does not exist (Debian: apt-get install mate-backgrounds; "
+                         "--photo-dir '' for none)")
+    train_config = TrainConfig(seed=config.seed, photo_dirs=(config.photo_dir,) if config.photo_dir else ())
     scene = train_config.scene()
-    missing = [d for d in scene.photo_dirs if not Path(d).is_dir()]
-    if missing:
-        raise ValueError(f"photo folder {missing[0]} does not exist (Debian: apt-get install mate-backgrounds)")
     val = SyntheticBatches(SyntheticStereo(scene, seed=config.seed + 1_000_003), 0, config.val_samples)
     val_batches = list(DataLoader(val, batch_size=train_config.batch_size))
     val_priors = [sgbm_batch_prior(left, right, student.downsample_factor, train_config.data_max_disparity)
