@@ -179,6 +179,48 @@ def test_init_sgbm_starts_each_frame_from_sgbms_map(ros, checkpoint):
     assert "Traceback" not in output
 
 
+def test_the_fast_model_answers_a_camera_from_sgbms_map_and_is_flagged_without_it(ros):
+    """The bundled fast model over rclpy on a real 640x480 pair: from SGBM's map (set at run time) the published
+    disparity is right on most pixels; without it the node says, at start and on the change, that it sees
+    worse."""
+    from rcl_interfaces.msg import Parameter as ParameterMsg
+    from rcl_interfaces.msg import ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    from sgru_ros.calibration import motorcycle_pair
+
+    left, right, truth = (np.ascontiguousarray(a[:480, :640]) for a in motorcycle_pair())
+    calibration = StereoCalibration(focal_length=700.0, cx=320.0, cy=240.0, cx_right=320.0, baseline=0.12)
+    proc = start_process("run", "-r", "__ns:=/fast", "-p", "model:=fast", "-p", "device:=cpu", "-p", "iterations:=1",
+                         "-p", "sgbm_disparities:=64", *remapped_inputs("/fast_cam"))
+    camera = CameraRig("/fast", "/fast_cam", calibration, name="fast_camera")
+    client = camera.create_client(SetParameters, "/fast/sgru_stereo/set_parameters")
+
+    def set_init(value: str) -> bool:
+        request = SetParameters.Request(parameters=[ParameterMsg(name="init", value=ParameterValue(
+            type=ParameterType.PARAMETER_STRING, string_value=value))])
+        future = client.call_async(request)
+        camera.spin_until(future.done, 10.0, f"set init {value}")
+        return future.result().results[0].successful
+
+    try:
+        assert client.wait_for_service(timeout_sec=60.0)
+        assert set_init("sgbm")
+        camera.wait_connected()
+        stamp = camera.publish_pair(left, right, sec=7)
+        camera.spin_until(lambda: stamp in camera.disparities, 120.0, "the disparity")
+        published = disparity_array(camera.disparities[stamp])
+        known = np.isfinite(truth) & np.isfinite(published)
+        # 13 % bad-2 here; from its own start at one iteration it is wrong on more than half of Motorcycle's pixels.
+        assert known.mean() > 0.5 and (np.abs(published - truth)[known] > 2).mean() < 0.2
+        assert set_init("none")
+    finally:
+        camera.destroy_node()
+        output = stop_process(proc)
+    assert "Traceback" not in output
+    assert output.count("model fast is meant for init sgbm: ") == 2, output  # at start, and on the change to none
+
+
 def _corrupted(jpeg: bytes) -> bytes:
     """``jpeg`` with 20 bytes of its entropy-coded data changed, checked to be still decodable by OpenCV."""
     import cv2
