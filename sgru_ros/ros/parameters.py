@@ -156,8 +156,8 @@ class StereoParameters:
         if reason:
             self._node.get_logger().warning("parameter change refused: "
                                             + ", ".join(f"{k} = {v!r}" for k, v in new.items()) + f": {reason}")
-        elif "init" in new and self.misused_model(new):
-            self._node.get_logger().warning(self.misused_model(new))
+        elif "init" in new and (warning := self.misused_model(new)):
+            self._node.get_logger().warning(warning)
         return SetParametersResult(successful=not reason, reason=reason)
 
 

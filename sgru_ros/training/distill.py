@@ -40,7 +40,7 @@ from ..model.config import RaftConfig
 from ..model.raft import SelectiveRAFT
 from .synthetic import DEFAULT_PHOTO_DIRS, SyntheticStereo
 from .train import (SyntheticBatches, TrainConfig, _option, add_config_options, config_from_options, sgbm_batch_prior,
-                    validate)
+                    validate, worst_bad2, write_val_log)
 
 #: The student modules that learn; everything else is the teacher's.
 ENCODERS = ("fnet.", "cnet.")
@@ -96,11 +96,6 @@ def distillation_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) 
     """Mean over the outputs of each one's squared error relative to the teacher's mean square."""
     terms = [(s - t).square().mean() / t.square().mean().clamp(min=1e-6) for s, t in zip(student, teacher)]
     return torch.stack(terms).mean()
-
-
-def score(metrics: dict[str, float]) -> float:
-    """What the stage minimises: the worst bad-2 over 8, 16 and 32 iterations (the other stages' criterion)."""
-    return max(metrics["val_bad2"], metrics["val_bad2_x2"], metrics["val_bad2_x4"])
 
 
 def run(config: DistillConfig, out_dir: Path, log=functools.partial(print, flush=True),
@@ -173,7 +168,7 @@ def run(config: DistillConfig, out_dir: Path, log=functools.partial(print, flush
             metrics = {**evaluate(step), "loss": sum(losses) / len(losses)}
             losses = []
             log_rows.append(metrics)
-            if score(metrics) < score(best):
+            if worst_bad2(metrics) < worst_bad2(best):
                 best = metrics
                 save_checkpoint(student, out_dir / "best.pth")
             torch.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(),
@@ -184,13 +179,9 @@ def run(config: DistillConfig, out_dir: Path, log=functools.partial(print, flush
             if time_budget_s is not None and time.monotonic() - start > time_budget_s and step < config.steps:
                 log(f"time budget spent at step {step}; the same command resumes")
                 break
-    columns = list(dict.fromkeys(k for row in log_rows for k in row))
-    with open(out_dir / "val_log.csv", "w") as f:
-        f.write(",".join(columns) + "\n")
-        f.writelines(",".join(str(row[k]) if k == "step" else f"{row[k]:.4f}" if k in row else "" for k in columns)
-                     + "\n" for row in log_rows)
-    log(f"best at step {best['step']}: worst bad-2 over 8/16/32 iterations {score(best):.2f} % "
-        f"(step 0: {score(log_rows[0]):.2f} %) -> {out_dir / 'best.pth'}")
+    write_val_log(out_dir / "val_log.csv", log_rows)
+    log(f"best at step {best['step']}: worst bad-2 over 8/16/32 iterations {worst_bad2(best):.2f} % "
+        f"(step 0: {worst_bad2(log_rows[0]):.2f} %) -> {out_dir / 'best.pth'}")
     return best
 
 

@@ -36,7 +36,7 @@ from ..model.edges import EdgeRefinement
 from .step import edge_band
 from .synthetic import SyntheticStereo
 from .train import (SyntheticBatches, TrainConfig, _option, add_config_options, config_from_options, sgbm_batch_prior,
-                    validate, warm_start_prior)
+                    validate, warm_start_prior, worst_bad2, write_val_log)
 
 #: (iterations returned, how the network starts) for each kind of batch, in turn.
 CACHE_MODES = (((8, 16, 32), "none"), ((8, 16, 32), "none"), ((2, 4, 8), "sgbm"), ((4, 8, 16), "prior"))
@@ -120,11 +120,6 @@ def evaluate(refinement: EdgeRefinement, groups: dict[str, dict[str, torch.Tenso
     return metrics
 
 
-def score(metrics: dict[str, float]) -> float:
-    """What the stage minimises: the worst bad-2 over 8, 16 and 32 iterations (stages 3 and 4's criterion)."""
-    return max(metrics["val_bad2"], metrics["val_bad2_x2"], metrics["val_bad2_x4"])
-
-
 def run(config: EdgeStageConfig, out_dir: Path, log=functools.partial(print, flush=True)) -> dict[str, float]:
     """The whole stage; writes out_dir/best.pth (network + refinement), val_log.csv, config.json and the network's
     cached outputs (outputs.pt, outputs.json). Returns the best validation (``evaluate``'s keys and its step)."""
@@ -176,22 +171,20 @@ def run(config: EdgeStageConfig, out_dir: Path, log=functools.partial(print, flu
         if step % config.val_every == 0 or step == config.steps:
             metrics = {"step": step, **evaluate(refinement, cache["val"])}
             log_rows.append(metrics)
-            if score(metrics) < score(best):
+            if worst_bad2(metrics) < worst_bad2(best):
                 best, state = metrics, {k: v.clone() for k, v in refinement.state_dict().items()}
             scores = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k != "step")
             log(f"step {step}: loss {loss.item():.3f}, {scores}")
-    with open(out_dir / "val_log.csv", "w") as f:
-        f.write(",".join(log_rows[0]) + "\n")
-        f.writelines(",".join(f"{row[k]:.4f}" if k != "step" else str(row[k]) for k in row) + "\n"
-                     for row in log_rows)
+    write_val_log(out_dir / "val_log.csv", log_rows)
     combined = build_model(RaftConfig(**{**asdict(model.config), "edge_width": config.width,
                                          "edge_window": config.window}))
     combined.load_state_dict({**model.state_dict(), **{f"edge_refine.{k}": v for k, v in state.items()}})
     save_checkpoint(combined, out_dir / "best.pth")
     # The same figures through the whole network, as ``train.Trainer`` validates.
     check = validate(load_model(out_dir / "best.pth"), val_batches, 8, train_config.max_disp, (1, 2, 4))
-    log(f"best at step {best['step']}: worst bad-2 over 8/16/32 iterations {score(best):.2f} % "
-        f"(at step 0, nearly without it: {score(log_rows[0]):.2f} %) -> {out_dir / 'best.pth'}; through the network: "
+    start = worst_bad2(log_rows[0])
+    log(f"best at step {best['step']}: worst bad-2 over 8/16/32 iterations {worst_bad2(best):.2f} % "
+        f"(at step 0, nearly without it: {start:.2f} %) -> {out_dir / 'best.pth'}; through the network: "
         + ", ".join(f"{k} {v:.2f}" for k, v in check.items()))
     return best
 

@@ -210,6 +210,22 @@ def validate(model: SelectiveStereo, batches: list, iters: int, max_disp: int,
     return metrics
 
 
+def worst_bad2(metrics: dict[str, float], multiples: tuple[int, ...] = (1, 2, 4)) -> float:
+    """The worst bad-2 over the validated multiples of the deployed iterations (``validate``'s keys): from
+    stage 3 on, what best.pth minimises, so that more iterations at run time do not hurt."""
+    return max(metrics[f"val_bad2{multiple_suffix(m)}"] for m in multiples)
+
+
+def write_val_log(path: Path, rows: list[dict[str, float]]) -> None:
+    """A stage's validations as CSV: a column for each key of any row (in order of appearance), the step as
+    an integer, the rest with 4 decimals, empty where a row has no such key."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with open(path, "w") as f:
+        f.write(",".join(columns) + "\n")
+        f.writelines(",".join(str(row[k]) if k == "step" else f"{row[k]:.4f}" if k in row else "" for k in columns)
+                     + "\n" for row in rows)
+
+
 def transfer_state(model: SelectiveStereo, state: dict[str, torch.Tensor]) -> list[str]:
     """Load ``state`` into ``model``, also across working resolutions.
 
@@ -393,7 +409,7 @@ class Trainer:
         ``best_over_multiples`` the worst bad-2 over the validated counts; with ``sgbm_prior``, plus bad-2 of
         the init-sgbm mode at ``sgbm_val_iters`` (both modes count)."""
         if self.config.best_over_multiples:
-            score = max(metrics[f"val_bad2{multiple_suffix(m)}"] for m in self.config.val_multiples)
+            score = worst_bad2(metrics, tuple(self.config.val_multiples))
         else:
             score = metrics["val_bad2"]
         return score + (metrics["sgbm_bad2"] if self.config.sgbm_prior else 0.0)
