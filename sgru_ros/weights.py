@@ -8,7 +8,9 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: compact: the default network (docs/model_card.md). fast: the same network with encoders half as wide,
 #: distilled from it (``training.distill``): for init sgbm at 1-2 iterations on a CPU.
 BUNDLED_MODELS = {"compact": WEIGHTS_DIR / "sgru_raft_compact.pth", "fast": WEIGHTS_DIR / "sgru_raft_fast.pth"}
-BUNDLED_CHECKPOINT = BUNDLED_MODELS["compact"]
+#: The model an empty or missing ``model`` option means.
+DEFAULT_MODEL = "compact"
+BUNDLED_CHECKPOINT = BUNDLED_MODELS[DEFAULT_MODEL]
 
 
 def resolve_checkpoint(model: str | Path | None) -> Path:
@@ -16,7 +18,7 @@ def resolve_checkpoint(model: str | Path | None) -> Path:
     ``BUNDLED_MODELS`` that bundled model, anything else a checkpoint path (a file named like a bundled
     model is given with its folder, e.g. ./fast)."""
     if not model:
-        model = "compact"
+        model = DEFAULT_MODEL
     if str(model) in BUNDLED_MODELS:
         path = BUNDLED_MODELS[str(model)]
         if not path.is_file():

@@ -204,15 +204,18 @@ def test_train_options_are_made_from_train_config():
     import dataclasses
 
     from sgru_ros.cli import build_parser
-    from sgru_ros.training.train import TrainConfig
+    from sgru_ros.training.train import TrainConfig, config_from_options
 
     parser = build_parser()
     args = parser.parse_args(["train", "--out", "x", "--batch-size", "16", "--crop", "96", "160",
                               "--val-multiples", "1", "4", "--best-over-multiples", "--photo-dir", "a",
                               "--photo-dir", "b"])
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
-    assert given == {"batch_size": 16, "crop": [96, 160], "val_multiples": [1, 4], "best_over_multiples": True,
-                     "photo_dirs": ["a", "b"]}
+    assert config_from_options(args, TrainConfig) == TrainConfig(
+        batch_size=16, crop=(96, 160), val_multiples=(1, 4), best_over_multiples=True, photo_dirs=("a", "b"))
+    # Left out: the field's default, photo_dirs' computed one included; a switch can be turned off too.
+    assert config_from_options(parser.parse_args(["train", "--out", "x"]), TrainConfig) == TrainConfig()
+    assert not config_from_options(parser.parse_args(["train", "--out", "x", "--no-best-over-multiples"]),
+                                   TrainConfig).best_over_multiples
     train = next(action for action in parser._subparsers._group_actions[0].choices["train"]._actions
                  if action.dest == "steps")
     field = next(f for f in dataclasses.fields(TrainConfig) if f.name == "steps")

@@ -213,6 +213,9 @@ def test_the_fast_model_answers_a_camera_from_sgbms_map_and_is_flagged_without_i
         known = np.isfinite(truth) & np.isfinite(published)
         # 13 % bad-2 here; from its own start at one iteration it is wrong on more than half of Motorcycle's pixels.
         assert known.mean() > 0.5 and (np.abs(published - truth)[known] > 2).mean() < 0.2
+        camera.spin_until(lambda: camera.last_diagnostics("/fast/").get("init") == "sgbm", 5.0, "init on /diagnostics")
+        assert {k: camera.last_diagnostics("/fast/")[k] for k in ("model", "weights", "precision")} == {
+            "model": "raft", "weights": "fast", "precision": "fp32"}
         assert set_init("none")
     finally:
         camera.destroy_node()

@@ -7,8 +7,6 @@ The recipe's options are made from ``TrainConfig``: each field an option of the 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import typing
 from pathlib import Path
 
 from .common import CommandError, duration
@@ -18,32 +16,11 @@ _FLAGS = {"photo_dirs": "--photo-dir"}
 
 
 def add_parser(sub) -> None:
-    from ..training.train import PRESETS, TrainConfig
+    from ..training.train import PRESETS, TrainConfig, add_config_options
 
     train = sub.add_parser("train", help="train a network on procedural stereo scenes (CPU or GPU)")
     train.add_argument("--out", required=True, help="run folder: logs, train_state.pt, model.pth")
-    hints = typing.get_type_hints(TrainConfig)
-    defaults = TrainConfig()
-    for field in dataclasses.fields(TrainConfig):
-        flag = _FLAGS.get(field.name, "--" + field.name.replace("_", "-"))
-        default = getattr(defaults, field.name)
-        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
-        kwargs = dict(dest=field.name, default=None, help=f"{field.metadata['help']} (default {shown})"
-                      if shown not in ("", ()) else field.metadata["help"])
-        kind = hints[field.name]
-        if kind is bool:
-            kwargs["action"] = "store_true"
-        elif typing.get_origin(kind) is tuple:
-            item = typing.get_args(kind)[0]
-            if field.name in _FLAGS:
-                kwargs.update(action="append", type=item)
-            else:
-                kwargs.update(type=item, nargs=len(default) if ... not in typing.get_args(kind) else "+")
-        else:
-            kwargs["type"] = kind
-        if field.name == "preset":
-            kwargs["choices"] = list(PRESETS)
-        train.add_argument(flag, **kwargs)
+    add_config_options(train, TrainConfig, flags=_FLAGS, choices={"preset": list(PRESETS)})
     train.add_argument("--time-budget", type=duration,
                        help="stop cleanly (state saved) before this much time has passed: seconds, or 90m, 2h")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -52,12 +29,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..training.train import TrainConfig, Trainer
+    from ..training.train import TrainConfig, Trainer, config_from_options
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-              if getattr(args, f.name, None) is not None}
-    values = {name: tuple(value) if isinstance(value, list) else value for name, value in values.items()}
-    trainer = Trainer(TrainConfig(**values), Path(args.out))
+    trainer = Trainer(config_from_options(args, TrainConfig), Path(args.out))
     if args.resume and trainer.resume():
         print(f"resumed {args.out} at step {trainer.step}")
     elif (Path(args.out) / "train_state.pt").exists() and not args.resume:

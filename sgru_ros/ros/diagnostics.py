@@ -100,7 +100,10 @@ class NodeState:
     borrowed_info: list[int]  # per camera: sets answered with a camera_info stamped otherwise than their image
     without_info: int  # image pairs dropped without a camera_info (sync.CameraInfoStats)
     iterations: int
-    model: str
+    model: str  # the network's variant (raft, igev)
+    weights: str  # the model parameter: a bundled model's name or a checkpoint path
+    precision: str
+    init: str  # where the GRU starts without a warm start (pipeline.INITS)
     device: str
 
 
@@ -137,7 +140,8 @@ def status_values(stats: FrameStats, state: NodeState) -> dict[str, object]:
             **{f"reliability {t}": (r.name.lower() if r else "none") for t, r in zip(topics, state.reliability)},
             "inference_thread": "running" if state.worker_alive else "stopped",
             "iterations": state.iterations,
-            "model": state.model, "device": state.device,
+            "model": state.model, "weights": state.weights, "precision": state.precision, "init": state.init,
+            "device": state.device,
             "last_frame_iterations": s.last_iterations,
             **{f"{k}_ms": round(v, 1) for k, v in s.stages_ms.items()}}
 

@@ -38,6 +38,7 @@ from ..device import release_memory
 from ..inference import InferenceCancelled, StereoEstimator
 from ..pipeline import FrameResult, GeometryOptions, StereoPipeline, failure_kind
 from ..sync import CalibratedStereoSync
+from ..weights import DEFAULT_MODEL
 from .conversions import (calibration_of, image_size, projection, raw_image_size, restamped, stamp_ns, stamp_text,
                           stereo_pair_to_rgb)
 from .diagnostics import FailureLog, FrameStats, NodeState, diagnostic_array, stall_reason
@@ -313,7 +314,9 @@ class StereoWiring:
                           borrowed_info=self.sync.info_stats.borrowed_info,
                           without_info=self.sync.info_stats.without_info,
                           iterations=self.params("iterations"),
-                          model=self.estimator.variant, device=str(self.estimator.device))
+                          model=self.estimator.variant, weights=self.params("model") or DEFAULT_MODEL,
+                          precision=self.estimator.precision, init=self.params("init"),
+                          device=str(self.estimator.device))
         self.pub_diagnostics.publish(diagnostic_array(f"{self.get_fully_qualified_name()}: stereo", self.stats,
                                                       state, now, self.get_clock().now().to_msg()))
 

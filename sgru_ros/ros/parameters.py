@@ -15,6 +15,7 @@ from ..device import PRECISIONS
 from ..inference import ENGINES, MAX_ITERATIONS, StereoEstimator
 from ..options import OPTION_HELP
 from ..pipeline import INITS, GeometryOptions
+from ..weights import DEFAULT_MODEL
 from .runtime import allowed_values, declare_checked
 
 #: Pixels above which frames are downscaled before the network: a 4000 x 3000 frame at full size
@@ -78,7 +79,7 @@ class StereoParameters:
         limits = [f"budget {p('latency_budget_ms'):g} ms" if p("latency_budget_ms") else "",
                   f"converged below {p('convergence_threshold_px'):g} px" if p("convergence_threshold_px") else ""]
         iteration_limits = f" (at most; {', '.join(x for x in limits if x)})" if any(limits) else ""
-        return (f"model {estimator.variant} ({p('model') or 'bundled default'}, {millions:.1f} M parameters), device "
+        return (f"model {estimator.variant} ({p('model') or DEFAULT_MODEL}, {millions:.1f} M parameters), device "
                 f"{estimator.device}, precision {estimator.precision}, engine {p('engine')}"
                 f"{' (compiled)' if p('compile') else ''}{' (CUDA graphs)' if p('graphs') else ''}, "
                 f"iterations {p('iterations')}{iteration_limits}, max_width {p('max_width') or 'none'}, "
@@ -201,7 +202,7 @@ def _declare_input_parameters(declare) -> None:
 
 def _declare_network_parameters(node: Node, declare) -> None:
     """The model, where and how it runs, and its iterations."""
-    declare("model", "", OPTION_HELP["model"] + "; empty: compact", read_only=True)
+    declare("model", "", OPTION_HELP["model"] + f"; empty: {DEFAULT_MODEL}", read_only=True)
     declare("max_disp", 192, OPTION_HELP["max_disp"], read_only=True, integer_range=(32, 1024, 32))
     declare("iterations", 8, "GRU refinement iterations per frame (more: finer, slower)",
             integer_range=(1, MAX_ITERATIONS))

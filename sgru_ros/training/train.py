@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import time
+import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -54,21 +55,42 @@ def _option(default, help: str, **kwargs):
     return field(default=default, metadata={"help": help}, **kwargs)
 
 
-def add_config_options(parser: argparse.ArgumentParser, config_type: type, required: tuple[str, ...] = ()) -> None:
-    """An option for each field of a stage's config dataclass made with ``_option`` (``batch_size`` ->
-    ``--batch-size``), with its default and help text; a tuple field takes as many values as its default."""
+def add_config_options(parser: argparse.ArgumentParser, config_type: type, required: tuple[str, ...] = (),
+                       flags: dict[str, str] | None = None, choices: dict[str, list] | None = None) -> None:
+    """An option for each field of a config dataclass made with ``_option`` (``batch_size`` ->
+    ``--batch-size``, or ``flags[name]``), with the field's help text and default; a bool field is a
+    ``--x/--no-x`` switch, a tuple field takes as many values as its type names (``tuple[int, ...]``: one or
+    more; a field in ``flags``: one per repetition of the option). Options left out stay None in the
+    namespace, so that ``config_from_options`` keeps the dataclass's own default."""
+    hints = typing.get_type_hints(config_type)
     for item in fields(config_type):
-        kwargs = dict(default=item.default, help=item.metadata["help"], required=item.name in required)
-        if isinstance(item.default, tuple):
-            kwargs.update(type=type(item.default[0]), nargs=len(item.default))
+        default = item.default_factory() if item.default is MISSING else item.default
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        kwargs = dict(dest=item.name, default=None, required=item.name in required,
+                      help=f"{item.metadata['help']} (default {shown})" if shown not in ("", ()) else
+                      item.metadata["help"])
+        kind = hints[item.name]
+        flag = (flags or {}).get(item.name, "--" + item.name.replace("_", "-"))
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is tuple:
+            kwargs["type"] = typing.get_args(kind)[0]
+            if item.name in (flags or {}):
+                kwargs["action"] = "append"
+            else:
+                kwargs["nargs"] = "+" if ... in typing.get_args(kind) else len(typing.get_args(kind))
         else:
-            kwargs["type"] = type(item.default)
-        parser.add_argument("--" + item.name.replace("_", "-"), **kwargs)
+            kwargs["type"] = kind
+        if item.name in (choices or {}):
+            kwargs["choices"] = choices[item.name]
+        parser.add_argument(flag, **kwargs)
 
 
 def config_from_options(args: argparse.Namespace, config_type: type):
-    """The config dataclass the options of ``add_config_options`` give."""
-    values = {item.name: getattr(args, item.name) for item in fields(config_type)}
+    """The config dataclass the options of ``add_config_options`` give (the dataclass's defaults where an
+    option was left out)."""
+    values = {item.name: getattr(args, item.name) for item in fields(config_type)
+              if getattr(args, item.name, None) is not None}
     return config_type(**{name: tuple(v) if isinstance(v, list) else v for name, v in values.items()})
 
 
