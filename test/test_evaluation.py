@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sgru_ros.evaluation import disparity_metrics, fill_from_left, region_bad2, region_masks, sgbm_disparity
+from sgru_ros.evaluation import (SGBMConfig, disparity_metrics, fill_from_left, region_bad2, region_masks,
+                                 sgbm_disparity)
 from sgru_ros.io import read_image, write_disparity
 
 from conftest import run_cli
@@ -34,6 +35,18 @@ def test_sgbm_finds_a_constant_shift(stereo_pair_files):
     assert np.nanmedian(disp) == pytest.approx(6.0, abs=0.25)
 
 
+def test_sgbm_matches_the_first_columns_opencv_leaves_empty(stereo_pair_files):
+    """OpenCV gives the first num_disparities columns no value; with left_border (the default) they are matched
+    over the disparities their view allows: here every pixel from x = 6 on has its match, 6 px away."""
+    left, right = (read_image(p) for p in stereo_pair_files)
+    border = np.s_[:, 8:64]
+    assert np.isnan(sgbm_disparity(left, right, SGBMConfig(64, left_border=False))[border]).all()
+    searched = sgbm_disparity(left, right)[border]
+    assert np.isfinite(searched).mean() > 0.9
+    error = np.abs(searched[np.isfinite(searched)] - 6.0)
+    assert np.median(error) < 0.25 and np.mean(error > 1) < 0.05
+
+
 def test_eval_command_prints_the_side_by_side_table(tmp_path, small_raft_checkpoint, stereo_pair_files):
     left, right = stereo_pair_files
     write_disparity(tmp_path / "gt.pfm", np.full((100, 150), 6.0, np.float32))
@@ -47,6 +60,7 @@ def test_eval_command_prints_the_side_by_side_table(tmp_path, small_raft_checkpo
     assert regions[-5:] == ["edges", "occluded", "slanted", "textured_fronto", "weak_texture_fronto"]
     assert any(line.startswith("sgru raft") and line.split()[3] == "1" for line in lines), proc.stdout
     assert any(line.startswith("OpenCV SGBM, holes filled") for line in lines)
+    assert any(line.startswith("OpenCV SGBM, no left border, holes filled") for line in lines)
     assert "bad-2 ratio at 2 iterations" in proc.stdout
     proc = run_cli("eval", "--checkpoint", str(small_raft_checkpoint), "--left", str(left), "--right", str(right))
     assert proc.returncode == 1 and "give --left, --right and --gt" in proc.stderr

@@ -211,7 +211,7 @@ def test_the_fast_model_answers_a_camera_from_sgbms_map_and_is_flagged_without_i
         camera.spin_until(lambda: stamp in camera.disparities, 120.0, "the disparity")
         published = disparity_array(camera.disparities[stamp])
         known = np.isfinite(truth) & np.isfinite(published)
-        # 13 % bad-2 here; from its own start at one iteration it is wrong on more than half of Motorcycle's pixels.
+        # 11 % bad-2 here; from its own start at one iteration it is wrong on more than half of Motorcycle's pixels.
         assert known.mean() > 0.5 and (np.abs(published - truth)[known] > 2).mean() < 0.2
         camera.spin_until(lambda: camera.last_diagnostics("/fast/").get("init") == "sgbm", 5.0, "init on /diagnostics")
         assert {k: camera.last_diagnostics("/fast/")[k] for k in ("model", "weights", "precision")} == {

@@ -72,16 +72,20 @@ def run(args: argparse.Namespace) -> None:
             for k in iters]
     if args.warm_start_sgbm:
         warm = estimate(estimator, name, left, right, iters=iters[-1], output_iters=iters[:-1],
-                         disp_init=sgbm_prior(left, right, SGBMConfig(num_disparities=args.sgbm_num_disparities)))
+                        disp_init=sgbm_prior(left, right, SGBMConfig(num_disparities=args.sgbm_num_disparities)))
         maps += [(f"sgru {estimator.variant} from SGBM ({weights})", k, warm.intermediate.get(k, warm.disparity))
                  for k in iters]
+    # OpenCV's map as stereo_image_proc publishes it: the first num_disparities columns empty.
+    border_empty = sgbm_disparity(left, right, SGBMConfig(num_disparities=args.sgbm_num_disparities, left_border=False))
+    maps.append(("OpenCV SGBM, no left border, holes filled", None, fill_from_left(border_empty)))
     maps.append(("OpenCV SGBM, holes filled", None, fill_from_left(sgbm)))
     maps.append(("OpenCV SGBM, own pixels only", None, sgbm))
     rows = [(label, k, disparity_metrics(disparity, gt)) for label, k, disparity in maps]
     print(f"pair: {name}, {left.shape[1]}x{left.shape[0]}, {int(np.isfinite(gt).sum())} ground-truth pixels, "
           f"disparity {np.nanmin(gt):.1f}..{np.nanmax(gt):.1f}")
     print(f"network: {estimator.device}, {estimator.precision}, one pass of {iters[-1]} iterations in "
-          f"{net_time:.2f} s; SGBM (num_disparities {args.sgbm_num_disparities}, block 3) in {sgbm_time:.2f} s")
+          f"{net_time:.2f} s; SGBM (num_disparities {args.sgbm_num_disparities}, block 3, left border searched) in "
+          f"{sgbm_time:.2f} s")
     print(f"{'method':44s} {'iters':>5s} {'density%':>8s} {'EPE':>7s} {'bad-1%':>7s} {'bad-2%':>7s} "
           f"{'bad-3%':>7s} {'D1%':>7s}")
     for label, k, m in rows:
