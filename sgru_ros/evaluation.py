@@ -51,8 +51,9 @@ class SGBMConfig:
 
     left_border: OpenCV gives no value to the first num_disparities columns (their search would leave the
     right image), 8.6 % of a 741-pixel-wide image at 64; with this set both images are first widened on the
-    left by that many columns (their edge column repeated), so that those pixels are matched too, over the
-    disparities their own view allows. False: OpenCV's map as stereo_image_proc publishes it."""
+    left by that many columns (their edge column repeated), so that those pixels are matched too (disparities
+    that point past the right image's edge meet the repeated column). False: OpenCV's own map, those columns
+    empty (as in stereo_image_proc's output)."""
 
     num_disparities: int = 64
     block_size: int = 3

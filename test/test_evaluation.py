@@ -40,8 +40,12 @@ def test_sgbm_matches_the_first_columns_opencv_leaves_empty(stereo_pair_files):
     over the disparities their view allows: here every pixel from x = 6 on has its match, 6 px away."""
     left, right = (read_image(p) for p in stereo_pair_files)
     border = np.s_[:, 8:64]
-    assert np.isnan(sgbm_disparity(left, right, SGBMConfig(64, left_border=False))[border]).all()
-    searched = sgbm_disparity(left, right)[border]
+    opencv, widened = sgbm_disparity(left, right, SGBMConfig(64, left_border=False)), sgbm_disparity(left, right)
+    assert opencv.shape == widened.shape == left.shape[:2]
+    assert np.isnan(opencv[border]).all()
+    # Beyond the border the two agree, so the widened map is cropped back at the right place.
+    assert np.allclose(opencv[:, 64:], widened[:, 64:], equal_nan=True)
+    searched = widened[border]
     assert np.isfinite(searched).mean() > 0.9
     error = np.abs(searched[np.isfinite(searched)] - 6.0)
     assert np.median(error) < 0.25 and np.mean(error > 1) < 0.05

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> None:
                         disp_init=sgbm_prior(left, right, SGBMConfig(num_disparities=args.sgbm_num_disparities)))
         maps += [(f"sgru {estimator.variant} from SGBM ({weights})", k, warm.intermediate.get(k, warm.disparity))
                  for k in iters]
-    # OpenCV's map as stereo_image_proc publishes it: the first num_disparities columns empty.
+    # OpenCV's own map: its first num_disparities columns empty (as in stereo_image_proc's output).
     border_empty = sgbm_disparity(left, right, SGBMConfig(num_disparities=args.sgbm_num_disparities, left_border=False))
     maps.append(("OpenCV SGBM, no left border, holes filled", None, fill_from_left(border_empty)))
     maps.append(("OpenCV SGBM, holes filled", None, fill_from_left(sgbm)))

@@ -35,8 +35,8 @@ from ..model.config import RaftConfig
 from ..model.edges import EdgeRefinement
 from .step import edge_band
 from .synthetic import SyntheticStereo
-from .train import (SyntheticBatches, TrainConfig, _option, add_config_options, config_from_options, sgbm_batch_prior,
-                    validate, warm_start_prior, worst_bad2, write_val_log)
+from .train import (SyntheticBatches, TrainConfig, _option, add_config_options, config_from_options, sgbm_batch_config,
+                    sgbm_batch_prior, validate, warm_start_prior, worst_bad2, write_val_log)
 
 #: (iterations returned, how the network starts) for each kind of batch, in turn.
 CACHE_MODES = (((8, 16, 32), "none"), ((8, 16, 32), "none"), ((2, 4, 8), "sgbm"), ((4, 8, 16), "prior"))
@@ -195,6 +195,7 @@ def _network_outputs(model, config: EdgeStageConfig, scene, val_batches: list, m
     they were made from the same network and scenes, else made and saved. Returns them and how they came."""
     made_from = {"backbone_sha256": hashlib.sha256(Path(config.backbone).read_bytes()).hexdigest(),
                  "scene": json.loads(json.dumps(asdict(scene))), "modes": json.loads(json.dumps(CACHE_MODES)),
+                 "sgbm": asdict(sgbm_batch_config(max_disparity)),
                  **{k: getattr(config, k) for k in ("scenes", "first_sample", "val_samples", "seed")}}
     path, key_path = out_dir / "outputs.pt", out_dir / "outputs.json"
     saved = json.loads(key_path.read_text()) if key_path.is_file() and path.is_file() else None

@@ -186,12 +186,19 @@ def at_working_resolution(disparity: torch.Tensor, factor: int) -> torch.Tensor:
     return F.interpolate(disparity, size=(h // factor, w // factor), mode="area") / factor
 
 
+def sgbm_batch_config(max_disparity: float):
+    """The ``evaluation.SGBMConfig`` of ``sgbm_batch_prior``: the scenes' whole disparity range."""
+    from ..evaluation import SGBMConfig
+
+    return SGBMConfig(num_disparities=16 * math.ceil(max_disparity / 16))
+
+
 def sgbm_batch_prior(left: torch.Tensor, right: torch.Tensor, factor: int, max_disparity: float) -> torch.Tensor:
     """``evaluation.sgbm_prior`` of each pair of a batch (B x 3 x H x W, 0..255), searching the scenes' whole
     disparity range, at the working resolution (what ``init: sgbm`` gives the network at run time)."""
-    from ..evaluation import SGBMConfig, sgbm_prior
+    from ..evaluation import sgbm_prior
 
-    config = SGBMConfig(num_disparities=16 * math.ceil(max_disparity / 16))
+    config = sgbm_batch_config(max_disparity)
     to_image = lambda t: t.permute(1, 2, 0).clamp(0, 255).round().byte().cpu().numpy()  # noqa: E731
     priors = [torch.from_numpy(sgbm_prior(to_image(a), to_image(b), config)) for a, b in zip(left, right)]
     return at_working_resolution(torch.stack(priors)[:, None].to(left.device), factor)
