@@ -85,30 +85,32 @@ def sgbm_prior(left: np.ndarray, right: np.ndarray, config: SGBMConfig = SGBMCon
 
 
 def dense_prior(disparity: np.ndarray) -> np.ndarray:
-    """H x W disparity with holes (NaN) -> H x W finite: holes filled from the left (``fill_from_left``), rows
-    without any value from the nearest row above (else below) that has one; no value at all gives zeros
-    (the network's own start)."""
+    """H x W disparity with holes (NaN) -> H x W finite: holes filled along their row (``fill_holes``), rows
+    without any value along their column the same way; no value at all gives zeros (the network's own start)."""
     if not np.isfinite(disparity).any():
         return np.zeros(disparity.shape, np.float32)
-    rows = fill_from_left(disparity)
-    return fill_from_left(rows.T).T if not np.isfinite(rows).all() else rows
+    rows = fill_holes(disparity)
+    return fill_holes(rows.T).T if not np.isfinite(rows).all() else rows
 
 
-def fill_from_left(disparity: np.ndarray) -> np.ndarray:
-    """Fill holes with the nearest valid value to their left on the same row
-    (the background side for a left-view map, as the Middlebury SDK fills);
-    holes at a row's start take the first valid value to their right."""
-    filled = disparity.copy()
-    h, w = filled.shape
-    valid = np.isfinite(filled)
+def fill_holes(disparity: np.ndarray) -> np.ndarray:
+    """Fill each hole with the smaller of the nearest valid values to its left and to its right on the same
+    row: the farther surface, which a hole beside a depth edge most often belongs to (a left-view map loses
+    the background beside a nearer object to occlusion). Holes at a row's ends take the side they have; rows
+    without any value stay NaN."""
+    from_left = _nearest_to_the_left(disparity)
+    from_right = _nearest_to_the_left(disparity[:, ::-1])[:, ::-1]
+    return np.fmin(from_left, from_right)
+
+
+def _nearest_to_the_left(disparity: np.ndarray) -> np.ndarray:
+    """Each pixel's own value, or the nearest valid one to its left on the row (NaN where there is none)."""
+    h, w = disparity.shape
+    valid = np.isfinite(disparity)
     idx = np.where(valid, np.arange(w)[None, :], 0)
     np.maximum.accumulate(idx, axis=1, out=idx)
-    filled = filled[np.arange(h)[:, None], idx]
-    # Leading holes: take the first valid value of the row.
-    first = np.argmax(valid, axis=1)
-    lead = ~np.isfinite(filled)
-    rows = np.nonzero(lead)[0]
-    filled[lead] = disparity[rows, first[rows]]
+    filled = disparity[np.arange(h)[:, None], idx]
+    filled[~np.maximum.accumulate(valid, axis=1)] = np.nan  # no valid value at or left of the pixel
     return filled
 
 

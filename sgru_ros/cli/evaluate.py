@@ -49,7 +49,7 @@ def _eval_pair(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..evaluation import (SGBMConfig, disparity_metrics, fill_from_left, region_bad2, region_masks, sgbm_disparity,
+    from ..evaluation import (SGBMConfig, dense_prior, disparity_metrics, region_bad2, region_masks, sgbm_disparity,
                               sgbm_prior)
 
     name, left, right, gt = _eval_pair(args)
@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> None:
                  for k in iters]
     # OpenCV's own map: its first num_disparities columns empty (as in stereo_image_proc's output).
     border_empty = sgbm_disparity(left, right, SGBMConfig(num_disparities=args.sgbm_num_disparities, left_border=False))
-    maps.append(("OpenCV SGBM, no left border, holes filled", None, fill_from_left(border_empty)))
-    maps.append(("OpenCV SGBM, holes filled", None, fill_from_left(sgbm)))
+    maps.append(("OpenCV SGBM, no left border, holes filled", None, dense_prior(border_empty)))
+    maps.append(("OpenCV SGBM, holes filled", None, dense_prior(sgbm)))
     maps.append(("OpenCV SGBM, own pixels only", None, sgbm))
     rows = [(label, k, disparity_metrics(disparity, gt)) for label, k, disparity in maps]
     print(f"pair: {name}, {left.shape[1]}x{left.shape[0]}, {int(np.isfinite(gt).sum())} ground-truth pixels, "
