@@ -57,6 +57,13 @@ def write(out: Path, name: str, data) -> None:
     (out / name).write_text(json.dumps(data, indent=1) + "\n")
 
 
+def failure(what: str, err: Exception) -> dict:
+    """A check or cell that raised: logged and recorded, so that one failure (a capture the GPU refuses, memory)
+    costs that row and not the rest of the machine's time."""
+    log(f"FAILED {what}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    return {"failed": what, "error": f"{type(err).__name__}: {err}"}
+
+
 def models() -> dict[str, torch.nn.Module]:
     """The released widths of both variants (random weights: time does not depend on values) and the bundled model."""
     return {"igev": released_model("igev"), "raft": released_model("raft"), "bundled": load_model(default_checkpoint())}
@@ -88,14 +95,19 @@ def graph_check(nets: dict, device: str, sizes: list[tuple[int, int]], iters: in
         eager = StereoEstimator(model, device=device)
         graphed = StereoEstimator(model, device=device, graphs=True)
         for height, width in sizes:
-            left, right = bench_pair(height, width)
-            worst = 0.0
-            for frame in (left, right), (right[:, ::-1], left[:, ::-1]):  # a second, different frame
-                frame = tuple(np.ascontiguousarray(image) for image in frame)
-                want = eager.estimate(*frame, iters=iters, output_iters=[iters // 2])
-                got = graphed.estimate(*frame, iters=iters, output_iters=[iters // 2])
-                worst = max(worst, float(np.abs(got.disparity - want.disparity).max()),
-                            float(np.abs(got.intermediate[iters // 2] - want.intermediate[iters // 2]).max()))
+            try:
+                left, right = bench_pair(height, width)
+                worst = 0.0
+                for frame in (left, right), (right[:, ::-1], left[:, ::-1]):  # a second, different frame
+                    frame = tuple(np.ascontiguousarray(image) for image in frame)
+                    want = eager.estimate(*frame, iters=iters, output_iters=[iters // 2])
+                    got = graphed.estimate(*frame, iters=iters, output_iters=[iters // 2])
+                    worst = max(worst, float(np.abs(got.disparity - want.disparity).max()),
+                                float(np.abs(got.intermediate[iters // 2] - want.intermediate[iters // 2]).max()))
+            except Exception as err:  # noqa: BLE001 -- recorded; the other checks still run
+                rows.append({"model": name, "height": height, "width": width, "iters": iters,
+                             **failure(f"graph check {name} {width}x{height}", err)})
+                continue
             rows.append({"model": name, "height": height, "width": width, "iters": iters, "max_diff_px": worst,
                          "ok": worst <= BARS["graph_px"]})
             log(f"graph vs eager {name} {width}x{height} {iters} it: max |diff| {worst:.2e} px "
@@ -214,7 +226,10 @@ def main() -> int:
         write(args.out, "graph_check.json", graph_check(nets, args.device, sizes, min(args.iters)))
     else:
         log("graph check skipped: CUDA graphs need a CUDA device")
-    write(args.out, "precision.json", precision_check(nets, args.device, min(args.iters), defaults))
+    try:
+        write(args.out, "precision.json", precision_check(nets, args.device, min(args.iters), defaults))
+    except Exception as err:  # noqa: BLE001 -- recorded; the table still runs
+        write(args.out, "precision.json", [failure("precision check", err)])
 
     precisions = [p for p in args.precisions if cuda or p != "fp16"]
     cells = table_cells(list(nets), sizes, args.iters, precisions, [True, False] if cuda else [False])
@@ -224,12 +239,17 @@ def main() -> int:
             skipped.append({"model": name, "height": height, "width": width, "iters": iters,
                             "precision": precision, "graphs": graphs})
             continue
+        cell = f"{name} {width}x{height} {iters} it {precision}{' graphs' if graphs else ' eager'}"
         estimator = StereoEstimator(nets[name], device=args.device, precision=precision, graphs=graphs)
         config = BenchConfig(height=height, width=width, iters=iters, repeats=args.repeats, warmup=3, profiled=3)
-        result = run_bench(estimator, config, model_name=name)
-        rows.append(result.as_dict())
-        log(f"{name} {width}x{height} {iters} it {precision}{' graphs' if graphs else ' eager'}: "
-            + format_result(result).split(": ", 1)[1].replace("\n ", ";"))
+        try:
+            result = run_bench(estimator, config, model_name=name)
+        except Exception as err:  # noqa: BLE001 -- recorded; the other cells still run
+            rows.append({"model": name, "height": height, "width": width, "iters": iters, "precision": precision,
+                         "graphs": graphs, **failure(cell, err)})
+        else:
+            rows.append(result.as_dict())
+            log(f"{cell}: " + format_result(result).split(": ", 1)[1].replace("\n ", ";"))
         write(args.out, "table.json", {"cells": rows, "skipped": skipped})
         estimator.close()
     write(args.out, "table.json", {"cells": rows, "skipped": skipped})
@@ -237,8 +257,12 @@ def main() -> int:
         log(f"{len(skipped)} cells skipped: past --budget-s {args.budget_s:.0f}")
 
     model = nets["igev"]
-    pipeline_rows = [pipeline_check(model, args.device, p, cuda, min(args.iters), args.repeats)
-                     for p in precisions[:2]]
+    pipeline_rows = []
+    for precision in precisions[:2]:
+        try:
+            pipeline_rows.append(pipeline_check(model, args.device, precision, cuda, min(args.iters), args.repeats))
+        except Exception as err:  # noqa: BLE001 -- recorded
+            pipeline_rows.append({"precision": precision, **failure(f"pipeline check {precision}", err)})
     write(args.out, "pipeline.json", pipeline_rows)
     log(f"done in {time.perf_counter() - start:.0f} s; results in {args.out}")
     return 0
