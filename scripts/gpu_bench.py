@@ -57,10 +57,17 @@ def write(out: Path, name: str, data) -> None:
     (out / name).write_text(json.dumps(data, indent=1) + "\n")
 
 
+#: What raised so far (``failure``); the script exits 1 when any did.
+FAILURES: list[str] = []
+
+
 def failure(what: str, err: Exception) -> dict:
     """A check or cell that raised: logged and recorded, so that one failure (a capture the GPU refuses, memory)
     costs that row and not the rest of the machine's time."""
+    FAILURES.append(what)
     log(f"FAILED {what}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()  # what the failed row held does not crowd the next one
     return {"failed": what, "error": f"{type(err).__name__}: {err}"}
 
 
@@ -92,8 +99,7 @@ def environment(device: str) -> dict:
 def graph_check(nets: dict, device: str, sizes: list[tuple[int, int]], iters: int) -> list[dict]:
     rows = []
     for name, model in nets.items():
-        eager = StereoEstimator(model, device=device)
-        graphed = StereoEstimator(model, device=device, graphs=True)
+        eager, graphed = StereoEstimator(model, device=device), StereoEstimator(model, device=device, graphs=True)
         for height, width in sizes:
             try:
                 left, right = bench_pair(height, width)
@@ -143,12 +149,20 @@ def precision_check(nets: dict, device: str, iters: int, defaults: tuple[bool, b
         outputs = {}
         for name in names:
             precision, tf32 = PRECISIONS[name]
-            set_tf32(tf32, defaults)
-            estimator = StereoEstimator(model, device=device, precision=precision, max_disp=max_disp)
-            outputs[name] = estimator.estimate(left, right, iters=iters).disparity
-            estimator.close()
-        set_tf32(None, defaults)
-        for name in names[1:]:
+            estimator = None
+            try:
+                set_tf32(tf32, defaults)
+                estimator = StereoEstimator(model, device=device, precision=precision, max_disp=max_disp)
+                outputs[name] = estimator.estimate(left, right, iters=iters).disparity
+            except Exception as err:  # noqa: BLE001 -- recorded; the other precisions still run
+                rows.append({"case": case, "precision": name, **failure(f"precision {case} {name}", err)})
+            finally:
+                set_tf32(None, defaults)  # the timing table's fp32 stays TF32-free whatever happened here
+                if estimator is not None:
+                    estimator.close()
+        if "fp32-strict" not in outputs:
+            continue
+        for name in [n for n in names[1:] if n in outputs]:
             diff = np.abs(outputs[name] - outputs["fp32-strict"])
             mean, p999 = float(diff.mean()), float(np.percentile(diff, 99.9))
             ok = mean <= BARS["mean_px"] and p999 <= BARS["p999_px"]
@@ -176,21 +190,23 @@ def pipeline_check(model, device: str, precision: str, graphs: bool, iters: int,
     calibration = MOTORCYCLE.scaled(640 / 741)
     p_left, p_right = calibration.projection(), calibration.projection(right=True)
     estimator = StereoEstimator(model, device=device, precision=precision, graphs=graphs)
-    pipeline = StereoPipeline(estimator)
-    layout = CloudLayout(color=True, avoid_padding=False)
-    cloud = np.zeros(480 * 640 * layout.point_step, np.uint8)
-    for _ in range(3):
-        estimator.estimate(left, right, iters=iters)
-    network, whole = [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        estimator.estimate(left, right, iters=iters)
-        network.append((time.perf_counter() - start) * 1e3)
-        start = time.perf_counter()
-        result = pipeline.process(left, right, p_left, p_right, iterations=iters)
-        pack_cloud(result.depth, result.geometry, left, layout, out=cloud)
-        whole.append((time.perf_counter() - start) * 1e3)
-    estimator.close()
+    try:
+        pipeline = StereoPipeline(estimator)
+        layout = CloudLayout(color=True, avoid_padding=False)
+        cloud = np.zeros(480 * 640 * layout.point_step, np.uint8)
+        for _ in range(3):
+            estimator.estimate(left, right, iters=iters)
+        network, whole = [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            estimator.estimate(left, right, iters=iters)
+            network.append((time.perf_counter() - start) * 1e3)
+            start = time.perf_counter()
+            result = pipeline.process(left, right, p_left, p_right, iterations=iters)
+            pack_cloud(result.depth, result.geometry, left, layout, out=cloud)
+            whole.append((time.perf_counter() - start) * 1e3)
+    finally:
+        estimator.close()
     row = {"precision": precision, "graphs": graphs, "iters": iters, "network_ms": statistics.median(network),
            "pipeline_ms": statistics.median(whole)}
     row["added_ms"] = row["pipeline_ms"] - row["network_ms"]
@@ -223,7 +239,10 @@ def main() -> int:
     nets = models()
 
     if cuda:
-        write(args.out, "graph_check.json", graph_check(nets, args.device, sizes, min(args.iters)))
+        try:
+            write(args.out, "graph_check.json", graph_check(nets, args.device, sizes, min(args.iters)))
+        except Exception as err:  # noqa: BLE001 -- recorded; the other checks still run
+            write(args.out, "graph_check.json", [failure("graph check", err)])
     else:
         log("graph check skipped: CUDA graphs need a CUDA device")
     try:
@@ -240,9 +259,10 @@ def main() -> int:
                             "precision": precision, "graphs": graphs})
             continue
         cell = f"{name} {width}x{height} {iters} it {precision}{' graphs' if graphs else ' eager'}"
-        estimator = StereoEstimator(nets[name], device=args.device, precision=precision, graphs=graphs)
         config = BenchConfig(height=height, width=width, iters=iters, repeats=args.repeats, warmup=3, profiled=3)
+        estimator = None
         try:
+            estimator = StereoEstimator(nets[name], device=args.device, precision=precision, graphs=graphs)
             result = run_bench(estimator, config, model_name=name)
         except Exception as err:  # noqa: BLE001 -- recorded; the other cells still run
             rows.append({"model": name, "height": height, "width": width, "iters": iters, "precision": precision,
@@ -251,7 +271,8 @@ def main() -> int:
             rows.append(result.as_dict())
             log(f"{cell}: " + format_result(result).split(": ", 1)[1].replace("\n ", ";"))
         write(args.out, "table.json", {"cells": rows, "skipped": skipped})
-        estimator.close()
+        if estimator is not None:
+            estimator.close()
     write(args.out, "table.json", {"cells": rows, "skipped": skipped})
     if skipped:
         log(f"{len(skipped)} cells skipped: past --budget-s {args.budget_s:.0f}")
@@ -264,8 +285,9 @@ def main() -> int:
         except Exception as err:  # noqa: BLE001 -- recorded
             pipeline_rows.append({"precision": precision, **failure(f"pipeline check {precision}", err)})
     write(args.out, "pipeline.json", pipeline_rows)
-    log(f"done in {time.perf_counter() - start:.0f} s; results in {args.out}")
-    return 0
+    log(f"done in {time.perf_counter() - start:.0f} s; results in {args.out}"
+        + (f"; {len(FAILURES)} failed: {', '.join(FAILURES)}" if FAILURES else ""))
+    return 1 if FAILURES else 0
 
 
 if __name__ == "__main__":

@@ -84,6 +84,11 @@ def sgbm_prior(left: np.ndarray, right: np.ndarray, config: SGBMConfig = SGBMCon
     return dense_prior(sgbm_disparity(left, right, config))
 
 
+#: Which map ``sgbm_prior`` returns: raise it whenever its output changes, so that what was cached from
+#: the old map is made again (``training.edges``).
+PRIOR_VERSION = 2
+
+
 def dense_prior(disparity: np.ndarray) -> np.ndarray:
     """H x W disparity with holes (NaN) -> H x W finite: holes filled along their row (``fill_holes``), rows
     without any value along their column the same way; no value at all gives zeros (the network's own start)."""
@@ -97,14 +102,17 @@ def fill_holes(disparity: np.ndarray) -> np.ndarray:
     """Fill each hole with the smaller of the nearest valid values to its left and to its right on the same
     row: the farther surface, which a hole beside a depth edge most often belongs to (a left-view map loses
     the background beside a nearer object to occlusion). Holes at a row's ends take the side they have; rows
-    without any value stay NaN."""
+    without any value stay NaN. A float map keeps its dtype; others become float32."""
+    if not np.issubdtype(disparity.dtype, np.floating):
+        disparity = disparity.astype(np.float32)
     from_left = _nearest_to_the_left(disparity)
     from_right = _nearest_to_the_left(disparity[:, ::-1])[:, ::-1]
     return np.fmin(from_left, from_right)
 
 
 def _nearest_to_the_left(disparity: np.ndarray) -> np.ndarray:
-    """Each pixel's own value, or the nearest valid one to its left on the row (NaN where there is none)."""
+    """Each pixel's own value where finite, else the nearest finite one to its left on the row (NaN where there
+    is none)."""
     h, w = disparity.shape
     valid = np.isfinite(disparity)
     idx = np.where(valid, np.arange(w)[None, :], 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sgru_ros.evaluation import (SGBMConfig, dense_prior, disparity_metrics, fill_holes, region_bad2, region_masks,
+from sgru_ros.evaluation import (SGBMConfig, disparity_metrics, fill_holes, region_bad2, region_masks,
                                  sgbm_disparity)
 from sgru_ros.io import read_image, write_disparity
 
@@ -27,10 +27,9 @@ def test_metrics_by_hand():
 def test_holes_take_the_farther_of_their_two_neighbours():
     row = np.array([[np.nan, 1.0, np.nan, np.nan, 3.0, np.nan, 2.0, np.nan]])
     assert np.array_equal(fill_holes(row), [[1.0, 1.0, 1.0, 1.0, 3.0, 2.0, 2.0, 2.0]])
-    # A row without any value takes its column's neighbours; nothing at all is the network's own start (zeros).
-    assert np.array_equal(dense_prior(np.array([[np.nan, 4.0], [np.nan, np.nan], [5.0, np.nan]])),
-                          [[4.0, 4.0], [4.0, 4.0], [5.0, 5.0]])
-    assert not dense_prior(np.full((2, 3), np.nan)).any()
+    assert fill_holes(row.astype(np.float32)).dtype == np.float32
+    assert np.array_equal(fill_holes(np.array([[np.inf, 2.0, -np.inf]])), [[2.0, 2.0, 2.0]])  # not finite: a hole
+    assert np.array_equal(fill_holes(np.array([[3, 4]])), [[3.0, 4.0]])  # an integer map becomes float
 
 
 def test_sgbm_finds_a_constant_shift(stereo_pair_files):

@@ -84,12 +84,12 @@ def test_init_sgbm_starts_the_iterations_from_sgbms_map(pipeline):
 
 
 def test_the_prior_is_finite_where_sgbm_finds_nothing_on_a_row():
-    """Rows without any SGBM value take the nearest row's; a map without any value gives zeros: the GRU must
-    never start from NaN."""
+    """Rows without any SGBM value take the smaller of the nearest rows' above and below (the end rows the one
+    they have); a map without any value gives zeros: the GRU must never start from NaN."""
     from sgru_ros.evaluation import dense_prior
 
     disparity = np.full((6, 5), np.nan, np.float32)
-    disparity[1, 3], disparity[4, 0] = 7.0, 9.0
+    disparity[1, 3], disparity[4, 0] = 9.0, 7.0
     dense = dense_prior(disparity)
-    assert np.array_equal(dense[:, 0], [7, 7, 7, 7, 9, 9]) and np.array_equal(dense[1], [7, 7, 7, 7, 7])
+    assert np.array_equal(dense[:, 0], [9, 9, 7, 7, 7, 7]) and np.array_equal(dense[1], [9, 9, 9, 9, 9])
     assert np.array_equal(dense_prior(np.full((3, 4), np.nan, np.float32)), np.zeros((3, 4), np.float32))

@@ -49,8 +49,7 @@ def _eval_pair(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..evaluation import (SGBMConfig, dense_prior, disparity_metrics, region_bad2, region_masks, sgbm_disparity,
-                              sgbm_prior)
+    from ..evaluation import SGBMConfig, dense_prior, disparity_metrics, region_bad2, region_masks, sgbm_disparity
 
     name, left, right, gt = _eval_pair(args)
     if gt.shape != left.shape[:2]:
@@ -70,9 +69,9 @@ def run(args: argparse.Namespace) -> None:
     weights = args.checkpoint or "bundled"
     maps = [(f"sgru {estimator.variant} ({weights})", k, result.intermediate.get(k, result.disparity))
             for k in iters]
-    if args.warm_start_sgbm:
+    if args.warm_start_sgbm:  # init sgbm's start: evaluation.sgbm_prior of the same pair
         warm = estimate(estimator, name, left, right, iters=iters[-1], output_iters=iters[:-1],
-                        disp_init=sgbm_prior(left, right, SGBMConfig(num_disparities=args.sgbm_num_disparities)))
+                        disp_init=dense_prior(sgbm))
         maps += [(f"sgru {estimator.variant} from SGBM ({weights})", k, warm.intermediate.get(k, warm.disparity))
                  for k in iters]
     # OpenCV's own map: its first num_disparities columns empty (as in stereo_image_proc's output).

@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..device import keep_freed_memory
+from ..evaluation import PRIOR_VERSION
 from ..model import build_model, load_model, save_checkpoint
 from ..model.base import normalize_image
 from ..model.config import RaftConfig
@@ -195,7 +196,7 @@ def _network_outputs(model, config: EdgeStageConfig, scene, val_batches: list, m
     they were made from the same network and scenes, else made and saved. Returns them and how they came."""
     made_from = {"backbone_sha256": hashlib.sha256(Path(config.backbone).read_bytes()).hexdigest(),
                  "scene": json.loads(json.dumps(asdict(scene))), "modes": json.loads(json.dumps(CACHE_MODES)),
-                 "sgbm": asdict(sgbm_batch_config(max_disparity)),
+                 "sgbm": {**asdict(sgbm_batch_config(max_disparity)), "prior_version": PRIOR_VERSION},
                  **{k: getattr(config, k) for k in ("scenes", "first_sample", "val_samples", "seed")}}
     path, key_path = out_dir / "outputs.pt", out_dir / "outputs.json"
     saved = json.loads(key_path.read_text()) if key_path.is_file() and path.is_file() else None
