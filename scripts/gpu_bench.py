@@ -15,7 +15,8 @@ scikit-image (the Motorcycle pair). Writes, each as soon as it is done (a run cu
                      fps, peak memory, kernels and launch calls per frame; the done conditions' cells first
   pipeline.json      image in host memory -> disparity, depth and packed cloud in host memory, against the
                      network alone (interleaved medians)
-and log lines on stdout. Cells not started before --budget-s are listed as skipped.
+and log lines on stdout. Cells not started before --budget-s are listed as skipped. A check or cell that raises is
+logged (FAILED ...) and recorded in its file, the rest still runs, and the script exits 1.
 """
 
 from __future__ import annotations
