@@ -4,6 +4,8 @@ without subscribers, compressed input whose camera_info follows the image topic,
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -199,12 +201,20 @@ def test_the_fast_model_answers_a_camera_from_sgbms_map_and_is_flagged_without_i
     def set_init(value: str) -> bool:
         request = SetParameters.Request(parameters=[ParameterMsg(name="init", value=ParameterValue(
             type=ParameterType.PARAMETER_STRING, string_value=value))])
-        future = client.call_async(request)
-        camera.spin_until(future.done, 10.0, f"set init {value}")
-        return future.result().results[0].successful
+        for _ in range(3):  # a request sent while the service's reply path is still being discovered can be lost
+            future = client.call_async(request)
+            deadline = time.monotonic() + 10.0
+            while not future.done() and time.monotonic() < deadline:
+                rclpy.spin_once(camera, timeout_sec=0.1)
+            if future.done():
+                return future.result().results[0].successful
+            client.remove_pending_request(future)
+        raise AssertionError(f"no answer to setting init {value} in three tries")
 
     try:
         assert client.wait_for_service(timeout_sec=60.0)
+        # The node has loaded its model and spins once it reports on /diagnostics.
+        camera.spin_until(lambda: camera.last_diagnostics("/fast/"), 60.0, "the node's first /diagnostics")
         assert set_init("sgbm")
         camera.wait_connected()
         stamp = camera.publish_pair(left, right, sec=7)
