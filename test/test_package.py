@@ -86,6 +86,19 @@ def test_launch_description_builds():
             "use_rviz", "rviz_fixed_frame"} <= names
 
 
+def test_the_readme_names_every_launch_argument_of_a_node_parameter():
+    """The launch file's NODE_ARGUMENTS (read without importing launch) each appear in the README's table."""
+    import ast
+
+    tree = ast.parse((REPO / "launch/stereo.launch.py").read_text())
+    table = next(node.value for node in tree.body if isinstance(node, ast.Assign)
+                 and getattr(node.targets[0], "id", None) == "NODE_ARGUMENTS")
+    names = [key.value for key in table.keys]
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("Launch arguments:"):readme.index("A node parameter given as a launch argument")]
+    assert len(names) > 10 and [n for n in names if f"`{n}`" not in section] == []
+
+
 # Import name -> (pip distribution, package.xml exec_depend key) for every third-party module that the
 # node, the sample source or the launch file may import at run time. A new import must be added here and
 # declared in setup.py and package.xml. None: not declared there (torch has no rosdep key everywhere;
