@@ -94,9 +94,14 @@ def test_a_raw_distorted_camera_is_rectified_in_the_node_and_gives_the_known_dep
         bad.d = [0.1, 0.01, 0.0]
         pubs["left/camera_info"].publish(bad)
         pubs["right/camera_info"].publish(camera_info_message(models[1], header))
-        # The camera_infos first, with time to arrive: a pair whose own is 0.5 s late (a busy machine) would take
-        # the static calibration of frames 1 and 2 instead.
-        observer.spin_for(0.5)
+
+        # The camera_infos first, until the node has them (its /diagnostics counts them): a pair whose own is
+        # 0.5 s late (a busy machine) would take the static calibration of frames 1 and 2 instead.
+        def infos_received() -> int:
+            return sum(int(v) for k, v in observer.last_diagnostics("/rawrig/").items()
+                       if k.startswith("received ") and k.endswith("camera_info"))
+
+        observer.spin_until(lambda: infos_received() >= 6, 30.0, "the third pair of camera_infos at the node")
         for side, image in zip(("left", "right"), raw):
             pubs[f"{side}/image_raw"].publish(array_to_image(image, "rgb8", header))
         observer.spin_until(lambda: all(s in observer.disparities for s in stamps), 120.0, "both disparities")
